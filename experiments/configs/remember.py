@@ -1,0 +1,122 @@
+r"""Meta-train the update rules to remember snippets (DESIGN.md, "The remember-snippets task").
+
+Default: `hetero` on a `full` network of 64 neurons (16 input, 16 output, 32 hidden), K = 8 snippets,
+then the same network meta-trained with synapse updates off, on CPU in a few minutes:
+
+  python -m experiments.remember
+  python -m experiments.remember --config=experiments/configs/remember.py:tiny --workdir=/tmp/tiny
+  python -m experiments.remember --config=experiments/configs/remember.py:auto \
+      --config.task.cue_corruption=0.25
+  python -m experiments.remember --config=experiments/configs/remember.py:streaming
+
+Variants (`:name`, combinable with `,`, e.g. `:tiny,auto`): `tiny` (seconds, for tests), `auto`
+(completion from a corrupted cue), `streaming` (never-reset stream, truncated windows), `layered`,
+`layered_feedback`, `sparse`.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict()
+  cfg.seed = 0
+  # Also meta-train the same network with synapse updates off (its own run, same budget) and
+  # report both: the learned rule stores snippets in synapses only if it beats that run.
+  cfg.baseline_synapses_off = True
+
+  cfg.net = ml_collections.ConfigDict()
+  cfg.net.topology = "full"  # full | layered | layered_feedback | sparse
+  cfg.net.num_inputs = 16  # key (and auto pattern) width
+  cfg.net.num_outputs = 16  # value width
+  cfg.net.num_hidden = 32  # full, sparse
+  cfg.net.hidden_layers = (32,)  # layered, layered_feedback
+  cfg.net.density = 0.5  # sparse
+  cfg.net.mask_seed = 0  # sparse
+  cfg.net.self_connections = False  # full
+  cfg.net.synapse_updates = True  # ablation: False freezes synapses at their initial state
+  cfg.net.body_recurrence = True  # ablation: False makes bodies forget their previous state
+  cfg.net.init_noise = 0.1  # std of the noise added to the learned initial states
+
+  cfg.rule = ml_collections.ConfigDict()
+  cfg.rule.body_dim = 8  # Db
+  cfg.rule.synapse_dim = 4  # Ds
+  cfg.rule.act_dim = 4  # Da
+  cfg.rule.emb_dim = 8  # E
+  cfg.rule.hidden = 32  # hidden units of f_b and f_s
+  cfg.rule.bilinear = True  # pre x post bilinear term in every hidden unit of f_s
+  cfg.rule.init_decay = 0.95
+  cfg.rule.init_rate = 0.12
+  cfg.rule.fast_synapse = True  # split-first-layer synapse update (same numbers, faster)
+
+  cfg.task = ml_collections.ConfigDict()
+  cfg.task.protocol = "hetero"  # hetero | auto | streaming
+  cfg.task.num_snippets = 8  # K
+  cfg.task.present_steps = 2  # P
+  cfg.task.gap_steps = 0  # G
+  cfg.task.cycles = 1  # C
+  cfg.task.delay_steps = 2  # D
+  cfg.task.num_queries = 0  # Q; 0 asks for every stored snippet
+  cfg.task.query_steps = 2  # R
+  cfg.task.cue_corruption = 0.0  # fraction of cue bits zeroed at recall
+  cfg.task.max_lag = 4  # streaming: Dmax
+  cfg.task.window = 24  # streaming: W steps per truncated window
+
+  cfg.train = ml_collections.ConfigDict()
+  cfg.train.batch_size = 16
+  cfg.train.num_steps = 400
+  cfg.train.learning_rate = 3e-3
+  cfg.train.clip_norm = 1.0
+  cfg.train.loss = "mse"  # mse | logistic
+  cfg.train.remat = True  # jax.checkpoint on the scan body
+  cfg.train.log_every = 20
+  cfg.train.checkpoint_every = 100
+  cfg.train.max_to_keep = 2
+
+  cfg.eval = ml_collections.ConfigDict()
+  cfg.eval.num_episodes = 512
+  cfg.eval.k_values = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32)
+
+  for name in filter(None, variant.split(",")):
+    _VARIANTS[name](cfg)
+  return cfg
+
+
+def _tiny(cfg):
+  cfg.net.num_inputs = cfg.net.num_outputs = 4
+  cfg.net.num_hidden = 4
+  cfg.net.hidden_layers = (4,)
+  cfg.rule.hidden = 8
+  cfg.task.num_snippets = 2
+  cfg.task.window = 8
+  cfg.train.batch_size = 2
+  cfg.train.num_steps = 4
+  cfg.train.log_every = 2
+  cfg.train.checkpoint_every = 2
+  cfg.eval.num_episodes = 4
+  cfg.eval.k_values = (1, 2, 3)
+
+
+def _auto(cfg):
+  cfg.task.protocol = "auto"
+  cfg.task.cue_corruption = 0.25
+
+
+def _streaming(cfg):
+  cfg.task.protocol = "streaming"
+
+
+def _topology(name):
+  def apply(cfg):
+    cfg.net.topology = name
+
+  return apply
+
+
+_VARIANTS = {
+  "tiny": _tiny,
+  "auto": _auto,
+  "streaming": _streaming,
+  "layered": _topology("layered"),
+  "layered_feedback": _topology("layered_feedback"),
+  "sparse": _topology("sparse"),
+}

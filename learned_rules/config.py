@@ -1,0 +1,169 @@
+"""Validation of experiment configs and the static specs derived from them.
+
+A config is an `ml_collections.ConfigDict` (see `experiments/configs/remember.py` for every field).
+`validate` runs before anything is compiled or written and raises `ConfigError` whose message starts with
+the dotted name of the offending field, so a typo costs one line of output, not a traceback from XLA.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from learned_rules import network, rules, tasks
+
+LOSSES = ("mse", "logistic")
+
+
+class ConfigError(ValueError):
+  """An invalid config value; `field` is its dotted name."""
+
+  def __init__(self, field: str, message: str):
+    super().__init__(f"{field}: {message}")
+    self.field = field
+
+
+def _get(cfg, dotted: str):
+  value = cfg
+  for part in dotted.split("."):
+    try:
+      value = value[part]
+    except (KeyError, TypeError, AttributeError):
+      raise ConfigError(dotted, "missing from the config") from None
+  return value
+
+
+def _int(cfg, dotted: str, minimum: int) -> int:
+  value = _get(cfg, dotted)
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ConfigError(dotted, f"must be an integer, got {value!r}")
+  if value < minimum:
+    raise ConfigError(dotted, f"must be >= {minimum}, got {value}")
+  return int(value)
+
+
+def _float(
+  cfg, dotted: str, low: float, high: float, high_open: bool = True, low_open: bool = False
+) -> float:
+  value = _get(cfg, dotted)
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise ConfigError(dotted, f"must be a number, got {value!r}")
+  too_low = value <= low if low_open else value < low
+  too_high = value >= high if high_open else value > high
+  if too_low or too_high:
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    raise ConfigError(dotted, f"must lie in {interval}, got {value}")
+  return float(value)
+
+
+def _choice(cfg, dotted: str, choices) -> str:
+  value = _get(cfg, dotted)
+  if value not in choices:
+    raise ConfigError(dotted, f"unknown value {value!r}; one of {', '.join(choices)}")
+  return value
+
+
+def _validate_net(cfg) -> None:
+  topology = _choice(cfg, "net.topology", network.TOPOLOGIES)
+  _int(cfg, "net.num_inputs", 1)
+  _int(cfg, "net.num_outputs", 1)
+  if topology in ("full", "sparse"):
+    _int(cfg, "net.num_hidden", 0)
+  if topology == "sparse":
+    _float(cfg, "net.density", 0.0, 1.0, high_open=False, low_open=True)
+    _int(cfg, "net.mask_seed", 0)
+  if topology in ("layered", "layered_feedback"):
+    layers = _get(cfg, "net.hidden_layers")
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__"):
+      raise ConfigError("net.hidden_layers", f"must be a sequence of layer widths, got {layers!r}")
+    for width in layers:
+      if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
+        raise ConfigError("net.hidden_layers", f"every width must be an integer >= 1, got {layers}")
+  _float(cfg, "net.init_noise", 0.0, float("inf"))
+
+
+def _validate_rule(cfg) -> None:
+  for name in ("body_dim", "synapse_dim", "act_dim", "emb_dim", "hidden"):
+    _int(cfg, f"rule.{name}", 1)
+  if _get(cfg, "rule.act_dim") > _get(cfg, "rule.body_dim"):
+    raise ConfigError("rule.act_dim", "must be <= rule.body_dim (the activation is a slice of it)")
+  _float(cfg, "rule.init_decay", 0.0, 1.0, low_open=True)
+  _float(cfg, "rule.init_rate", 0.0, 1.0, low_open=True)
+
+
+def _validate_task(cfg) -> None:
+  protocol = _choice(cfg, "task.protocol", tasks.PROTOCOLS)
+  k = _int(cfg, "task.num_snippets", 1)
+  _int(cfg, "task.present_steps", 1)
+  _int(cfg, "task.gap_steps", 0)
+  _int(cfg, "task.cycles", 1)
+  _int(cfg, "task.delay_steps", 0)
+  _int(cfg, "task.query_steps", 1)
+  q = _int(cfg, "task.num_queries", 0)
+  if protocol != "streaming" and q > k:
+    raise ConfigError(
+      "task.num_queries", f"{q} queries but only {k} stored snippets (task.num_snippets) to ask for"
+    )
+  _float(cfg, "task.cue_corruption", 0.0, 1.0)
+  if protocol == "auto" and _get(cfg, "net.num_inputs") != _get(cfg, "net.num_outputs"):
+    raise ConfigError("net.num_outputs", "the auto protocol needs num_outputs == num_inputs")
+  if protocol == "streaming":
+    _int(cfg, "task.max_lag", 1)
+    _int(cfg, "task.window", 1)
+
+
+def _validate_train(cfg) -> None:
+  _int(cfg, "train.batch_size", 1)
+  _int(cfg, "train.num_steps", 0)
+  _float(cfg, "train.learning_rate", 0.0, float("inf"), low_open=True)
+  _float(cfg, "train.clip_norm", 0.0, float("inf"), low_open=True)
+  _choice(cfg, "train.loss", LOSSES)
+  for name in ("log_every", "checkpoint_every", "max_to_keep"):
+    _int(cfg, f"train.{name}", 1)
+  _int(cfg, "eval.num_episodes", 1)
+
+
+def validate(cfg) -> None:
+  """Raises `ConfigError` naming the first invalid field of `cfg`; returns None if it is valid."""
+  _int(cfg, "seed", 0)
+  _validate_net(cfg)
+  _validate_rule(cfg)
+  _validate_task(cfg)
+  _validate_train(cfg)
+
+
+def rule_spec(cfg, topo: network.Topology) -> rules.RuleSpec:
+  r = cfg.rule
+  return rules.RuleSpec(
+    body_dim=r.body_dim,
+    synapse_dim=r.synapse_dim,
+    act_dim=r.act_dim,
+    emb_dim=r.emb_dim,
+    hidden=r.hidden,
+    num_types=topo.num_types,
+    bilinear=bool(r.bilinear),
+    init_decay=r.init_decay,
+    init_rate=r.init_rate,
+  )
+
+
+def task_spec(cfg, topo: network.Topology, num_snippets: int | None = None) -> tasks.TaskSpec:
+  """The task of `cfg`, optionally with another K (the evaluation sweeps K)."""
+  t = cfg.task
+  k = t.num_snippets if num_snippets is None else num_snippets
+  q = t.num_queries if t.num_queries and num_snippets is None else k
+  return tasks.TaskSpec(
+    protocol=t.protocol,
+    num_neurons=topo.num_neurons,
+    n_in=topo.n_in,
+    n_out=topo.n_out,
+    num_snippets=k,
+    present_steps=t.present_steps,
+    gap_steps=t.gap_steps,
+    cycles=t.cycles,
+    delay_steps=t.delay_steps,
+    num_queries=q,
+    query_steps=t.query_steps,
+    cue_corruption=float(t.cue_corruption),
+    max_lag=t.max_lag,
+    window=t.window,
+  )

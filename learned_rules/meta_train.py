@@ -1,0 +1,153 @@
+"""Meta-training: the train state, one jitted meta step, and the imperative driver.
+
+`train_and_evaluate(cfg, workdir)` is the whole run: validate the config, resume from the workdir if it
+holds a compatible checkpoint, meta-train with progress and metrics, checkpoint, and evaluate on
+held-out episodes. Everything it calls in the library is pure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import flax
+import jax
+import optax
+from absl import logging
+
+from learned_rules import checkpointing, network, rules, unroll
+from learned_rules import config as config_lib
+from learned_rules import evaluate as evaluate_lib
+from learned_rules import metrics as metrics_lib
+
+TRAIN_TAG = 0
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs: `step` `[]`, `theta`, `opt_state`, and (streaming only) the
+  carried `[B, ...]` state of the never-reset streams (None for the episode protocols)."""
+
+  step: jax.Array
+  theta: rules.Theta
+  opt_state: optax.OptState
+  carry: unroll.StreamCarry | None = None
+
+
+def make_optimizer(learning_rate: float, clip_norm: float) -> optax.GradientTransformation:
+  """Adam with global-norm clipping (DESIGN.md, "Meta-training")."""
+  return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+
+
+def train_key(seed: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(seed), TRAIN_TAG)
+
+
+def init_train_state(
+  key: jax.Array,
+  topo: network.Topology,
+  problem: unroll.Problem,
+  optimizer: optax.GradientTransformation,
+  batch: int,
+) -> TrainState:
+  k_theta, k_stream = jax.random.split(key)
+  theta = rules.init_theta(k_theta, problem.rule)
+  carry = None
+  if problem.task.protocol == "streaming":
+    carry = unroll.init_stream_carry(theta, topo, problem, k_stream, batch)
+  return TrainState(
+    step=jax.numpy.zeros((), jax.numpy.int32),
+    theta=theta,
+    opt_state=optimizer.init(theta),
+    carry=carry,
+  )
+
+
+def make_meta_step(
+  problem: unroll.Problem, optimizer: optax.GradientTransformation, batch: int, key: jax.Array
+):
+  """Returns `meta_step(train_state, topo) -> (train_state, metrics)`, jitted, state donated.
+
+  Episodes of step `s` are drawn from `fold_in(key, s)`, so a resumed run sees the same episodes as
+  an uninterrupted one.
+  """
+
+  def meta_step(state: TrainState, topo: network.Topology):
+    if state.carry is None:
+      step_key = jax.random.fold_in(key, state.step)
+      grad_fn = jax.value_and_grad(unroll.episode_objective, has_aux=True)
+      (_, metrics), grads = grad_fn(state.theta, topo, problem, step_key, batch)
+      carry = None
+    else:
+      grad_fn = jax.value_and_grad(unroll.stream_objective, has_aux=True)
+      (_, (metrics, carry)), grads = grad_fn(state.theta, topo, problem, state.carry)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.theta)
+    theta = optax.apply_updates(state.theta, updates)
+    metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+    new_state = TrainState(step=state.step + 1, theta=theta, opt_state=opt_state, carry=carry)
+    return new_state, metrics
+
+  return jax.jit(meta_step, donate_argnums=0)
+
+
+def _write_config(workdir: str, cfg) -> None:
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(checkpointing.config_to_dict(cfg), f, indent=2)
+
+
+def setup(cfg):
+  """Validated topology, problem and optimizer of a config."""
+  config_lib.validate(cfg)
+  topo = network.make_topology(cfg.net)
+  problem = evaluate_lib.problem_from_config(cfg, topo)
+  optimizer = make_optimizer(cfg.train.learning_rate, cfg.train.clip_norm)
+  return topo, problem, optimizer
+
+
+def train_and_evaluate(cfg, workdir: str, label: str = "") -> dict:
+  """Meta-trains `cfg` in `workdir` (resuming if it holds a checkpoint) and evaluates the result.
+
+  Returns the held-out recall metrics plus `meta_steps` and `wall_seconds` (of this invocation).
+  Raises `config.ConfigError` before anything is compiled or written if `cfg` is invalid, and
+  `checkpointing.IncompatibleCheckpointError` if `workdir` holds a run of another config.
+  """
+  start = time.perf_counter()
+  topo, problem, optimizer = setup(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = checkpointing.Checkpointer(workdir, cfg.train.max_to_keep)
+  ckpt.check_compatible(cfg)
+  _write_config(workdir, cfg)
+
+  key = train_key(cfg.seed)
+  state = init_train_state(key, topo, problem, optimizer, cfg.train.batch_size)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    logging.info("%sresumed from step %d in %s", label, int(state.step), ckpt.directory)
+  meta_step = make_meta_step(problem, optimizer, cfg.train.batch_size, jax.random.fold_in(key, 1))
+
+  # ---- meta-training loop ----
+  writer = metrics_lib.MetricsWriter(workdir)
+  first = int(state.step)
+  progress = metrics_lib.Progress(cfg.train.num_steps, first, label)
+  for step in range(first, cfg.train.num_steps):
+    state, step_metrics = meta_step(state, topo)
+    done = step + 1
+    if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
+      scalars = jax.device_get(step_metrics)
+      writer.write(done, **scalars)
+      progress.update(done, scalars["loss"], scalars["bit_accuracy"])
+    if done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps:
+      ckpt.save(done, state, cfg)
+  progress.close()
+  if ckpt.latest_step() is None:  # num_steps == 0: still leave a restorable run behind.
+    ckpt.save(0, state, cfg)
+  ckpt.close()
+
+  # ---- held-out evaluation ----
+  results = evaluate_lib.evaluate(
+    state.theta, topo, problem, evaluate_lib.eval_key(cfg.seed), cfg.eval.num_episodes
+  )
+  results.update(meta_steps=int(state.step), wall_seconds=time.perf_counter() - start)
+  writer.write(int(state.step), **{f"eval_{k}": v for k, v in results.items()})
+  return results

@@ -1,0 +1,205 @@
+"""The two learned update rules: `body_update` (one neuron) and `synapse_update` (one synapse).
+
+Both are pure functions of a single neuron or a single synapse and of the shared meta-parameters
+`theta`; `network.py` is the one place that vmaps them over a whole network. Shape legend (DESIGN.md):
+`Db` body-state size, `Ds` synapse-state size, `Da` activation size, `E` type-embedding size, `H` hidden
+units of the rule MLPs, `N` neurons.
+
+The update forms follow DESIGN.md ("Meta-training from scratch can stall, and what got it moving"):
+a gated (GRU-like) body update, a decaying and bounded synapse update with learned per-channel decay
+and rate, a bilinear pre x post term in every hidden unit of the synapse MLP, and the external input
+added straight into the activation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+Theta = dict  # nested dict of arrays; see `init_theta` for the layout.
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleSpec:
+  """Static sizes and switches of the rules (hashable, so it can close over jitted functions)."""
+
+  body_dim: int = 8  # Db
+  synapse_dim: int = 4  # Ds
+  act_dim: int = 4  # Da, the part of a body that other neurons see
+  emb_dim: int = 8  # E
+  hidden: int = 32  # H, hidden units of f_b and f_s
+  num_types: int = 3
+  bilinear: bool = True  # a_post^T W_k a_pre added to each hidden unit of f_s
+  init_decay: float = 0.95  # sigmoid(lambda) at initialisation
+  init_rate: float = 0.12  # sigmoid(eta) at initialisation
+
+  @property
+  def msg_dim(self) -> int:
+    return self.synapse_dim * self.act_dim
+
+
+def _dense_init(key, fan_in: int, shape) -> jax.Array:
+  return jax.random.normal(key, shape) / math.sqrt(fan_in)
+
+
+def _logit(p: float) -> float:
+  return math.log(p / (1.0 - p))
+
+
+def init_theta(key: jax.Array, spec: RuleSpec) -> Theta:
+  """Initial meta-parameters: rule MLPs, type embeddings, initial states, input drive, readout."""
+  db, ds, da, e, h, nt = (
+    spec.body_dim,
+    spec.synapse_dim,
+    spec.act_dim,
+    spec.emb_dim,
+    spec.hidden,
+    spec.num_types,
+  )
+  body_in = db + spec.msg_dim + 1 + e
+  ks = iter(jax.random.split(key, 16))
+  body = {
+    "w1": _dense_init(next(ks), body_in, (body_in, h)),
+    "b1": jnp.zeros((h,)),
+    "w2": _dense_init(next(ks), h, (h, db)),
+    "b2": jnp.zeros((db,)),
+    "wz": _dense_init(next(ks), body_in, (body_in, db)),
+    "bz": jnp.zeros((db,)),
+  }
+  synapse = {
+    "w_s": _dense_init(next(ks), ds, (ds, h)),
+    "w_post": _dense_init(next(ks), da + e, (da + e, h)),
+    "w_pre": _dense_init(next(ks), da + e, (da + e, h)),
+    "b1": jnp.zeros((h,)),
+    "w2": _dense_init(next(ks), h, (h, ds)),
+    "b2": jnp.zeros((ds,)),
+    "decay_logit": jnp.full((ds,), _logit(spec.init_decay)),
+    "rate_logit": jnp.full((ds,), _logit(spec.init_rate)),
+  }
+  if spec.bilinear:
+    synapse["w_bi"] = _dense_init(next(ks), da, (h, da, da))
+  return {
+    "body": body,
+    "synapse": synapse,
+    "type_emb": jax.random.normal(next(ks), (nt, e)),
+    "init_body": 0.1 * jax.random.normal(next(ks), (nt, db)),
+    "init_synapse": jnp.zeros((nt, nt, ds)),
+    "w_in": jnp.ones((da,)),
+    "readout": {"w": _dense_init(next(ks), db, (db,)), "b": jnp.zeros(())},
+  }
+
+
+def activation(theta: Theta, body: jax.Array, x: jax.Array, spec: RuleSpec) -> jax.Array:
+  """What a neuron shows the others: `tanh(body[:Da] + w_in * x)`, `[Da]`.
+
+  Args:
+    body: `[Db]` body state.
+    x: `[]` external input to this neuron (0 when it receives none).
+  """
+  return jnp.tanh(body[: spec.act_dim] + theta["w_in"] * x)
+
+
+def body_update(
+  theta: Theta,
+  body: jax.Array,
+  msg: jax.Array,
+  x: jax.Array,
+  emb: jax.Array,
+  spec: RuleSpec,
+  recurrence: bool = True,
+) -> jax.Array:
+  """Gated update of one neuron's body state.
+
+  Args:
+    body: `[Db]` current body state.
+    msg: `[Ds*Da]` summed synaptic message into this neuron.
+    x: `[]` external input (0 when none).
+    emb: `[E]` the neuron's type embedding.
+    recurrence: if False (ablation), the update does not see the previous body and replaces it.
+
+  Returns:
+    `[Db]` new body state, `(1 - z) * body + z * tanh(f_b(.))`.
+  """
+  p = theta["body"]
+  prev = body if recurrence else jnp.zeros_like(body)
+  inp = jnp.concatenate([prev, msg, x[None], emb])
+  hid = jnp.tanh(inp @ p["w1"] + p["b1"])
+  cand = jnp.tanh(hid @ p["w2"] + p["b2"])
+  if not recurrence:
+    return cand
+  z = jax.nn.sigmoid(inp @ p["wz"] + p["bz"])
+  return (1.0 - z) * body + z * cand
+
+
+def _bounded_synapse(p: dict, syn: jax.Array, pre_act: jax.Array) -> jax.Array:
+  """`sigmoid(lambda) * s + sigmoid(eta) * tanh(W2 tanh(pre_act) + b2)`: decaying and bounded."""
+  hid = jnp.tanh(pre_act)
+  delta = jnp.tanh(hid @ p["w2"] + p["b2"])
+  return jax.nn.sigmoid(p["decay_logit"]) * syn + jax.nn.sigmoid(p["rate_logit"]) * delta
+
+
+def synapse_update(
+  theta: Theta,
+  syn: jax.Array,
+  a_post: jax.Array,
+  a_pre: jax.Array,
+  emb_post: jax.Array,
+  emb_pre: jax.Array,
+) -> jax.Array:
+  """Update of one synapse `pre -> post` from local information only.
+
+  Args:
+    syn: `[Ds]` the synapse's state.
+    a_post: `[Da]` post-synaptic activation (after this step's body update).
+    a_pre: `[Da]` pre-synaptic activation (after this step's body update).
+    emb_post: `[E]` post-synaptic neuron's type embedding.
+    emb_pre: `[E]` pre-synaptic neuron's type embedding.
+
+  Returns:
+    `[Ds]` new synapse state.
+  """
+  p = theta["synapse"]
+  pre_act = (
+    syn @ p["w_s"]
+    + jnp.concatenate([a_post, emb_post]) @ p["w_post"]
+    + jnp.concatenate([a_pre, emb_pre]) @ p["w_pre"]
+    + p["b1"]
+  )
+  if "w_bi" in p:
+    pre_act = pre_act + jnp.einsum("d,kde,e->k", a_post, p["w_bi"], a_pre)
+  return _bounded_synapse(p, syn, pre_act)
+
+
+def synapse_update_dense(theta: Theta, syn: jax.Array, act: jax.Array, emb: jax.Array) -> jax.Array:
+  """`synapse_update` for every pair `(post i, pre j)` at once, with the first layer split.
+
+  The first layer of `f_s` on `[s_ij, a_i, e_i, a_j, e_j]` is a per-synapse term plus a per-post and
+  a per-pre neuron term, so the neuron terms are computed once per neuron, not once per synapse
+  (DESIGN.md, "The model"). Equals `vmap(vmap(synapse_update))` over `(i, j)`; see rules_test.
+
+  Args:
+    syn: `[N, N, Ds]` synapse states, post-major.
+    act: `[N, Da]` activations after the body update.
+    emb: `[N, E]` type embedding of every neuron.
+
+  Returns:
+    `[N, N, Ds]` new synapse states (for every pair; masking is the caller's job).
+  """
+  p = theta["synapse"]
+  ae = jnp.concatenate([act, emb], axis=-1)
+  post = ae @ p["w_post"]  # [N, H]
+  pre = ae @ p["w_pre"] + p["b1"]  # [N, H]
+  pre_act = syn @ p["w_s"] + post[:, None, :] + pre[None, :, :]
+  if "w_bi" in p:
+    # One [N, Da] x [Da, N] product per hidden unit.
+    post_bi = jnp.einsum("id,kde->ike", act, p["w_bi"])  # [N, H, Da]
+    pre_act = pre_act + jnp.einsum("ike,je->ijk", post_bi, act)
+  return _bounded_synapse(p, syn, pre_act)
+
+
+def readout(theta: Theta, body: jax.Array) -> jax.Array:
+  """Scalar readout of an output neuron's body `[Db]`; shared across output neurons."""
+  return body @ theta["readout"]["w"] + theta["readout"]["b"]

@@ -1,0 +1,188 @@
+"""The remember-snippets task: episode protocols (`hetero`, `auto`) and the `streaming` protocol.
+
+Everything here is pure `jnp` driven by `jax.random` keys, so episodes are generated inside `jit`.
+The time schedule (which step shows which snippet) is static and built with numpy at trace time; only
+the patterns, the query order and the cue corruption are random. See DESIGN.md, "The remember-snippets
+task". An episode is the external input of every neuron at every step plus the scored targets:
+
+  store:  C cycles x K snippets, each P steps (key on the inputs, value on the outputs as a teaching
+          input) followed by G blank steps;
+  delay:  D blank steps;
+  recall: Q queries, each a stored snippet's cue (key with a fraction of bits zeroed) for R steps,
+          scored on the output neurons.
+
+In `auto` the pattern is both key and value (`n_in == n_out`): recall is completion from a cue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PROTOCOLS = ("hetero", "auto", "streaming")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """Static description of a task (hashable). Field names follow DESIGN.md's knobs."""
+
+  protocol: str = "hetero"
+  num_neurons: int = 64  # N
+  n_in: int = 16  # key width
+  n_out: int = 16  # value width
+  num_snippets: int = 8  # K
+  present_steps: int = 2  # P
+  gap_steps: int = 0  # G
+  cycles: int = 1  # C
+  delay_steps: int = 2  # D
+  num_queries: int = 8  # Q
+  query_steps: int = 2  # R
+  cue_corruption: float = 0.0  # fraction of cue bits zeroed at recall
+  max_lag: int = 4  # Dmax, streaming only
+  window: int = 24  # W, streaming only
+
+  @property
+  def slot_steps(self) -> int:
+    """Streaming: steps per snippet slot (show P, gap G, query R)."""
+    return self.present_steps + self.gap_steps + self.query_steps
+
+  @property
+  def episode_steps(self) -> int:
+    """Time steps T of one episode (the window W for streaming)."""
+    if self.protocol == "streaming":
+      return self.window
+    store = self.cycles * self.num_snippets * (self.present_steps + self.gap_steps)
+    return store + self.delay_steps + self.num_queries * self.query_steps
+
+
+@flax.struct.dataclass
+class Episode:
+  """Inputs and targets of one episode (or one streaming window).
+
+  Attributes:
+    x: `[T, N]` external input of every neuron at every step (0 = none).
+    target: `[T, n_out]` +-1 target of the output neurons (0 where not scored).
+    score: `[T]` 1.0 on scored steps.
+  """
+
+  x: jax.Array
+  target: jax.Array
+  score: jax.Array
+
+
+def _random_bits(key: jax.Array, shape) -> jax.Array:
+  return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0)
+
+
+def corrupt(key: jax.Array, pattern: jax.Array, fraction: float) -> jax.Array:
+  """Zeroes exactly `round(fraction * width)` randomly chosen bits of `pattern` `[..., width]`."""
+  width = pattern.shape[-1]
+  n_zero = int(round(fraction * width))
+  if n_zero == 0:
+    return pattern
+  ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, pattern.shape), axis=-1), axis=-1)
+  return jnp.where(ranks >= n_zero, pattern, 0.0)
+
+
+def sample_snippets(key: jax.Array, spec: TaskSpec, num: int) -> tuple[jax.Array, jax.Array]:
+  """`num` random snippets: keys `[num, n_in]` and values `[num, n_out]` (+-1)."""
+  kk, kv = jax.random.split(key)
+  keys = _random_bits(kk, (num, spec.n_in))
+  if spec.protocol == "auto":
+    return keys, keys
+  return keys, _random_bits(kv, (num, spec.n_out))
+
+
+def _store_schedule(spec: TaskSpec) -> np.ndarray:
+  """Snippet index shown at each storage/delay step, -1 for blank steps."""
+  one_snippet = lambda k: [k] * spec.present_steps + [-1] * spec.gap_steps  # noqa: E731
+  cycle = [i for k in range(spec.num_snippets) for i in one_snippet(k)]
+  return np.array(cycle * spec.cycles + [-1] * spec.delay_steps, np.int32)
+
+
+def _place(spec: TaskSpec, inputs: jax.Array, teach: jax.Array) -> jax.Array:
+  """Input `[T, N]` from key bits `[T, n_in]` and teaching bits `[T, n_out]`."""
+  t = inputs.shape[0]
+  rest = jnp.zeros((t, spec.num_neurons - spec.n_in - spec.n_out))
+  return jnp.concatenate([inputs, teach, rest], axis=-1)
+
+
+def sample_episode(key: jax.Array, spec: TaskSpec) -> Episode:
+  """One `hetero` or `auto` episode (see the module docstring for the protocol)."""
+  k_snip, k_order, k_cue = jax.random.split(key, 3)
+  keys, values = sample_snippets(k_snip, spec, spec.num_snippets)
+  sched = _store_schedule(spec)
+  shown = (sched >= 0)[:, None]
+  idx = np.maximum(sched, 0)
+  store_in = jnp.where(shown, keys[idx], 0.0)
+  store_teach = jnp.where(shown, values[idx], 0.0)
+
+  order = jax.random.permutation(k_order, spec.num_snippets)[: spec.num_queries]
+  cues = corrupt(k_cue, keys[order], spec.cue_corruption)
+  query_in = jnp.repeat(cues, spec.query_steps, axis=0)
+  query_target = jnp.repeat(values[order], spec.query_steps, axis=0)
+  n_query = query_in.shape[0]
+
+  inputs = jnp.concatenate([store_in, query_in])
+  teach = jnp.concatenate([store_teach, jnp.zeros((n_query, spec.n_out))])
+  target = jnp.concatenate([jnp.zeros((len(sched), spec.n_out)), query_target])
+  score = jnp.concatenate([jnp.zeros(len(sched)), jnp.ones(n_query)])
+  return Episode(x=_place(spec, inputs, teach), target=target, score=score)
+
+
+@flax.struct.dataclass
+class StreamPosition:
+  """Where one never-reset stream is.
+
+  Attributes:
+    key: the stream's key; the snippet of slot `s` is a pure function of `(key, s)`.
+    t: `[]` int32 global step of the next window's first step.
+    first_slot: `[]` int32 first slot the stream saw whole; older lags are never scored.
+  """
+
+  key: jax.Array
+  t: jax.Array
+  first_slot: jax.Array
+
+
+def init_stream_position(key: jax.Array, spec: TaskSpec, phase: int) -> StreamPosition:
+  """A new stream starting at global step `phase` (streams in a batch use different phases)."""
+  t = jnp.asarray(phase, jnp.int32)
+  return StreamPosition(key=key, t=t, first_slot=(t + spec.slot_steps - 1) // spec.slot_steps)
+
+
+def stream_phases(spec: TaskSpec, batch: int) -> list[int]:
+  """Start steps that stagger `batch` streams evenly over one window, so every window position of
+  the protocol is trained at every meta step (learned_optimization's staggered truncations)."""
+  return [math.floor(b * spec.window / batch) for b in range(batch)]
+
+
+def _stream_step(pos: StreamPosition, t: jax.Array, spec: TaskSpec):
+  """Key bits `[n_in]`, teaching bits `[n_out]`, target `[n_out]` and score `[]` at global step t."""
+  slot, phase = t // spec.slot_steps, t % spec.slot_steps
+  slot_key = jax.random.fold_in(pos.key, slot)
+  keys, values = sample_snippets(slot_key, spec, 1)
+  lag = jax.random.randint(jax.random.fold_in(slot_key, 1), (), 1, spec.max_lag + 1)
+  old_slot = slot - lag
+  old_keys, old_values = sample_snippets(jax.random.fold_in(pos.key, old_slot), spec, 1)
+  cue = corrupt(jax.random.fold_in(slot_key, 2), old_keys[0], spec.cue_corruption)
+  showing = phase < spec.present_steps
+  querying = phase >= spec.present_steps + spec.gap_steps
+  scored = querying & (old_slot >= pos.first_slot)
+  key_bits = jnp.where(showing, keys[0], jnp.where(querying, cue, 0.0))
+  teach = jnp.where(showing, values[0], 0.0)
+  target = jnp.where(scored, old_values[0], 0.0)
+  return key_bits, teach, target, scored.astype(jnp.float32)
+
+
+def sample_stream_window(pos: StreamPosition, spec: TaskSpec) -> tuple[Episode, StreamPosition]:
+  """The next `W` steps of a stream, and the stream position after them."""
+  ts = pos.t + jnp.arange(spec.window, dtype=jnp.int32)
+  key_bits, teach, target, score = jax.vmap(_stream_step, in_axes=(None, 0, None))(pos, ts, spec)
+  episode = Episode(x=_place(spec, key_bits, teach), target=target, score=score)
+  return episode, pos.replace(t=pos.t + spec.window)
