@@ -5,7 +5,8 @@ r"""Recall against K of a trained run, and its capacity points.
 
 Restores the latest checkpoint and the config saved with it, evaluates held-out episodes at every K
 (all K snippets queried), and writes `DIR/recall_vs_k.json` (records plus the capacity at bit accuracy
-0.99 and 0.95) and `DIR/recall_vs_k.png`.
+0.99 and 0.95), `DIR/recall_vs_k.png`, and `DIR/training_curve.png` (meta-training recall of the run
+and of its synapses-off twin, read from their metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -64,6 +65,28 @@ def plot(records: list[dict], caps: dict, path: str, title: str) -> None:
   plt.close(fig)
 
 
+def plot_training(workdir: str, path: str) -> bool:
+  """Meta-training bit accuracy against meta step, with the synapses-off run where there is one."""
+  runs = [("learned rule", workdir), ("synapses off", os.path.join(workdir, "synapses_off"))]
+  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+  plotted = False
+  for name, run_dir in runs:
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(metrics_path):
+      continue
+    records = [r for r in metrics_lib.read_metrics(metrics_path) if "bit_accuracy" in r]
+    ax.plot([r["step"] for r in records], [r["bit_accuracy"] for r in records], label=name)
+    plotted = True
+  ax.axhline(0.5, color="k", lw=0.5)
+  ax.set(xlabel="meta step", ylabel="training recall bit accuracy", ylim=(0.4, 1.02))
+  ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  if plotted:
+    fig.savefig(path)
+  plt.close(fig)
+  return plotted
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -94,6 +117,9 @@ def main(argv):
     json.dump(result, f, indent=2)
   png_path = os.path.join(_WORKDIR.value, "recall_vs_k.png")
   plot(records, caps, png_path, f"{cfg.task.protocol}, {cfg.net.topology}, N={topo.num_neurons}")
+  curve_path = os.path.join(_WORKDIR.value, "training_curve.png")
+  if plot_training(_WORKDIR.value, curve_path):
+    print(f"wrote {curve_path}")
   for r in records:
     print(f"K={r['K']:>3}  bit accuracy {r['bit_accuracy']:.3f}  perfect {r['perfect_recall']:.3f}")
   print(f"capacity: K={caps['0.99']} at 0.99, K={caps['0.95']} at 0.95; wrote {json_path}, {png_path}")

@@ -58,9 +58,16 @@ def synapses_off_config(cfg):
   return off
 
 
-def format_table(rows: list[tuple[str, float]], k: int) -> str:
-  lines = [f"Held-out recall, K = {k} snippets per episode", f"{'rule':<32}{'bit accuracy':>14}"]
-  lines += [f"{name:<32}{value:>14.3f}" for name, value in rows]
+def task_label(cfg) -> str:
+  t = cfg.task
+  if t.protocol == "streaming":
+    return f"streaming, recall of the snippet 1..{t.max_lag} slots back"
+  return f"{t.protocol}, K = {t.num_snippets} snippets per episode"
+
+
+def format_table(rows: list[tuple[str, float]], label: str) -> str:
+  lines = [f"Held-out recall ({label})", f"{'rule':<36}{'bit accuracy':>14}"]
+  lines += [f"{name:<36}{value:>14.3f}" for name, value in rows]
   return "\n".join(lines)
 
 
@@ -90,7 +97,7 @@ def run(cfg, workdir: str) -> dict:
   summary["wall_seconds"] = time.perf_counter() - start
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
-  print(format_table(rows, cfg.task.num_snippets))
+  print(format_table(rows, task_label(cfg)))
   print(f"wall time {summary['wall_seconds']:.0f} s; summary in {workdir}/summary.json")
   return summary
 

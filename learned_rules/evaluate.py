@@ -77,6 +77,6 @@ def recall_vs_k(
 
 
 def capacity(records: list[dict], threshold: float) -> int:
-  """Largest K whose mean bit accuracy is at least `threshold` (0 if none); DESIGN.md's capacity."""
+  """Largest K whose mean bit accuracy is at least `threshold` (0 if none); docs/DESIGN.md's capacity."""
   ks = [r["K"] for r in records if r["bit_accuracy"] >= threshold]
   return max(ks, default=0)

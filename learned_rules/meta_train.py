@@ -7,6 +7,7 @@ held-out episodes. Everything it calls in the library is pure.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -36,7 +37,7 @@ class TrainState:
 
 
 def make_optimizer(learning_rate: float, clip_norm: float) -> optax.GradientTransformation:
-  """Adam with global-norm clipping (DESIGN.md, "Meta-training")."""
+  """Adam with global-norm clipping (docs/DESIGN.md, "Meta-training")."""
   return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
 
 
@@ -44,6 +45,7 @@ def train_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), TRAIN_TAG)
 
 
+@functools.partial(jax.jit, static_argnames=("problem", "optimizer", "batch"))
 def init_train_state(
   key: jax.Array,
   topo: network.Topology,

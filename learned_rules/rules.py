@@ -1,11 +1,11 @@
 """The two learned update rules: `body_update` (one neuron) and `synapse_update` (one synapse).
 
 Both are pure functions of a single neuron or a single synapse and of the shared meta-parameters
-`theta`; `network.py` is the one place that vmaps them over a whole network. Shape legend (DESIGN.md):
+`theta`; `network.py` is the one place that vmaps them over a whole network. Shape legend (docs/DESIGN.md):
 `Db` body-state size, `Ds` synapse-state size, `Da` activation size, `E` type-embedding size, `H` hidden
 units of the rule MLPs, `N` neurons.
 
-The update forms follow DESIGN.md ("Meta-training from scratch can stall, and what got it moving"):
+The update forms follow docs/DESIGN.md ("Meta-training from scratch can stall, and what got it moving"):
 a gated (GRU-like) body update, a decaying and bounded synapse update with learned per-channel decay
 and rate, a bilinear pre x post term in every hidden unit of the synapse MLP, and the external input
 added straight into the activation.
@@ -14,6 +14,7 @@ added straight into the activation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -49,6 +50,7 @@ def _logit(p: float) -> float:
   return math.log(p / (1.0 - p))
 
 
+@functools.partial(jax.jit, static_argnames="spec")
 def init_theta(key: jax.Array, spec: RuleSpec) -> Theta:
   """Initial meta-parameters: rule MLPs, type embeddings, initial states, input drive, readout."""
   db, ds, da, e, h, nt = (
@@ -178,7 +180,7 @@ def synapse_update_dense(theta: Theta, syn: jax.Array, act: jax.Array, emb: jax.
 
   The first layer of `f_s` on `[s_ij, a_i, e_i, a_j, e_j]` is a per-synapse term plus a per-post and
   a per-pre neuron term, so the neuron terms are computed once per neuron, not once per synapse
-  (DESIGN.md, "The model"). Equals `vmap(vmap(synapse_update))` over `(i, j)`; see rules_test.
+  (docs/DESIGN.md, "The model"). Equals `vmap(vmap(synapse_update))` over `(i, j)`; see tests/test_rules.py.
 
   Args:
     syn: `[N, N, Ds]` synapse states, post-major.

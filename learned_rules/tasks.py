@@ -2,7 +2,7 @@
 
 Everything here is pure `jnp` driven by `jax.random` keys, so episodes are generated inside `jit`.
 The time schedule (which step shows which snippet) is static and built with numpy at trace time; only
-the patterns, the query order and the cue corruption are random. See DESIGN.md, "The remember-snippets
+the patterns, the query order and the cue corruption are random. See docs/DESIGN.md, "The remember-snippets
 task". An episode is the external input of every neuron at every step plus the scored targets:
 
   store:  C cycles x K snippets, each P steps (key on the inputs, value on the outputs as a teaching
@@ -29,7 +29,7 @@ PROTOCOLS = ("hetero", "auto", "streaming")
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-  """Static description of a task (hashable). Field names follow DESIGN.md's knobs."""
+  """Static description of a task (hashable). Field names follow docs/DESIGN.md's knobs."""
 
   protocol: str = "hetero"
   num_neurons: int = 64  # N

@@ -1,4 +1,4 @@
-r"""Meta-train the update rules to remember snippets (DESIGN.md, "The remember-snippets task").
+r"""Meta-train the update rules to remember snippets (docs/DESIGN.md, "The remember-snippets task").
 
 Default: `hetero` on a `full` network of 64 neurons (16 input, 16 output, 32 hidden), K = 8 snippets,
 then the same network meta-trained with synapse updates off, on CPU in a few minutes:
@@ -63,13 +63,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   cfg.train = ml_collections.ConfigDict()
   cfg.train.batch_size = 16
-  cfg.train.num_steps = 400
+  cfg.train.num_steps = 250
   cfg.train.learning_rate = 3e-3
   cfg.train.clip_norm = 1.0
   cfg.train.loss = "mse"  # mse | logistic
   cfg.train.remat = True  # jax.checkpoint on the scan body
   cfg.train.log_every = 20
-  cfg.train.checkpoint_every = 100
+  cfg.train.checkpoint_every = 50
   cfg.train.max_to_keep = 2
 
   cfg.eval = ml_collections.ConfigDict()
