@@ -35,7 +35,7 @@ _NUM_EPISODES = flags.DEFINE_integer("num_episodes", None, "Held-out episodes pe
 
 def load_run(workdir: str):
   """`(cfg, topo, theta, step)` of the latest checkpoint in `workdir`."""
-  ckpt = checkpointing.Checkpointer(workdir)
+  ckpt = checkpointing.Checkpointer(workdir, create=False)
   step = ckpt.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; run experiments.remember first")

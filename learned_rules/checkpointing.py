@@ -61,11 +61,15 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 class Checkpointer:
   """Saves and restores `(train_state, config)` under `workdir/checkpoints`."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 3):
+  def __init__(self, workdir: str, max_to_keep: int = 3, create: bool = True):
+    """Opens `workdir/checkpoints`; with `create=False` a missing one raises FileNotFoundError
+    instead of being created (for readers such as experiments.evaluate)."""
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if not create and not os.path.isdir(self.directory):
+      raise FileNotFoundError(f"no checkpoints in {self.directory}; run experiments.remember first")
     # Synchronous saves: the meta step donates its state, so a background save must not read it later.
     options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+      max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False, read_only=not create
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config"))
 

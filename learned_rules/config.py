@@ -7,6 +7,7 @@ the dotted name of the offending field, so a typo costs one line of output, not 
 
 from __future__ import annotations
 
+import math
 import numbers
 
 from learned_rules import network, rules, tasks
@@ -49,10 +50,30 @@ def _float(
     raise ConfigError(dotted, f"must be a number, got {value!r}")
   too_low = value <= low if low_open else value < low
   too_high = value >= high if high_open else value > high
-  if too_low or too_high:
+  if math.isnan(value) or too_low or too_high:
     interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     raise ConfigError(dotted, f"must lie in {interval}, got {value}")
   return float(value)
+
+
+def _int_sequence(cfg, dotted: str, allow_empty: bool) -> list[int]:
+  """A sequence of integers >= 1 (layer widths, K values)."""
+  values = _get(cfg, dotted)
+  if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+    raise ConfigError(dotted, f"must be a sequence of integers, got {values!r}")
+  if not values and not allow_empty:
+    raise ConfigError(dotted, "must not be empty")
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+      raise ConfigError(dotted, f"every entry must be an integer >= 1, got {list(values)}")
+  return [int(v) for v in values]
+
+
+def _bool(cfg, dotted: str) -> bool:
+  value = _get(cfg, dotted)
+  if not isinstance(value, bool):
+    raise ConfigError(dotted, f"must be True or False, got {value!r}")
+  return value
 
 
 def _choice(cfg, dotted: str, choices) -> str:
@@ -72,13 +93,10 @@ def _validate_net(cfg) -> None:
     _float(cfg, "net.density", 0.0, 1.0, high_open=False, low_open=True)
     _int(cfg, "net.mask_seed", 0)
   if topology in ("layered", "layered_feedback"):
-    layers = _get(cfg, "net.hidden_layers")
-    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__"):
-      raise ConfigError("net.hidden_layers", f"must be a sequence of layer widths, got {layers!r}")
-    for width in layers:
-      if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
-        raise ConfigError("net.hidden_layers", f"every width must be an integer >= 1, got {layers}")
+    _int_sequence(cfg, "net.hidden_layers", allow_empty=True)
   _float(cfg, "net.init_noise", 0.0, float("inf"))
+  for name in ("self_connections", "synapse_updates", "body_recurrence"):
+    _bool(cfg, f"net.{name}")
 
 
 def _validate_rule(cfg) -> None:
@@ -88,6 +106,8 @@ def _validate_rule(cfg) -> None:
     raise ConfigError("rule.act_dim", "must be <= rule.body_dim (the activation is a slice of it)")
   _float(cfg, "rule.init_decay", 0.0, 1.0, low_open=True)
   _float(cfg, "rule.init_rate", 0.0, 1.0, low_open=True)
+  _bool(cfg, "rule.bilinear")
+  _bool(cfg, "rule.fast_synapse")
 
 
 def _validate_task(cfg) -> None:
@@ -119,12 +139,15 @@ def _validate_train(cfg) -> None:
   _choice(cfg, "train.loss", LOSSES)
   for name in ("log_every", "checkpoint_every", "max_to_keep"):
     _int(cfg, f"train.{name}", 1)
+  _bool(cfg, "train.remat")
   _int(cfg, "eval.num_episodes", 1)
+  _int_sequence(cfg, "eval.k_values", allow_empty=False)
 
 
 def validate(cfg) -> None:
   """Raises `ConfigError` naming the first invalid field of `cfg`; returns None if it is valid."""
   _int(cfg, "seed", 0)
+  _bool(cfg, "baseline_synapses_off")
   _validate_net(cfg)
   _validate_rule(cfg)
   _validate_task(cfg)

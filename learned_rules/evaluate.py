@@ -42,11 +42,13 @@ def evaluate(
   num_episodes: int,
   batch: int = 64,
 ) -> dict[str, float]:
-  """Mean recall metrics over `num_episodes` held-out episodes, in batches of at most `batch`."""
-  batch = min(batch, num_episodes)
-  num_batches = -(-num_episodes // batch)
-  results = [eval_batch(theta, topo, jax.random.fold_in(key, i), problem, batch) for i in range(num_batches)]
-  return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+  """Mean recall metrics over exactly `num_episodes` held-out episodes, in batches of at most `batch`.
+
+  For `streaming`, an episode is a fresh stream run for `STREAM_EVAL_WINDOWS` windows.
+  """
+  sizes = [batch] * (num_episodes // batch) + ([num_episodes % batch] if num_episodes % batch else [])
+  results = [eval_batch(theta, topo, jax.random.fold_in(key, i), problem, n) for i, n in enumerate(sizes)]
+  return {k: float(np.average([r[k] for r in results], weights=sizes)) for k in results[0]}
 
 
 def eval_key(seed: int) -> jax.Array:

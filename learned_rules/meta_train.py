@@ -42,7 +42,13 @@ def make_optimizer(learning_rate: float, clip_norm: float) -> optax.GradientTran
 
 
 def train_key(seed: int) -> jax.Array:
+  """Key of the initial meta-parameters (and streams) of a run."""
   return jax.random.fold_in(jax.random.PRNGKey(seed), TRAIN_TAG)
+
+
+def step_key(seed: int) -> jax.Array:
+  """Key that `make_meta_step` folds the step number into to draw each step's episodes."""
+  return jax.random.fold_in(train_key(seed), 1)
 
 
 @functools.partial(jax.jit, static_argnames=("problem", "optimizer", "batch"))
@@ -86,7 +92,7 @@ def make_meta_step(
       (_, (metrics, carry)), grads = grad_fn(state.theta, topo, problem, state.carry)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.theta)
     theta = optax.apply_updates(state.theta, updates)
-    metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
     new_state = TrainState(step=state.step + 1, theta=theta, opt_state=opt_state, carry=carry)
     return new_state, metrics
 
@@ -107,6 +113,34 @@ def setup(cfg):
   return topo, problem, optimizer
 
 
+def _init_or_restore(cfg, ckpt, topo, problem, optimizer, label: str) -> TrainState:
+  state = init_train_state(train_key(cfg.seed), topo, problem, optimizer, cfg.train.batch_size)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    logging.info("%sresumed from step %d in %s", label, int(state.step), ckpt.directory)
+  return state
+
+
+def _train_loop(cfg, workdir, ckpt, state: TrainState, meta_step, topo, label: str) -> TrainState:
+  """Meta steps up to `cfg.train.num_steps`, with metrics, progress and checkpoints."""
+  writer = metrics_lib.MetricsWriter(workdir)
+  num_steps = cfg.train.num_steps
+  progress = metrics_lib.Progress(num_steps, int(state.step), label)
+  for step in range(int(state.step), num_steps):
+    state, step_metrics = meta_step(state, topo)
+    done = step + 1
+    if done % cfg.train.log_every == 0 or done == num_steps:
+      scalars = jax.device_get(step_metrics)  # the only host sync of the loop
+      writer.write(done, **scalars)
+      progress.update(done, scalars["loss"], scalars["bit_accuracy"])
+    if done % cfg.train.checkpoint_every == 0 or done == num_steps:
+      ckpt.save(done, state, cfg)
+  progress.close()
+  if ckpt.latest_step() is None:  # num_steps == 0: still leave a restorable run behind.
+    ckpt.save(int(state.step), state, cfg)
+  return state
+
+
 def train_and_evaluate(cfg, workdir: str, label: str = "") -> dict:
   """Meta-trains `cfg` in `workdir` (resuming if it holds a checkpoint) and evaluates the result.
 
@@ -118,38 +152,18 @@ def train_and_evaluate(cfg, workdir: str, label: str = "") -> dict:
   topo, problem, optimizer = setup(cfg)
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpointing.Checkpointer(workdir, cfg.train.max_to_keep)
-  ckpt.check_compatible(cfg)
-  _write_config(workdir, cfg)
+  try:
+    ckpt.check_compatible(cfg)
+    _write_config(workdir, cfg)
+    state = _init_or_restore(cfg, ckpt, topo, problem, optimizer, label)
+    meta_step = make_meta_step(problem, optimizer, cfg.train.batch_size, step_key(cfg.seed))
+    state = _train_loop(cfg, workdir, ckpt, state, meta_step, topo, label)
+  finally:
+    ckpt.close()
 
-  key = train_key(cfg.seed)
-  state = init_train_state(key, topo, problem, optimizer, cfg.train.batch_size)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-    logging.info("%sresumed from step %d in %s", label, int(state.step), ckpt.directory)
-  meta_step = make_meta_step(problem, optimizer, cfg.train.batch_size, jax.random.fold_in(key, 1))
-
-  # ---- meta-training loop ----
-  writer = metrics_lib.MetricsWriter(workdir)
-  first = int(state.step)
-  progress = metrics_lib.Progress(cfg.train.num_steps, first, label)
-  for step in range(first, cfg.train.num_steps):
-    state, step_metrics = meta_step(state, topo)
-    done = step + 1
-    if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
-      scalars = jax.device_get(step_metrics)
-      writer.write(done, **scalars)
-      progress.update(done, scalars["loss"], scalars["bit_accuracy"])
-    if done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps:
-      ckpt.save(done, state, cfg)
-  progress.close()
-  if ckpt.latest_step() is None:  # num_steps == 0: still leave a restorable run behind.
-    ckpt.save(0, state, cfg)
-  ckpt.close()
-
-  # ---- held-out evaluation ----
   results = evaluate_lib.evaluate(
     state.theta, topo, problem, evaluate_lib.eval_key(cfg.seed), cfg.eval.num_episodes
   )
   results.update(meta_steps=int(state.step), wall_seconds=time.perf_counter() - start)
-  writer.write(int(state.step), **{f"eval_{k}": v for k, v in results.items()})
+  metrics_lib.MetricsWriter(workdir).write(int(state.step), **{f"eval_{k}": v for k, v in results.items()})
   return results

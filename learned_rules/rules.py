@@ -78,8 +78,8 @@ def init_theta(key: jax.Array, spec: RuleSpec) -> Theta:
     "b1": jnp.zeros((h,)),
     "w2": _dense_init(next(ks), h, (h, ds)),
     "b2": jnp.zeros((ds,)),
-    "decay_logit": jnp.full((ds,), _logit(spec.init_decay)),
-    "rate_logit": jnp.full((ds,), _logit(spec.init_rate)),
+    "decay_logit": jnp.full((ds,), _logit(spec.init_decay), jnp.float32),
+    "rate_logit": jnp.full((ds,), _logit(spec.init_rate), jnp.float32),
   }
   if spec.bilinear:
     synapse["w_bi"] = _dense_init(next(ks), da, (h, da, da))

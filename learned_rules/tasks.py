@@ -80,9 +80,9 @@ def _random_bits(key: jax.Array, shape) -> jax.Array:
 
 
 def corrupt(key: jax.Array, pattern: jax.Array, fraction: float) -> jax.Array:
-  """Zeroes exactly `round(fraction * width)` randomly chosen bits of `pattern` `[..., width]`."""
+  """Zeroes exactly `floor(fraction * width + 0.5)` randomly chosen bits of `pattern` `[..., width]`."""
   width = pattern.shape[-1]
-  n_zero = int(round(fraction * width))
+  n_zero = math.floor(fraction * width + 0.5)  # halves round up
   if n_zero == 0:
     return pattern
   ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, pattern.shape), axis=-1), axis=-1)

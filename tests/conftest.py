@@ -1,0 +1,137 @@
+"""Shared fixtures, and the settings that keep the suite within a few minutes on 2 CPU cores.
+
+Compilation dominates the suite's time, so before JAX starts:
+
+- XLA's CPU backend optimisation is turned down (`--xla_backend_optimization_level=0`): the tiny
+  networks here run in microseconds either way, and their programs compile several times faster.
+- A persistent compilation cache in a temporary directory is shared by this process and by the
+  subprocesses of `test_cli.py`, so a program compiled once (e.g. the `:tiny` meta step) is not
+  compiled again by a later `train_and_evaluate` call or by the command line run.
+
+Either setting can be overridden from the environment (`XLA_FLAGS`, `JAX_COMPILATION_CACHE_DIR`);
+neither changes what is computed, only how long the compiler takes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="learned_rules_test_jax_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from experiments.configs import remember  # noqa: E402
+from learned_rules import network, rules  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _OWN_CACHE is not None:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+# Sizes chosen pairwise different (Db != Ds != Da != E != H, n_in != n_out != n_hidden), so that a
+# transposed or mixed-up axis shows up as a shape error or a wrong number instead of hiding.
+SMALL_SPEC = rules.RuleSpec(
+  body_dim=6, synapse_dim=3, act_dim=2, emb_dim=5, hidden=7, num_types=3, bilinear=True
+)
+N_IN, N_OUT, N_HIDDEN = 3, 2, 4
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> str:
+  return REPO_ROOT
+
+
+@pytest.fixture
+def make_cfg():
+  """`make_cfg("tiny,auto")` is a fresh `experiments/configs/remember.py` config of that variant."""
+  return remember.get_config
+
+
+def perturbed_theta(key: jax.Array, spec: rules.RuleSpec, scale: float = 0.3, seed: int = 0) -> rules.Theta:
+  """`init_theta` plus noise on every leaf, so no bias, initial state or embedding is zero (zeros
+  would hide a term added twice or to the wrong axis). Test data comes from numpy's generator:
+  it costs no compilation."""
+  rng = np.random.default_rng(seed)
+  theta = rules.init_theta(key, spec)
+  return jax.tree.map(
+    lambda leaf: leaf + jnp.asarray(scale * rng.standard_normal(leaf.shape), jnp.float32), theta
+  )
+
+
+def random_net_state(seed: int, topo: network.Topology, spec: rules.RuleSpec) -> network.NetState:
+  """Bodies `[N, Db]` and masked synapses `[N, N, Ds]` of order one, independent of the types."""
+  rng = np.random.default_rng(seed)
+  n = topo.num_neurons
+  bodies = rng.standard_normal((n, spec.body_dim))
+  synapses = rng.standard_normal((n, n, spec.synapse_dim)) * np.asarray(topo.mask)[..., None]
+  return network.NetState(
+    bodies=jnp.asarray(bodies, jnp.float32), synapses=jnp.asarray(synapses, jnp.float32)
+  )
+
+
+@pytest.fixture(scope="session")
+def small_spec() -> rules.RuleSpec:
+  return SMALL_SPEC
+
+
+@pytest.fixture(scope="session")
+def full_topo() -> network.Topology:
+  return network.make_full(N_IN, N_OUT, N_HIDDEN)
+
+
+@pytest.fixture(scope="session")
+def theta() -> rules.Theta:
+  return perturbed_theta(jax.random.PRNGKey(0), SMALL_SPEC)
+
+
+@pytest.fixture(scope="session")
+def net_state(full_topo) -> network.NetState:
+  return random_net_state(1, full_topo, SMALL_SPEC)
+
+
+@pytest.fixture(scope="session")
+def step_input(full_topo) -> jax.Array:
+  """`[N]` external input: +-1 on every neuron (hidden ones too, to exercise the input drive)."""
+  rng = np.random.default_rng(2)
+  return jnp.asarray(rng.choice([-1.0, 1.0], full_topo.num_neurons), jnp.float32)
+
+
+def assert_trees_close(actual, expected, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+  """Leaf-wise `np.testing.assert_allclose` with the leaf's path in the message."""
+  flat_a = jax.tree_util.tree_flatten_with_path(actual)[0]
+  flat_e = jax.tree.leaves(expected)
+  assert len(flat_a) == len(flat_e)
+  for (path, a), e in zip(flat_a, flat_e, strict=True):
+    np.testing.assert_allclose(
+      np.asarray(a), np.asarray(e), rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)
+    )
+
+
+@pytest.fixture(scope="session")
+def trees_close():
+  return assert_trees_close
+
+
+@pytest.fixture(scope="session")
+def make_theta():
+  return perturbed_theta
+
+
+@pytest.fixture(scope="session")
+def make_net_state():
+  return random_net_state

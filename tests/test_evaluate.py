@@ -1,0 +1,56 @@
+"""Tests of `learned_rules.evaluate`: held-out metrics, the problem of a config, and capacity."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import remember
+from learned_rules import evaluate, meta_train, rules
+
+
+def test_capacity_is_the_largest_k_at_the_threshold():
+  records = [
+    {"K": 1, "bit_accuracy": 1.0},
+    {"K": 2, "bit_accuracy": 0.995},
+    {"K": 4, "bit_accuracy": 0.96},
+    {"K": 8, "bit_accuracy": 0.7},
+  ]
+  assert evaluate.capacity(records, 0.99) == 2
+  assert evaluate.capacity(records, 0.95) == 4
+  assert evaluate.capacity(records, 0.5) == 8
+  assert evaluate.capacity(records, 1.01) == 0
+  assert evaluate.capacity([], 0.99) == 0
+
+
+def test_problem_from_config(make_cfg):
+  cfg = make_cfg("tiny")
+  cfg.train.loss = "logistic"
+  cfg.rule.fast_synapse = False
+  cfg.train.remat = False
+  topo, problem, _ = meta_train.setup(cfg)
+  assert problem.loss == "logistic" and problem.fast_synapse is False and problem.remat is False
+  assert problem.init_noise == cfg.net.init_noise
+  assert problem.rule.num_types == topo.num_types
+  swept = evaluate.problem_from_config(cfg, topo, num_snippets=3)
+  assert swept.task.num_snippets == swept.task.num_queries == 3
+  hash(problem)  # a static argument of the jitted evaluation
+
+
+def test_evaluate_averages_whole_batches():
+  """`evaluate` is the mean of `eval_batch` over batches drawn from `fold_in(key, i)`."""
+  cfg = remember.get_config("tiny")
+  topo, problem, _ = meta_train.setup(cfg)
+  theta = rules.init_theta(jax.random.PRNGKey(0), problem.rule)
+  key = evaluate.eval_key(cfg.seed)
+  batch = cfg.eval.num_episodes  # the driver's evaluation batch: its program is compiled once
+  result = evaluate.evaluate(theta, topo, problem, key, 2 * batch, batch=batch)
+  parts = [evaluate.eval_batch(theta, topo, jax.random.fold_in(key, i), problem, batch) for i in range(2)]
+  assert set(result) == {"loss", "bit_accuracy", "perfect_recall"}
+  for name, value in result.items():
+    assert value == pytest.approx(float(np.mean([p[name] for p in parts])), rel=1e-6)
+  # Held-out episodes differ from batch to batch, and are a function of the key alone.
+  assert float(parts[0]["loss"]) != float(parts[1]["loss"])
+  assert evaluate.evaluate(theta, topo, problem, key, 2 * batch, batch=batch) == result
+  assert not np.array_equal(evaluate.eval_key(0), meta_train.train_key(0))

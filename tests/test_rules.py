@@ -1,0 +1,229 @@
+"""Tests of `learned_rules.rules`: theta layout, the two update rules, and the fast synapse update."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from learned_rules import rules
+
+N = 5  # neurons for the all-pairs synapse update
+
+
+def _expected_shapes(spec: rules.RuleSpec) -> dict:
+  db, ds, da, e, h, nt = (
+    spec.body_dim,
+    spec.synapse_dim,
+    spec.act_dim,
+    spec.emb_dim,
+    spec.hidden,
+    spec.num_types,
+  )
+  body_in = db + ds * da + 1 + e  # previous body, message, input, type embedding
+  shapes = {
+    "body": {"w1": (body_in, h), "b1": (h,), "w2": (h, db), "b2": (db,), "wz": (body_in, db), "bz": (db,)},
+    "synapse": {
+      "w_s": (ds, h),
+      "w_post": (da + e, h),
+      "w_pre": (da + e, h),
+      "b1": (h,),
+      "w2": (h, ds),
+      "b2": (ds,),
+      "decay_logit": (ds,),
+      "rate_logit": (ds,),
+    },
+    "type_emb": (nt, e),
+    "init_body": (nt, db),
+    "init_synapse": (nt, nt, ds),
+    "w_in": (da,),
+    "readout": {"w": (db,), "b": ()},
+  }
+  if spec.bilinear:
+    shapes["synapse"]["w_bi"] = (h, da, da)
+  return shapes
+
+
+def _normal(rng: np.random.Generator, *shape) -> jax.Array:
+  return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+
+def _local_inputs(seed: int, spec: rules.RuleSpec) -> dict:
+  """Random arguments of one body update and one synapse update."""
+  rng = np.random.default_rng(seed)
+  return dict(
+    body=_normal(rng, spec.body_dim),
+    msg=_normal(rng, spec.msg_dim),
+    x=jnp.asarray(-1.0),
+    emb=_normal(rng, spec.emb_dim),
+    syn=_normal(rng, spec.synapse_dim),
+    a_post=jnp.tanh(_normal(rng, spec.act_dim)),
+    a_pre=jnp.tanh(_normal(rng, spec.act_dim)),
+    emb_pre=_normal(rng, spec.emb_dim),
+  )
+
+
+def _dense_inputs(seed: int, spec: rules.RuleSpec):
+  """Synapses `[N, N, Ds]`, activations `[N, Da]`, embeddings `[N, E]`."""
+  rng = np.random.default_rng(seed)
+  syn = _normal(rng, N, N, spec.synapse_dim)
+  act = jnp.tanh(_normal(rng, N, spec.act_dim))
+  emb = _normal(rng, N, spec.emb_dim)
+  return syn, act, emb
+
+
+@pytest.mark.parametrize("bilinear", [True, False])
+def test_init_theta_shapes_and_values(small_spec, bilinear):
+  spec = dataclasses.replace(small_spec, bilinear=bilinear)
+  theta = rules.init_theta(jax.random.PRNGKey(0), spec)
+  expected = _expected_shapes(spec)
+  assert jax.tree.structure(theta) == jax.tree.structure(
+    jax.tree.map(lambda s: 0, expected, is_leaf=lambda s: isinstance(s, tuple))
+  )
+  jax.tree.map(chex.assert_shape, theta, expected, is_leaf=lambda s: isinstance(s, tuple))
+  chex.assert_tree_all_finite(theta)
+  for leaf in jax.tree.leaves(theta):
+    assert leaf.dtype == jnp.float32
+  # The decaying, bounded synapse update starts at the configured decay and rate.
+  np.testing.assert_allclose(jax.nn.sigmoid(theta["synapse"]["decay_logit"]), spec.init_decay, rtol=1e-6)
+  np.testing.assert_allclose(jax.nn.sigmoid(theta["synapse"]["rate_logit"]), spec.init_rate, rtol=1e-6)
+
+
+def test_init_theta_leaves_are_not_weakly_typed(small_spec):
+  theta = rules.init_theta(jax.random.PRNGKey(0), small_spec)
+  weak = [
+    jax.tree_util.keystr(path)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]
+    if jax.typeof(leaf).weak_type
+  ]
+  assert not weak, f"weakly typed leaves: {weak}"
+
+
+def test_init_theta_depends_on_key(small_spec):
+  a = rules.init_theta(jax.random.PRNGKey(0), small_spec)
+  b = rules.init_theta(jax.random.PRNGKey(1), small_spec)
+  assert not np.allclose(a["body"]["w1"], b["body"]["w1"])
+  chex.assert_trees_all_equal(a, rules.init_theta(jax.random.PRNGKey(0), small_spec))
+
+
+def test_rule_output_shapes(theta, small_spec):
+  s = small_spec
+  inp = _local_inputs(3, s)
+  chex.assert_shape(rules.activation(theta, inp["body"], inp["x"], s), (s.act_dim,))
+  chex.assert_shape(rules.body_update(theta, inp["body"], inp["msg"], inp["x"], inp["emb"], s), (s.body_dim,))
+  chex.assert_shape(
+    rules.synapse_update(theta, inp["syn"], inp["a_post"], inp["a_pre"], inp["emb"], inp["emb_pre"]),
+    (s.synapse_dim,),
+  )
+  syn, act, emb = _dense_inputs(4, s)
+  chex.assert_shape(rules.synapse_update_dense(theta, syn, act, emb), (N, N, s.synapse_dim))
+  chex.assert_shape(rules.readout(theta, inp["body"]), ())
+
+
+def test_activation_is_tanh_of_slice_plus_input_drive(theta, small_spec):
+  inp = _local_inputs(5, small_spec)
+  got = rules.activation(theta, inp["body"], inp["x"], small_spec)
+  want = np.tanh(np.asarray(inp["body"][: small_spec.act_dim]) + np.asarray(theta["w_in"]) * float(inp["x"]))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("recurrence", [True, False])
+def test_body_update_jit_matches_eager(theta, small_spec, recurrence):
+  inp = _local_inputs(6, small_spec)
+  args = (theta, inp["body"], inp["msg"], inp["x"], inp["emb"])
+  eager = rules.body_update(*args, small_spec, recurrence)
+  jitted = jax.jit(rules.body_update, static_argnums=(5, 6))(*args, small_spec, recurrence)
+  np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bilinear", [True, False])
+def test_synapse_update_jit_matches_eager(make_theta, small_spec, bilinear):
+  spec = dataclasses.replace(small_spec, bilinear=bilinear)
+  theta = make_theta(jax.random.PRNGKey(0), spec, seed=7)
+  inp = _local_inputs(8, spec)
+  args = (theta, inp["syn"], inp["a_post"], inp["a_pre"], inp["emb"], inp["emb_pre"])
+  np.testing.assert_allclose(
+    jax.jit(rules.synapse_update)(*args), rules.synapse_update(*args), rtol=1e-5, atol=1e-6
+  )
+  syn, act, emb = _dense_inputs(9, spec)
+  np.testing.assert_allclose(
+    jax.jit(rules.synapse_update_dense)(theta, syn, act, emb),
+    rules.synapse_update_dense(theta, syn, act, emb),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+
+
+@pytest.mark.parametrize("bilinear", [True, False])
+def test_dense_synapse_update_equals_per_synapse_vmap(make_theta, small_spec, bilinear):
+  spec = dataclasses.replace(small_spec, bilinear=bilinear)
+  theta = make_theta(jax.random.PRNGKey(0), spec, seed=10)
+  syn, act, emb = _dense_inputs(11, spec)
+  # Inner vmap over the pre neuron j, outer over the post neuron i: result[i, j] is synapse j -> i.
+  per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0))
+  per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, None, 0, None))
+  want = per_pair(theta, syn, act, act, emb, emb)
+  got = rules.synapse_update_dense(theta, syn, act, emb)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # Spot-check one off-diagonal pair against the single-synapse function, so that a transposed
+  # (pre, post) convention in both batched forms would still be caught.
+  i, j = 3, 1
+  one = rules.synapse_update(theta, syn[i, j], act[i], act[j], emb[i], emb[j])
+  np.testing.assert_allclose(got[i, j], one, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(got[j, i], one, atol=1e-3)
+
+
+def test_bilinear_term_is_used(theta, small_spec):
+  inp = _local_inputs(12, small_spec)
+  args = (inp["syn"], inp["a_post"], inp["a_pre"], inp["emb"], inp["emb_pre"])
+  base = rules.synapse_update(theta, *args)
+  scaled = {**theta, "synapse": {**theta["synapse"], "w_bi": 3.0 * theta["synapse"]["w_bi"]}}
+  assert not np.allclose(rules.synapse_update(scaled, *args), base, atol=1e-4)
+  without = {**theta, "synapse": {k: v for k, v in theta["synapse"].items() if k != "w_bi"}}
+  assert not np.allclose(rules.synapse_update(without, *args), base, atol=1e-4)
+
+
+def test_body_update_without_recurrence_ignores_previous_body(theta, small_spec):
+  inp = _local_inputs(13, small_spec)
+
+  def new_body(body, recurrence):
+    return rules.body_update(theta, body, inp["msg"], inp["x"], inp["emb"], small_spec, recurrence)
+
+  d_off = jax.jacfwd(new_body)(inp["body"], False)
+  d_on = jax.jacfwd(new_body)(inp["body"], True)
+  chex.assert_shape(d_off, (small_spec.body_dim, small_spec.body_dim))
+  np.testing.assert_array_equal(d_off, 0.0)
+  assert np.abs(d_on).max() > 1e-3
+  # Without recurrence the update is the bare candidate: a different update, not a rescaled one.
+  assert not np.allclose(new_body(inp["body"], False), new_body(inp["body"], True), atol=1e-3)
+
+
+def test_body_update_is_a_convex_gate(theta, small_spec):
+  """`(1 - z) b + z tanh(.)` with z in (0, 1): each new coordinate lies between b and [-1, 1]."""
+  inp = _local_inputs(14, small_spec)
+  body = 4.0 * inp["body"]
+  new = np.asarray(rules.body_update(theta, body, inp["msg"], inp["x"], inp["emb"], small_spec))
+  body = np.asarray(body)
+  assert np.all(new <= np.maximum(body, 1.0) + 1e-6)
+  assert np.all(new >= np.minimum(body, -1.0) - 1e-6)
+
+
+def test_synapse_update_is_decaying_and_bounded(theta, small_spec):
+  """`|s'| <= sigmoid(lambda) |s| + sigmoid(eta)` per channel (DESIGN.md: bounded synapse update)."""
+  inp = _local_inputs(15, small_spec)
+  p = theta["synapse"]
+  for scale in (0.1, 10.0, 1e3):
+    syn = scale * inp["syn"]
+    new = rules.synapse_update(theta, syn, inp["a_post"], inp["a_pre"], inp["emb"], inp["emb_pre"])
+    bound = jax.nn.sigmoid(p["decay_logit"]) * jnp.abs(syn) + jax.nn.sigmoid(p["rate_logit"])
+    assert np.all(np.abs(new) <= np.asarray(bound) * (1 + 1e-6))
+
+
+def test_readout_is_affine_in_body(theta, small_spec):
+  body = _normal(np.random.default_rng(16), small_spec.body_dim)
+  want = float(np.dot(np.asarray(body), np.asarray(theta["readout"]["w"])) + theta["readout"]["b"])
+  np.testing.assert_allclose(rules.readout(theta, body), want, rtol=1e-5, atol=1e-6)
