@@ -2,6 +2,7 @@ r"""Recall against K of a trained run, and its capacity points.
 
   python -m experiments.evaluate --workdir=runs/remember-hetero-full-K8-seed0
   python -m experiments.evaluate --workdir=DIR --k_values=1,4,8,16 --num_episodes=256
+  python -m experiments.evaluate --workdir=DIR --figure_dir=docs/figures/hetero_full  # the docs' figures
 
 Restores the latest checkpoint and the config saved with it, evaluates held-out episodes at every K
 (all K snippets queried), and writes `DIR/recall_vs_k.json` (records plus the capacity at bit accuracy
@@ -31,6 +32,7 @@ _WORKDIR = flags.DEFINE_string(
 )
 _K_VALUES = flags.DEFINE_list("k_values", None, "K values to evaluate (default: the config's).")
 _NUM_EPISODES = flags.DEFINE_integer("num_episodes", None, "Held-out episodes per K.")
+_FIGURE_DIR = flags.DEFINE_string("figure_dir", None, "Where to write the PNGs (default: the workdir).")
 
 
 def load_run(workdir: str):
@@ -115,9 +117,11 @@ def main(argv):
   json_path = os.path.join(_WORKDIR.value, "recall_vs_k.json")
   with open(json_path, "w") as f:
     json.dump(result, f, indent=2)
-  png_path = os.path.join(_WORKDIR.value, "recall_vs_k.png")
+  figure_dir = _FIGURE_DIR.value or _WORKDIR.value
+  os.makedirs(figure_dir, exist_ok=True)
+  png_path = os.path.join(figure_dir, "recall_vs_k.png")
   plot(records, caps, png_path, f"{cfg.task.protocol}, {cfg.net.topology}, N={topo.num_neurons}")
-  curve_path = os.path.join(_WORKDIR.value, "training_curve.png")
+  curve_path = os.path.join(figure_dir, "training_curve.png")
   if plot_training(_WORKDIR.value, curve_path):
     print(f"wrote {curve_path}")
   for r in records:
