@@ -68,9 +68,12 @@ class Checkpointer:
     if not create and not os.path.isdir(self.directory):
       raise FileNotFoundError(f"no checkpoints in {self.directory}; run experiments.remember first")
     # Synchronous saves: the meta step donates its state, so a background save must not read it later.
-    options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False, read_only=not create
-    )
+    if create:
+      options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+      )
+    else:
+      options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, max_to_keep=None)
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config"))
 
   def latest_step(self) -> int | None:
