@@ -107,6 +107,7 @@ def _validate_rule(cfg) -> None:
   _float(cfg, "rule.init_decay", 0.0, 1.0, low_open=True)
   _float(cfg, "rule.init_rate", 0.0, 1.0, low_open=True)
   _bool(cfg, "rule.bilinear")
+  _choice(cfg, "rule.message_norm", network.MESSAGE_NORMS)
   _bool(cfg, "rule.fast_synapse")
 
 
@@ -164,6 +165,7 @@ def rule_spec(cfg, topo: network.Topology) -> rules.RuleSpec:
     hidden=r.hidden,
     num_types=topo.num_types,
     bilinear=bool(r.bilinear),
+    message_norm=r.message_norm,
     init_decay=r.init_decay,
     init_rate=r.init_rate,
   )

@@ -155,22 +155,27 @@ def init_net_state(theta: rules.Theta, topo: Topology, key: jax.Array, noise: fl
   return NetState(bodies=bodies, synapses=syn * topo.mask[..., None])
 
 
-def messages(syn: jax.Array, mask: jax.Array, act: jax.Array) -> jax.Array:
-  """`msg[i] = sum_j mask[i, j] * outer(syn[i, j], act[j]) / sqrt(fan_in[i])`, `[N, Ds*Da]`.
+MESSAGE_NORMS = ("sqrt", "mean", "sum")
 
-  `Ds` matrix products. The sum over pre-synaptic neurons is divided by the square root of the
-  neuron's fan-in (1 where it has none), the usual scale of a sum of weakly correlated terms. Why
-  not the plain sum: in a never-reset stream the synapses settle at order-one values, the summed
-  messages saturate every body update, and meta-training on `streaming` stayed at chance (0.50 after
-  80 meta steps). Why not the mean: `hetero` then stalled at the synapses-off level (0.65 after 100
-  meta steps). With the square root both learn (docs/RESULTS.md).
+
+def messages(syn: jax.Array, mask: jax.Array, act: jax.Array, norm: str = "sqrt") -> jax.Array:
+  """`msg[i] = sum_j mask[i, j] * outer(syn[i, j], act[j]) / scale[i]`, `[N, Ds*Da]`: `Ds` matmuls.
+
+  `scale[i]` is `sqrt(fan_in[i])` by default (`norm="sqrt"`), the usual scale of a sum of weakly
+  correlated terms; `"mean"` divides by the fan-in, `"sum"` by nothing (neurons without inputs: 1).
+  Why not the plain sum: in a never-reset stream the synapses settle at order-one values, the summed
+  messages saturate every body update, and meta-training on `streaming` stays at chance. Why not the
+  mean: `hetero` then stalls at the synapses-off level. docs/RESULTS.md has the measurements.
 
   Args:
     syn: `[N, N, Ds]`; mask: `[N, N]`; act: `[N, Da]`.
   """
   msg = jnp.einsum("ijc,jd->icd", syn * mask[..., None], act)
+  msg = msg.reshape(msg.shape[0], -1)
+  if norm == "sum":
+    return msg
   fan_in = jnp.maximum(jnp.sum(mask, axis=1), 1.0)
-  return msg.reshape(msg.shape[0], -1) * jax.lax.rsqrt(fan_in)[:, None]
+  return msg / (fan_in if norm == "mean" else jnp.sqrt(fan_in))[:, None]
 
 
 def network_step(
@@ -194,7 +199,7 @@ def network_step(
   emb = theta["type_emb"][topo.types]  # [N, E]
   act_fn = jax.vmap(rules.activation, in_axes=(None, 0, 0, None))
   act = act_fn(theta, net_state.bodies, x, spec)
-  msg = messages(net_state.synapses, topo.mask, act)
+  msg = messages(net_state.synapses, topo.mask, act, spec.message_norm)
   bodies = jax.vmap(rules.body_update, in_axes=(None, 0, 0, 0, 0, None, None))(
     theta, net_state.bodies, msg, x, emb, spec, topo.body_recurrence
   )

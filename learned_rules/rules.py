@@ -34,6 +34,7 @@ class RuleSpec:
   hidden: int = 32  # H, hidden units of f_b and f_s
   num_types: int = 3
   bilinear: bool = True  # a_post^T W_k a_pre added to each hidden unit of f_s
+  message_norm: str = "sqrt"  # summed message divided by sqrt(fan-in), fan-in ("mean") or 1 ("sum")
   init_decay: float = 0.95  # sigmoid(lambda) at initialisation
   init_rate: float = 0.12  # sigmoid(eta) at initialisation
 

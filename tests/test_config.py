@@ -35,6 +35,9 @@ VARIANTS = [
 INVALID = [
   ("", "seed", -1, "seed"),
   ("", "net.topology", "ring", "net.topology"),
+  ("", "rule.message_norm", "max", "rule.message_norm"),
+  ("", "eval.k_values", (), "eval.k_values"),
+  ("", "eval.k_values", (4, 0), "eval.k_values"),
   ("", "net.num_inputs", 0, "net.num_inputs"),
   ("", "net.num_outputs", -3, "net.num_outputs"),
   ("", "net.num_hidden", -1, "net.num_hidden"),

@@ -140,8 +140,9 @@ def test_init_net_state_uses_per_type_vectors(theta, small_spec):
   assert np.all(np.asarray(noisy.synapses)[mask == 0] == 0)  # absent synapses stay exactly zero
 
 
-def test_messages_match_explicit_sum(small_spec):
-  """`msg[i] = sum_j mask[i, j] outer(syn[i, j], act[j]) / sqrt(fan_in[i])` (fan-in 1 if none)."""
+@pytest.mark.parametrize("norm", network.MESSAGE_NORMS)
+def test_messages_match_explicit_sum(small_spec, norm):
+  """`msg[i] = sum_j mask[i, j] outer(syn[i, j], act[j]) / scale[i]`, scale from the fan-in."""
   n, ds, da = 5, small_spec.synapse_dim, small_spec.act_dim
   rng = np.random.default_rng(0)
   syn = rng.standard_normal((n, n, ds)).astype(np.float32)
@@ -149,13 +150,14 @@ def test_messages_match_explicit_sum(small_spec):
   mask[0] = 0.0  # a neuron that receives nothing
   mask[1] = 1.0  # and one that receives from everyone
   act = rng.standard_normal((n, da)).astype(np.float32)
-  msg = network.messages(jnp.asarray(syn), jnp.asarray(mask), jnp.asarray(act))
+  msg = network.messages(jnp.asarray(syn), jnp.asarray(mask), jnp.asarray(act), norm)
   chex.assert_shape(msg, (n, ds * da))
   want = np.zeros((n, ds, da))
   for i in range(n):
     for j in range(n):
       want[i] += mask[i, j] * np.outer(syn[i, j], act[j])
-    want[i] /= np.sqrt(max(mask[i].sum(), 1.0))
+    fan_in = max(mask[i].sum(), 1.0)
+    want[i] /= {"sqrt": np.sqrt(fan_in), "mean": fan_in, "sum": 1.0}[norm]
   np.testing.assert_allclose(msg, want.reshape(n, ds * da), rtol=RTOL, atol=1e-5)
 
 

@@ -44,6 +44,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.rule.emb_dim = 8  # E
   cfg.rule.hidden = 32  # hidden units of f_b and f_s
   cfg.rule.bilinear = True  # pre x post bilinear term in every hidden unit of f_s
+  cfg.rule.message_norm = "sqrt"  # sqrt | mean | sum: divide summed messages by sqrt(fan-in), fan-in, 1
   cfg.rule.init_decay = 0.95
   cfg.rule.init_rate = 0.12
   cfg.rule.fast_synapse = True  # split-first-layer synapse update (same numbers, faster)
