@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from learned_rules import checkpointing, meta_train
@@ -111,7 +111,6 @@ def main(argv):
   try:
     run(cfg, workdir)
   except (config_lib.ConfigError, checkpointing.IncompatibleCheckpointError) as e:
-    logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
