@@ -35,15 +35,14 @@ _WORKDIR = flags.DEFINE_string(
   "workdir",
   None,
   "Run directory (checkpoints, metrics.jsonl, summary.json). "
-  "Default: runs/remember-<protocol>-<topology>-K<K>-seed<seed>.",
+  "Default: runs/remember-<protocol>-<topology>-K<K>-seed<seed> (lag<max_lag> for streaming).",
 )
 
 
 def default_workdir(cfg) -> str:
-  return os.path.join(
-    "runs",
-    f"remember-{cfg.task.protocol}-{cfg.net.topology}-K{cfg.task.num_snippets}-seed{cfg.seed}",
-  )
+  t = cfg.task
+  size = f"lag{t.max_lag}" if t.protocol == "streaming" else f"K{t.num_snippets}"
+  return os.path.join("runs", f"remember-{t.protocol}-{cfg.net.topology}-{size}-seed{cfg.seed}")
 
 
 def chance_bit_accuracy() -> float:
