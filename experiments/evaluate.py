@@ -20,7 +20,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from learned_rules import checkpointing, meta_train  # noqa: E402
@@ -33,22 +32,6 @@ _WORKDIR = flags.DEFINE_string(
 _K_VALUES = flags.DEFINE_list("k_values", None, "K values to evaluate (default: the config's).")
 _NUM_EPISODES = flags.DEFINE_integer("num_episodes", None, "Held-out episodes per K.")
 _FIGURE_DIR = flags.DEFINE_string("figure_dir", None, "Where to write the PNGs (default: the workdir).")
-
-
-def load_run(workdir: str):
-  """`(cfg, topo, theta, step)` of the latest checkpoint in `workdir`."""
-  ckpt = checkpointing.Checkpointer(workdir, create=False)
-  step = ckpt.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; run experiments.remember first")
-  cfg = ml_collections.ConfigDict(ckpt.saved_config(step))
-  topo, problem, optimizer = meta_train.setup(cfg)
-  like = meta_train.init_train_state(
-    meta_train.train_key(cfg.seed), topo, problem, optimizer, cfg.train.batch_size
-  )
-  state = ckpt.restore(like, step)
-  ckpt.close()
-  return cfg, topo, state.theta, step
 
 
 def plot(records: list[dict], caps: dict, path: str, title: str) -> None:
@@ -94,7 +77,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   metrics_lib.quiet_library_logs()
   try:
-    cfg, topo, theta, step = load_run(_WORKDIR.value)
+    cfg, topo, state = meta_train.load_run(_WORKDIR.value)
   except (FileNotFoundError, checkpointing.IncompatibleCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -103,7 +86,10 @@ def main(argv):
     sys.exit(2)
   k_values = [int(k) for k in (_K_VALUES.value or cfg.eval.k_values)]
   episodes = _NUM_EPISODES.value or cfg.eval.num_episodes
-  records = evaluate_lib.recall_vs_k(theta, topo, cfg, k_values, episodes, evaluate_lib.eval_key(cfg.seed))
+  step = int(state.step)
+  records = evaluate_lib.recall_vs_k(
+    state.theta, topo, cfg, k_values, episodes, evaluate_lib.eval_key(cfg.seed)
+  )
   caps = {str(level): evaluate_lib.capacity(records, level) for level in (0.99, 0.95)}
   result = {
     "workdir": _WORKDIR.value,

@@ -14,6 +14,7 @@ import time
 
 import flax
 import jax
+import ml_collections
 import optax
 from absl import logging
 
@@ -139,6 +140,24 @@ def _train_loop(cfg, workdir, ckpt, state: TrainState, meta_step, topo, label: s
   if ckpt.latest_step() is None:  # num_steps == 0: still leave a restorable run behind.
     ckpt.save(int(state.step), state, cfg)
   return state
+
+
+def load_run(workdir: str):
+  """`(cfg, topo, train_state)` of the latest checkpoint in `workdir`, with the config saved beside it.
+
+  Raises FileNotFoundError if `workdir` holds no checkpoint (and creates nothing).
+  """
+  ckpt = checkpointing.Checkpointer(workdir, create=False)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; run experiments.remember first")
+    cfg = ml_collections.ConfigDict(ckpt.saved_config(step))
+    topo, problem, optimizer = setup(cfg)
+    like = init_train_state(train_key(cfg.seed), topo, problem, optimizer, cfg.train.batch_size)
+    return cfg, topo, ckpt.restore(like, step)
+  finally:
+    ckpt.close()
 
 
 def train_and_evaluate(cfg, workdir: str, label: str = "") -> dict:

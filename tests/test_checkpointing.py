@@ -17,15 +17,9 @@ NUM_STEPS = 4  # `:tiny` trains 4 steps and checkpoints every 2
 
 
 def _restore_final_state(cfg, workdir: str):
-  topo, problem, optimizer = meta_train.setup(cfg)
-  like = meta_train.init_train_state(
-    meta_train.train_key(cfg.seed), topo, problem, optimizer, cfg.train.batch_size
-  )
-  ckpt = checkpointing.Checkpointer(workdir)
-  try:
-    return ckpt.latest_step(), ckpt.restore(like)
-  finally:
-    ckpt.close()
+  saved_cfg, _, state = meta_train.load_run(workdir)
+  assert checkpointing.config_to_dict(saved_cfg) == checkpointing.config_to_dict(cfg)
+  return int(state.step), state
 
 
 def _train_records(workdir: str) -> dict[int, dict]:
