@@ -3,7 +3,7 @@
 Neuron order is the same in every topology: the `n_in` input neurons first, then the `n_out` output
 neurons, then the hidden neurons. Type ids: 0 input, 1 output, 2.. hidden (one type per hidden layer in
 the layered topologies, one hidden type otherwise). Synapses are stored post-major, `synapses[i, j]`
-is the synapse `j -> i`, and `mask[i, j] = 1` where it exists (DESIGN.md, "The model").
+is the synapse `j -> i`, and `mask[i, j] = 1` where it exists (docs/DESIGN.md, "The model").
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def network_step(
   x: jax.Array,
   fast_synapse: bool = True,
 ) -> tuple[NetState, StepOutput]:
-  """One time step of the whole network (DESIGN.md, "The model", steps 1-5).
+  """One time step of the whole network (docs/DESIGN.md, "The model", steps 1-5).
 
   Args:
     net_state: bodies `[N, Db]`, synapses `[N, N, Ds]`.

@@ -120,7 +120,7 @@ VALID_EDGES = [
   ("", "rule.act_dim", 8),  # == body_dim
 ]
 
-# Minimum of every integer field, as documented by the config file and DESIGN.md, and a variant in
+# Minimum of every integer field, as documented by the config file and docs/DESIGN.md, and a variant in
 # which the field is read.
 INT_MINIMUMS = {
   "seed": ("", 0),

@@ -275,7 +275,7 @@ def test_permuting_same_type_neurons_permutes_outputs(theta, small_spec, make_ne
 
 
 def test_permuting_hidden_neurons_of_full_network(theta, small_spec, full_topo, net_state, step_input):
-  """The case DESIGN.md names: hidden neurons of a `full` network, readouts unchanged."""
+  """The case docs/DESIGN.md names: hidden neurons of a `full` network, readouts unchanged."""
   p = jnp.asarray(_permute_group(full_topo, HIDDEN_TYPE, 33))
   permuted_state = network.NetState(bodies=net_state.bodies[p], synapses=net_state.synapses[p][:, p])
   permuted_topo = full_topo.replace(mask=full_topo.mask[p][:, p])

@@ -213,7 +213,7 @@ def test_body_update_is_a_convex_gate(theta, small_spec):
 
 
 def test_synapse_update_is_decaying_and_bounded(theta, small_spec):
-  """`|s'| <= sigmoid(lambda) |s| + sigmoid(eta)` per channel (DESIGN.md: bounded synapse update)."""
+  """`|s'| <= sigmoid(lambda) |s| + sigmoid(eta)` per channel (docs/DESIGN.md: bounded synapse update)."""
   inp = _local_inputs(15, small_spec)
   p = theta["synapse"]
   for scale in (0.1, 10.0, 1e3):
