@@ -163,9 +163,8 @@ def messages(syn: jax.Array, mask: jax.Array, act: jax.Array, norm: str = "sqrt"
 
   `scale[i]` is `sqrt(fan_in[i])` by default (`norm="sqrt"`), the usual scale of a sum of weakly
   correlated terms; `"mean"` divides by the fan-in, `"sum"` by nothing (neurons without inputs: 1).
-  Why not the plain sum: in a never-reset stream the synapses settle at order-one values, the summed
-  messages saturate every body update, and meta-training on `streaming` stays at chance. Why not the
-  mean: `hetero` then stalls at the synapses-off level. docs/RESULTS.md has the measurements.
+  With the plain sum, a never-reset stream's synapses settle at order-one values, the messages
+  saturate every body update, and meta-training on `streaming` stays at chance (docs/RESULTS.md).
 
   Args:
     syn: `[N, N, Ds]`; mask: `[N, N]`; act: `[N, Da]`.
