@@ -84,9 +84,9 @@ def make_meta_step(
 
   def meta_step(state: TrainState, topo: network.Topology):
     if state.carry is None:
-      step_key = jax.random.fold_in(key, state.step)
+      episode_key = jax.random.fold_in(key, state.step)
       grad_fn = jax.value_and_grad(unroll.episode_objective, has_aux=True)
-      (_, metrics), grads = grad_fn(state.theta, topo, problem, step_key, batch)
+      (_, metrics), grads = grad_fn(state.theta, topo, problem, episode_key, batch)
       carry = None
     else:
       grad_fn = jax.value_and_grad(unroll.stream_objective, has_aux=True)
