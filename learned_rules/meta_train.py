@@ -114,12 +114,10 @@ def setup(cfg):
   return topo, problem, optimizer
 
 
-def _init_or_restore(cfg, ckpt, topo, problem, optimizer, label: str) -> TrainState:
+def _latest_or_initial_state(cfg, ckpt, topo, problem, optimizer) -> TrainState:
+  """The latest checkpoint's train state, or the initial one if `ckpt` holds none."""
   state = init_train_state(train_key(cfg.seed), topo, problem, optimizer, cfg.train.batch_size)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-    logging.info("%sresumed from step %d in %s", label, int(state.step), ckpt.directory)
-  return state
+  return state if ckpt.latest_step() is None else ckpt.restore(state)
 
 
 def _train_loop(cfg, workdir, ckpt, state: TrainState, meta_step, topo, label: str) -> TrainState:
@@ -154,8 +152,7 @@ def load_run(workdir: str):
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; run experiments.remember first")
     cfg = ml_collections.ConfigDict(ckpt.saved_config(step))
     topo, problem, optimizer = setup(cfg)
-    like = init_train_state(train_key(cfg.seed), topo, problem, optimizer, cfg.train.batch_size)
-    return cfg, topo, ckpt.restore(like, step)
+    return cfg, topo, _latest_or_initial_state(cfg, ckpt, topo, problem, optimizer)
   finally:
     ckpt.close()
 
@@ -174,7 +171,9 @@ def train_and_evaluate(cfg, workdir: str, label: str = "") -> dict:
   try:
     ckpt.check_compatible(cfg)
     _write_config(workdir, cfg)
-    state = _init_or_restore(cfg, ckpt, topo, problem, optimizer, label)
+    state = _latest_or_initial_state(cfg, ckpt, topo, problem, optimizer)
+    if ckpt.latest_step() is not None:
+      logging.info("%sresumed from step %d in %s", label, int(state.step), ckpt.directory)
     meta_step = make_meta_step(problem, optimizer, cfg.train.batch_size, step_key(cfg.seed))
     state = _train_loop(cfg, workdir, ckpt, state, meta_step, topo, label)
   finally:
