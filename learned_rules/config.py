@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from learned_rules import network, rules, tasks
+from learned_rules import network, rules, tasks, unroll
 
 LOSSES = ("mse", "logistic")
 
@@ -140,7 +140,7 @@ def _validate_train(cfg) -> None:
   _choice(cfg, "train.loss", LOSSES)
   for name in ("log_every", "checkpoint_every", "max_to_keep"):
     _int(cfg, f"train.{name}", 1)
-  _bool(cfg, "train.remat")
+  _choice(cfg, "train.remat", unroll.REMAT_POLICIES)
   _int(cfg, "eval.num_episodes", 1)
   _int_sequence(cfg, "eval.k_values", allow_empty=False)
 

@@ -62,7 +62,7 @@ def problem_from_config(cfg, topo: network.Topology, num_snippets: int | None = 
     init_noise=float(cfg.net.init_noise),
     loss=cfg.train.loss,
     fast_synapse=bool(cfg.rule.fast_synapse),
-    remat=bool(cfg.train.remat),
+    remat=cfg.train.remat,
   )
 
 
@@ -73,7 +73,7 @@ def recall_vs_k(
   records = []
   for k in k_values:
     problem = problem_from_config(cfg, topo, num_snippets=int(k))
-    problem = dataclasses.replace(problem, remat=False)  # no gradient, nothing to rematerialise
+    problem = dataclasses.replace(problem, remat="none")  # no gradient, nothing to rematerialise
     records.append({"K": int(k), **evaluate(theta, topo, problem, key, num_episodes)})
   return records
 

@@ -2,12 +2,21 @@
 
 Neuron order is the same in every topology: the `n_in` input neurons first, then the `n_out` output
 neurons, then the hidden neurons. Type ids: 0 input, 1 output, 2.. hidden (one type per hidden layer in
-the layered topologies, one hidden type otherwise). Synapses are stored post-major, `synapses[i, j]`
-is the synapse `j -> i`, and `mask[i, j] = 1` where it exists (docs/DESIGN.md, "The model").
+the layered topologies, one hidden type otherwise). `mask[i, j] = 1` where the synapse `j -> i` exists
+(docs/DESIGN.md, "The model").
+
+Synapse states are stored in blocks, so that a network's cost is proportional to its synapse count
+and not to N^2. A `Block` covers a contiguous range of post neurons and either a contiguous range of
+pre neurons (a dense `[P, Q, Ds]` array, post-major: `[p, q]` is the synapse `pre q -> post p`) or a
+fan-in list per post neuron (`[P, K, Ds]`, the pre neuron of entry `[p, k]` given by an index table).
+`full` is one dense block (masked to drop self-connections), `layered` one dense block per pair of
+connected layers, `sparse` one fan-in block with K = density x (N - 1) random inputs per neuron.
+`dense_synapses` and `block_synapses` convert between blocks and the `[N, N, Ds]` matrix.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -15,6 +24,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from learned_rules import rules
 
@@ -22,13 +32,45 @@ TOPOLOGIES = ("full", "layered", "layered_feedback", "sparse")
 INPUT_TYPE, OUTPUT_TYPE, HIDDEN_TYPE = 0, 1, 2
 
 
+@dataclasses.dataclass(frozen=True)
+class Block:
+  """Static shape of one block of synapses (see the module docstring).
+
+  Attributes:
+    post_start, post_size: the block's post neurons are `post_start ... post_start + post_size - 1`.
+    pre_start, pre_size: dense blocks: the pre neurons `pre_start ... pre_start + pre_size - 1`;
+      fan-in blocks: `pre_start` is 0 and `pre_size` is the fan-in K.
+    fan_in_list: True for a fan-in block, whose pre neurons come from `Topology.block_pre_index`.
+  """
+
+  post_start: int
+  post_size: int
+  pre_start: int
+  pre_size: int
+  fan_in_list: bool = False
+
+  @property
+  def post(self) -> slice:
+    return slice(self.post_start, self.post_start + self.post_size)
+
+  @property
+  def pre(self) -> slice:
+    return slice(self.pre_start, self.pre_start + self.pre_size)
+
+
 @flax.struct.dataclass
 class Topology:
   """Connectivity and neuron types of one network.
 
   Attributes:
-    mask: `[N, N]` float32, `mask[i, j] = 1` if the synapse `j -> i` exists.
+    mask: `[N, N]` float32, `mask[i, j] = 1` if the synapse `j -> i` exists (a dense view, for
+      analysis and tests; the network step uses the blocks).
     types: `[N]` int32 type id of every neuron.
+    fan_in: `[N]` float32 number of synapses into every neuron.
+    block_masks: per block, `[P, Q]` float32 marking which of the block's synapses exist, or None
+      when all do.
+    block_pre_index: per block, `[P, K]` int32 pre neuron of every entry of a fan-in block, or None.
+    blocks: static shapes of the blocks.
     n_in, n_out, num_types: static sizes.
     synapse_updates: static ablation switch; False freezes every synapse at its initial state.
     body_recurrence: static ablation switch; False makes each body update forget the previous body.
@@ -36,6 +78,10 @@ class Topology:
 
   mask: jax.Array
   types: jax.Array
+  fan_in: jax.Array
+  block_masks: tuple
+  block_pre_index: tuple
+  blocks: tuple[Block, ...] = flax.struct.field(pytree_node=False)
   n_in: int = flax.struct.field(pytree_node=False)
   n_out: int = flax.struct.field(pytree_node=False)
   num_types: int = flax.struct.field(pytree_node=False)
@@ -50,28 +96,53 @@ class Topology:
   def num_synapses(self) -> int:
     return int(np.asarray(self.mask).sum())
 
+  @property
+  def num_slots(self) -> int:
+    """Synapse states stored (and updated) per network: the synapses plus masked-out padding."""
+    return sum(b.post_size * b.pre_size for b in self.blocks)
+
 
 @flax.struct.dataclass
 class NetState:
-  """State of one network: `bodies` `[N, Db]`, `synapses` `[N, N, Ds]` (post-major)."""
+  """State of one network: `bodies` `[N, Db]`, `synapses` one `[P, Q, Ds]` array per block."""
 
   bodies: jax.Array
-  synapses: jax.Array
+  synapses: tuple
 
 
 class StepOutput(NamedTuple):
   readout: jax.Array  # [n_out] readouts of the output neurons after the step
 
 
-def _topology(mask: np.ndarray, types: np.ndarray, n_in: int, n_out: int, **ablations) -> Topology:
+def _topology(
+  mask: np.ndarray,
+  types: np.ndarray,
+  n_in: int,
+  n_out: int,
+  blocks: Sequence[Block],
+  block_masks: Sequence[np.ndarray | None],
+  block_pre_index: Sequence[np.ndarray | None],
+  **ablations,
+) -> Topology:
   return Topology(
     mask=jnp.asarray(mask, jnp.float32),
     types=jnp.asarray(types, jnp.int32),
+    fan_in=jnp.asarray(mask.sum(axis=1), jnp.float32),
+    block_masks=tuple(None if m is None else jnp.asarray(m, jnp.float32) for m in block_masks),
+    block_pre_index=tuple(None if i is None else jnp.asarray(i, jnp.int32) for i in block_pre_index),
+    blocks=tuple(blocks),
     n_in=n_in,
     n_out=n_out,
     num_types=int(types.max()) + 1,
     **ablations,
   )
+
+
+def _dense_topology(mask: np.ndarray, types: np.ndarray, n_in: int, n_out: int, **ablations) -> Topology:
+  """One dense block over all neurons, masked unless every synapse exists."""
+  n = mask.shape[0]
+  block_mask = None if mask.all() else mask
+  return _topology(mask, types, n_in, n_out, [Block(0, n, 0, n)], [block_mask], [None], **ablations)
 
 
 def make_full(n_in: int, n_out: int, n_hidden: int, self_connections: bool = False, **ablations) -> Topology:
@@ -81,7 +152,7 @@ def make_full(n_in: int, n_out: int, n_hidden: int, self_connections: bool = Fal
   if not self_connections:
     np.fill_diagonal(mask, 0.0)
   types = np.array([INPUT_TYPE] * n_in + [OUTPUT_TYPE] * n_out + [HIDDEN_TYPE] * n_hidden)
-  return _topology(mask, types, n_in, n_out, **ablations)
+  return _dense_topology(mask, types, n_in, n_out, **ablations)
 
 
 def make_layered(
@@ -104,21 +175,30 @@ def make_layered(
   types = np.zeros((n,), np.int64)
   for k, size in enumerate(sizes):
     types[starts[k] : starts[k] + size] = layer_types[k]
+  blocks = []
   for k in range(len(sizes) - 1):
-    pre = slice(starts[k], starts[k] + sizes[k])
-    post = slice(starts[k + 1], starts[k + 1] + sizes[k + 1])
-    mask[post, pre] = 1.0
+    blocks.append(Block(starts[k + 1], sizes[k + 1], starts[k], sizes[k]))  # layer k -> k + 1
     if feedback:
-      mask[pre, post] = 1.0
-  return _topology(mask, types, n_in, n_out, **ablations)
+      blocks.append(Block(starts[k], sizes[k], starts[k + 1], sizes[k + 1]))  # its backward twin
+  for b in blocks:
+    mask[b.post, b.pre] = 1.0
+  none = [None] * len(blocks)
+  return _topology(mask, types, n_in, n_out, blocks, none, none, **ablations)
 
 
 def make_sparse(n_in: int, n_out: int, n_hidden: int, density: float, seed: int = 0, **ablations) -> Topology:
-  """Random directed connectivity of the given density (no self-connections), fixed by `seed`."""
-  full = make_full(n_in, n_out, n_hidden)
+  """Random connectivity: every neuron receives from `round(density * (N - 1))` other neurons (at
+  least one), drawn without replacement by `seed`. Stored as one fan-in block: its cost is
+  proportional to the synapse count."""
+  n = n_in + n_out + n_hidden
+  fan_in = min(max(round(density * (n - 1)), 1), n - 1)
   rng = np.random.default_rng(seed)
-  mask = np.asarray(full.mask) * (rng.random(full.mask.shape) < density)
-  return _topology(mask, np.asarray(full.types), n_in, n_out, **ablations)
+  index = np.stack([np.sort(rng.choice(np.delete(np.arange(n), i), fan_in, replace=False)) for i in range(n)])
+  mask = np.zeros((n, n), np.float32)
+  mask[np.arange(n)[:, None], index] = 1.0
+  types = np.asarray(make_full(n_in, n_out, n_hidden).types)
+  block = Block(0, n, 0, fan_in, fan_in_list=True)
+  return _topology(mask, types, n_in, n_out, [block], [None], [index], **ablations)
 
 
 def make_topology(net_cfg) -> Topology:
@@ -142,20 +222,75 @@ def make_topology(net_cfg) -> Topology:
   raise ValueError(f"net.topology: unknown topology {net_cfg.topology!r}; one of {TOPOLOGIES}")
 
 
+def _block_pre(topo: Topology, b: int, per_neuron: jax.Array) -> jax.Array:
+  """The pre neurons' rows of `per_neuron` `[N, ...]` for block `b`: `[Q, ...]`, or `[P, K, ...]`
+  for a fan-in block."""
+  block = topo.blocks[b]
+  if block.fan_in_list:
+    return per_neuron[topo.block_pre_index[b]]
+  return per_neuron[block.pre]
+
+
+def _masked(topo: Topology, b: int, syn: jax.Array) -> jax.Array:
+  mask = topo.block_masks[b]
+  return syn if mask is None else syn * mask[..., None]
+
+
 def init_net_state(theta: rules.Theta, topo: Topology, key: jax.Array, noise: float) -> NetState:
   """Initial state: learned per-type (per-type-pair) vectors plus Gaussian noise of std `noise`.
 
   The noise breaks the symmetry between neurons of one type, which would otherwise stay identical.
+  Absent synapses (masked-out entries of a block) are zero.
   """
-  kb, ks = jax.random.split(key)
+  kb, *ks = jax.random.split(key, 1 + len(topo.blocks))
   bodies = theta["init_body"][topo.types]
   bodies = bodies + noise * jax.random.normal(kb, bodies.shape)
-  syn = theta["init_synapse"][topo.types[:, None], topo.types[None, :]]
-  syn = syn + noise * jax.random.normal(ks, syn.shape)
-  return NetState(bodies=bodies, synapses=syn * topo.mask[..., None])
+  synapses = []
+  for b, block in enumerate(topo.blocks):
+    post_types = topo.types[block.post]
+    pre_types = _block_pre(topo, b, topo.types)
+    syn = theta["init_synapse"][post_types[:, None], pre_types if pre_types.ndim == 2 else pre_types[None, :]]
+    syn = syn + noise * jax.random.normal(ks[b], syn.shape)
+    synapses.append(_masked(topo, b, syn))
+  return NetState(bodies=bodies, synapses=tuple(synapses))
+
+
+def dense_synapses(topo: Topology, synapses: Sequence[jax.Array]) -> jax.Array:
+  """The synapse matrix `[N, N, Ds]` (post-major, zero where no synapse exists) from the blocks."""
+  n = topo.num_neurons
+  dense = jnp.zeros((n, n) + synapses[0].shape[-1:], synapses[0].dtype)
+  for b, (block, syn) in enumerate(zip(topo.blocks, synapses, strict=True)):
+    syn = _masked(topo, b, syn)
+    if block.fan_in_list:
+      rows = jnp.arange(block.post_start, block.post_start + block.post_size)[:, None]
+      dense = dense.at[rows, topo.block_pre_index[b]].add(syn)
+    else:
+      dense = dense.at[block.post, block.pre].add(syn)
+  return dense
+
+
+def block_synapses(topo: Topology, dense: jax.Array) -> tuple:
+  """The blocks of a synapse matrix `[N, N, Ds]` (the inverse of `dense_synapses` on the synapses
+  that exist; absent entries of a masked block are zero)."""
+  out = []
+  for b, block in enumerate(topo.blocks):
+    rows = dense[block.post]
+    if block.fan_in_list:
+      syn = jnp.take_along_axis(rows, topo.block_pre_index[b][..., None], axis=1)
+    else:
+      syn = rows[:, block.pre]
+    out.append(_masked(topo, b, syn))
+  return tuple(out)
 
 
 MESSAGE_NORMS = ("sqrt", "mean", "sum")
+
+
+def _normalise(msg: jax.Array, fan_in: jax.Array, norm: str) -> jax.Array:
+  if norm == "sum":
+    return msg
+  fan_in = jnp.maximum(fan_in, 1.0)
+  return msg / (fan_in if norm == "mean" else jnp.sqrt(fan_in))[:, None]
 
 
 def messages(syn: jax.Array, mask: jax.Array, act: jax.Array, norm: str = "sqrt") -> jax.Array:
@@ -165,16 +300,67 @@ def messages(syn: jax.Array, mask: jax.Array, act: jax.Array, norm: str = "sqrt"
   correlated terms; `"mean"` divides by the fan-in, `"sum"` by nothing (neurons without inputs: 1).
   With the plain sum, a never-reset stream's synapses settle at order-one values, the messages
   saturate every body update, and meta-training on `streaming` stays at chance (docs/RESULTS.md).
+  `block_messages` computes the same from a topology's blocks.
 
   Args:
     syn: `[N, N, Ds]`; mask: `[N, N]`; act: `[N, Da]`.
   """
   msg = jnp.einsum("ijc,jd->icd", syn * mask[..., None], act)
-  msg = msg.reshape(msg.shape[0], -1)
-  if norm == "sum":
-    return msg
-  fan_in = jnp.maximum(jnp.sum(mask, axis=1), 1.0)
-  return msg / (fan_in if norm == "mean" else jnp.sqrt(fan_in))[:, None]
+  return _normalise(msg.reshape(msg.shape[0], -1), jnp.sum(mask, axis=1), norm)
+
+
+def block_messages(
+  topo: Topology, synapses: Sequence[jax.Array], act: jax.Array, norm: str = "sqrt"
+) -> jax.Array:
+  """`messages` of the whole network from its synapse blocks, `[N, Ds*Da]`; one matmul per block."""
+  n = topo.num_neurons
+  msg = jnp.zeros((n, synapses[0].shape[-1], act.shape[-1]), act.dtype)
+  for b, (block, syn) in enumerate(zip(topo.blocks, synapses, strict=True)):
+    syn = _masked(topo, b, syn)
+    if block.fan_in_list:
+      part = jnp.einsum("pkc,pkd->pcd", syn, _block_pre(topo, b, act))
+    else:
+      part = jnp.einsum("pqc,qd->pcd", syn, act[block.pre])
+    msg = msg.at[block.post].add(part)
+  return _normalise(msg.reshape(n, -1), topo.fan_in, norm)
+
+
+def _per_synapse_update(theta, syn, act_post, emb_post, act_pre, emb_pre):
+  """`rules.synapse_update` vmapped over a block's pairs (`act_pre` `[Q, Da]` or `[P, K, Da]`)."""
+  pre_axis = 0 if act_pre.ndim == 3 else None
+  per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0))
+  per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, pre_axis, 0, pre_axis))
+  return per_pair(theta, syn, act_post, act_pre, emb_post, emb_pre)
+
+
+def update_synapses(
+  theta: rules.Theta,
+  topo: Topology,
+  synapses: Sequence[jax.Array],
+  act: jax.Array,
+  emb: jax.Array,
+  fast_synapse: bool = True,
+) -> tuple:
+  """Applies `synapse_update` to every synapse of every block; absent synapses keep their value.
+
+  Args:
+    act: `[N, Da]` activations after the body update; emb: `[N, E]` type embeddings.
+    fast_synapse: the split-first-layer block form (`rules.synapse_update_block`) or, if False, the
+      per-synapse function vmapped over every pair (same numbers, slower; for tests and reading).
+  """
+  out = []
+  for b, (block, syn) in enumerate(zip(topo.blocks, synapses, strict=True)):
+    act_post, emb_post = act[block.post], emb[block.post]
+    if fast_synapse:
+      index = topo.block_pre_index[b]
+      act_pre, emb_pre = (act, emb) if block.fan_in_list else (act[block.pre], emb[block.pre])
+      new = rules.synapse_update_block(theta, syn, act_post, emb_post, act_pre, emb_pre, index)
+    else:
+      act_pre, emb_pre = _block_pre(topo, b, act), _block_pre(topo, b, emb)
+      new = _per_synapse_update(theta, syn, act_post, emb_post, act_pre, emb_pre)
+    mask = topo.block_masks[b]
+    out.append(new if mask is None else jnp.where(mask[..., None] > 0, new, syn))
+  return tuple(out)
 
 
 def network_step(
@@ -188,7 +374,7 @@ def network_step(
   """One time step of the whole network (docs/DESIGN.md, "The model", steps 1-5).
 
   Args:
-    net_state: bodies `[N, Db]`, synapses `[N, N, Ds]`.
+    net_state: bodies `[N, Db]`, synapses one array per block of `topo`.
     x: `[N]` external input of this step (0 where a neuron receives none).
     fast_synapse: use the split-first-layer form of the synapse update (same numbers).
 
@@ -197,21 +383,16 @@ def network_step(
   """
   emb = theta["type_emb"][topo.types]  # [N, E]
   act_fn = jax.vmap(rules.activation, in_axes=(None, 0, 0, None))
-  act = act_fn(theta, net_state.bodies, x, spec)
-  msg = messages(net_state.synapses, topo.mask, act, spec.message_norm)
+  act = checkpoint_name(act_fn(theta, net_state.bodies, x, spec), rules.NEURON_VALUES)
+  msg = checkpoint_name(block_messages(topo, net_state.synapses, act, spec.message_norm), rules.NEURON_VALUES)
   bodies = jax.vmap(rules.body_update, in_axes=(None, 0, 0, 0, 0, None, None))(
     theta, net_state.bodies, msg, x, emb, spec, topo.body_recurrence
   )
+  bodies = checkpoint_name(bodies, rules.NEURON_VALUES)
   syn = net_state.synapses
   if topo.synapse_updates:
-    new_act = act_fn(theta, bodies, x, spec)
-    if fast_synapse:
-      new_syn = rules.synapse_update_dense(theta, syn, new_act, emb)
-    else:
-      per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0))
-      per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, None, 0, None))
-      new_syn = per_pair(theta, syn, new_act, new_act, emb, emb)
-    syn = jnp.where(topo.mask[..., None] > 0, new_syn, syn)
+    new_act = checkpoint_name(act_fn(theta, bodies, x, spec), rules.NEURON_VALUES)
+    syn = update_synapses(theta, topo, syn, new_act, emb, fast_synapse)
   out_bodies = bodies[topo.n_in : topo.n_in + topo.n_out]
   y = jax.vmap(rules.readout, in_axes=(None, 0))(theta, out_bodies)
   return NetState(bodies=bodies, synapses=syn), StepOutput(readout=y)

@@ -19,8 +19,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 Theta = dict  # nested dict of arrays; see `init_theta` for the layout.
+
+# Name of the per-neuron values a rematerialised unroll keeps (`unroll.REMAT_POLICIES`, "neurons").
+NEURON_VALUES = "neuron_values"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,31 +180,131 @@ def synapse_update(
   return _bounded_synapse(p, syn, pre_act)
 
 
-def synapse_update_dense(theta: Theta, syn: jax.Array, act: jax.Array, emb: jax.Array) -> jax.Array:
-  """`synapse_update` for every pair `(post i, pre j)` at once, with the first layer split.
+def _contract(x: jax.Array, w: jax.Array) -> jax.Array:
+  """`x @ w` over a small last axis, written as a broadcast-sum that XLA fuses into one loop."""
+  return jnp.sum(x[..., :, None] * w, axis=-2)
+
+
+def _block_pre_act(syn, post, pre, post_bi, act_pre, w_s):
+  """First layer of `f_s` for a block of synapses, `[P, Q, H]`.
+
+  `syn` `[P, Q, Ds]`, `post` `[P, H]`, `post_bi` `[P, H, Da]`; `pre` and `act_pre` are per pre neuron
+  (`[Q, H]`, `[Q, Da]`) or already gathered per synapse (`[P, Q, H]`, `[P, Q, Da]`).
+  """
+  if pre.ndim == 2:
+    pre, act_pre = pre[None], act_pre[None]
+  bilinear = jnp.sum(post_bi[:, None, :, :] * act_pre[:, :, None, :], axis=-1)
+  return _contract(syn, w_s) + post[:, None, :] + pre + bilinear
+
+
+def _block_core_value(syn, post, pre, post_bi, act_pre, w_s, w2, b2, decay, rate):
+  hid = jnp.tanh(_block_pre_act(syn, post, pre, post_bi, act_pre, w_s))
+  return decay * syn + rate * jnp.tanh(_contract(hid, w2) + b2)
+
+
+@jax.custom_vjp
+def _block_core(syn, post, pre, post_bi, act_pre, w_s, w2, b2, decay, rate):
+  """Per-synapse part of `synapse_update` for one block, `[P, Q, Ds]`.
+
+  The forward pass is one fused elementwise loop over synapses: nothing of size `[P, Q, H]` is stored.
+  The backward pass recomputes the hidden layer and writes every contraction over synapses as a
+  matrix product or a reduction XLA runs at memory speed (docs/PERFORMANCE.md). Its only residuals are
+  its inputs, which are per neuron apart from the synapse states a scan carries anyway.
+  """
+  return _block_core_value(syn, post, pre, post_bi, act_pre, w_s, w2, b2, decay, rate)
+
+
+def _block_core_fwd(*args):
+  return _block_core_value(*args), args
+
+
+def _block_core_bwd(args, g):
+  syn, post, pre, post_bi, act_pre, w_s, w2, b2, decay, rate = args
+  p, q, c = syn.shape
+  h = w_s.shape[1]
+  hid = jnp.tanh(_block_pre_act(syn, post, pre, post_bi, act_pre, w_s))
+  delta = jnp.tanh(_contract(hid, w2) + b2)
+  g_z = g * rate * (1.0 - delta * delta)  # [P, Q, Ds]
+  g_h = (g_z.reshape(-1, c) @ w2.T).reshape(p, q, h) * (1.0 - hid * hid)  # [P, Q, H]
+  g_syn = decay * g + (g_h.reshape(-1, h) @ w_s.T).reshape(p, q, c)
+  if pre.ndim == 2:  # shared pre neurons: reduce over the block's posts
+    features = jnp.concatenate([jnp.ones((q, 1), act_pre.dtype), act_pre], axis=-1)  # [Q, 1+Da]
+    per_post = jnp.sum(g_h[:, :, None, :] * features[None, :, :, None], axis=1)  # [P, 1+Da, H]
+    g_pre = jnp.sum(g_h, axis=0)
+    g_act_pre = jnp.einsum("pqh,phe->qe", g_h, post_bi)
+  else:  # gathered pre neurons: per-synapse cotangents, scattered back by the gather's transpose
+    features = jnp.concatenate([jnp.ones((p, q, 1), act_pre.dtype), act_pre], axis=-1)
+    per_post = jnp.einsum("pqf,pqh->pfh", features, g_h)
+    g_pre = g_h
+    g_act_pre = jnp.einsum("pqh,phe->pqe", g_h, post_bi)
+  g_post = per_post[:, 0]
+  g_post_bi = jnp.swapaxes(per_post[:, 1:], 1, 2)
+  g_w_s = syn.reshape(-1, c).T @ g_h.reshape(-1, h)
+  g_w2 = hid.reshape(-1, h).T @ g_z.reshape(-1, c)
+  g_b2 = jnp.sum(g_z, axis=(0, 1))
+  g_decay = jnp.sum(g * syn, axis=(0, 1))
+  g_rate = jnp.sum(g * delta, axis=(0, 1))
+  return g_syn, g_post, g_pre, g_post_bi, g_act_pre, g_w_s, g_w2, g_b2, g_decay, g_rate
+
+
+_block_core.defvjp(_block_core_fwd, _block_core_bwd)
+
+
+def synapse_update_block(
+  theta: Theta,
+  syn: jax.Array,
+  act_post: jax.Array,
+  emb_post: jax.Array,
+  act_pre: jax.Array,
+  emb_pre: jax.Array,
+  pre_index: jax.Array | None = None,
+) -> jax.Array:
+  """`synapse_update` for a block of synapses from `P` post to `Q` pre neurons, first layer split.
 
   The first layer of `f_s` on `[s_ij, a_i, e_i, a_j, e_j]` is a per-synapse term plus a per-post and
   a per-pre neuron term, so the neuron terms are computed once per neuron, not once per synapse
-  (docs/DESIGN.md, "The model"). Equals `vmap(vmap(synapse_update))` over `(i, j)`; see tests/test_rules.py.
+  (docs/DESIGN.md, "The model"); the bilinear term is `(a_i W_k) . a_j`. Equals
+  `vmap(vmap(synapse_update))` over the block's pairs; see tests/test_rules.py.
 
   Args:
-    syn: `[N, N, Ds]` synapse states, post-major.
-    act: `[N, Da]` activations after the body update.
-    emb: `[N, E]` type embedding of every neuron.
+    syn: `[P, Q, Ds]` synapse states, post-major.
+    act_post, emb_post: `[P, Da]`, `[P, E]` activations (after the body update) and type embeddings
+      of the block's post neurons.
+    act_pre, emb_pre: `[M, Da]`, `[M, E]` the same for the pre neurons: the block's `Q` pre neurons
+      (`M == Q`) or, with `pre_index`, every neuron the block's synapses may come from.
+    pre_index: optional `[P, Q]` int, the pre neuron of each synapse (fan-in lists of a sparse block).
 
   Returns:
-    `[N, N, Ds]` new synapse states (for every pair; masking is the caller's job).
+    `[P, Q, Ds]` new synapse states (masking absent synapses is the caller's job).
   """
   p = theta["synapse"]
-  ae = jnp.concatenate([act, emb], axis=-1)
-  post = ae @ p["w_post"]  # [N, H]
-  pre = ae @ p["w_pre"] + p["b1"]  # [N, H]
-  pre_act = syn @ p["w_s"] + post[:, None, :] + pre[None, :, :]
+  post = jnp.concatenate([act_post, emb_post], axis=-1) @ p["w_post"]  # [P, H]
+  pre = jnp.concatenate([act_pre, emb_pre], axis=-1) @ p["w_pre"] + p["b1"]  # [M, H]
   if "w_bi" in p:
-    # One [N, Da] x [Da, N] product per hidden unit.
-    post_bi = jnp.einsum("id,kde->ike", act, p["w_bi"])  # [N, H, Da]
-    pre_act = pre_act + jnp.einsum("ike,je->ijk", post_bi, act)
-  return _bounded_synapse(p, syn, pre_act)
+    post_bi = jnp.einsum("id,kde->ike", act_post, p["w_bi"])  # [P, H, Da]
+  else:
+    post_bi = jnp.zeros(post.shape + act_post.shape[-1:], post.dtype)
+  post, pre, post_bi = (checkpoint_name(v, NEURON_VALUES) for v in (post, pre, post_bi))
+  if pre_index is not None:
+    pre, act_pre = pre[pre_index], act_pre[pre_index]  # [P, Q, H], [P, Q, Da]
+  return _block_core(
+    syn,
+    post,
+    pre,
+    post_bi,
+    act_pre,
+    p["w_s"],
+    p["w2"],
+    p["b2"],
+    jax.nn.sigmoid(p["decay_logit"]),
+    jax.nn.sigmoid(p["rate_logit"]),
+  )
+
+
+def synapse_update_dense(theta: Theta, syn: jax.Array, act: jax.Array, emb: jax.Array) -> jax.Array:
+  """`synapse_update` for every pair `(post i, pre j)` of `N` neurons: `syn` `[N, N, Ds]`, `act`
+  `[N, Da]`, `emb` `[N, E]`; returns `[N, N, Ds]` (masking is the caller's job)."""
+  return synapse_update_block(theta, syn, act, emb, act, emb)
 
 
 def readout(theta: Theta, body: jax.Array) -> jax.Array:

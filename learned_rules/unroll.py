@@ -8,12 +8,23 @@ an argument instead: its mask is an array and should not be baked into the progr
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax
 import jax
 import jax.numpy as jnp
 
 from learned_rules import network, rules, tasks
+
+# What the meta-gradient keeps from the forward pass of an unroll (docs/PERFORMANCE.md measures each):
+#   none     everything autodiff saves: the carried states plus the per-neuron values of every step (the
+#            synapse update's backward pass recomputes its own hidden layer in any case);
+#   step     only the carried states of every step; the backward pass reruns each step;
+#   neurons  the carried states and the per-neuron values of every step, nothing of synapse size;
+#   nested   the carried states every ~sqrt(T) steps only, rerunning each chunk of steps in the backward
+#            pass: memory grows with sqrt(T) instead of T, for one more forward pass.
+REMAT_POLICIES = ("none", "step", "neurons", "nested")
+DEFAULT_REMAT = "neurons"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +36,11 @@ class Problem:
   init_noise: float = 0.1
   loss: str = "mse"
   fast_synapse: bool = True  # split-first-layer synapse update (same numbers, faster)
-  remat: bool = True  # jax.checkpoint on the scan body: store only the carried states per step
+  remat: str = DEFAULT_REMAT  # what the meta-gradient stores per step; one of REMAT_POLICIES
+
+  def __post_init__(self):
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat: unknown policy {self.remat!r}; one of {REMAT_POLICIES}")
 
 
 @flax.struct.dataclass
@@ -36,6 +51,12 @@ class StreamCarry:
   position: tasks.StreamPosition
 
 
+def _chunk_size(num_steps: int) -> int:
+  """The largest divisor of `num_steps` that is at most `ceil(sqrt(num_steps))`."""
+  limit = math.isqrt(num_steps - 1) + 1 if num_steps > 1 else 1
+  return max(c for c in range(1, limit + 1) if num_steps % c == 0)
+
+
 def unroll(
   theta: rules.Theta,
   topo: network.Topology,
@@ -43,15 +64,33 @@ def unroll(
   net_state: network.NetState,
   xs: jax.Array,
 ) -> tuple[network.NetState, jax.Array]:
-  """Runs the network over the inputs `xs` `[T, N]`; returns the final state and readouts `[T, n_out]`."""
+  """Runs the network over the inputs `xs` `[T, N]`; returns the final state and readouts `[T, n_out]`.
+
+  `problem.remat` chooses what a gradient through the unroll stores (see `REMAT_POLICIES`); the
+  numbers are the same under every policy.
+  """
 
   def body(state, x):
     state, out = network.network_step(theta, topo, problem.rule, state, x, problem.fast_synapse)
     return state, out.readout
 
-  if problem.remat:
-    body = jax.checkpoint(body)
-  return jax.lax.scan(body, net_state, xs)
+  if problem.remat == "none":
+    return jax.lax.scan(body, net_state, xs)
+  if problem.remat == "step":
+    return jax.lax.scan(jax.checkpoint(body), net_state, xs)
+  step = jax.checkpoint(body, policy=jax.checkpoint_policies.save_only_these_names(rules.NEURON_VALUES))
+  if problem.remat == "neurons":
+    return jax.lax.scan(step, net_state, xs)
+  # nested: an outer scan over chunks of ~sqrt(T) steps whose bodies (inner scans) are rematerialised.
+  num_steps = xs.shape[0]
+  chunk = _chunk_size(num_steps)
+
+  @jax.checkpoint
+  def run_chunk(state, xs_chunk):
+    return jax.lax.scan(step, state, xs_chunk)
+
+  state, readout = jax.lax.scan(run_chunk, net_state, xs.reshape(num_steps // chunk, chunk, *xs.shape[1:]))
+  return state, readout.reshape(num_steps, *readout.shape[2:])
 
 
 def _scored_mean(values: jax.Array, score: jax.Array) -> jax.Array:

@@ -74,13 +74,15 @@ def perturbed_theta(key: jax.Array, spec: rules.RuleSpec, scale: float = 0.3, se
 
 
 def random_net_state(seed: int, topo: network.Topology, spec: rules.RuleSpec) -> network.NetState:
-  """Bodies `[N, Db]` and masked synapses `[N, N, Ds]` of order one, independent of the types."""
+  """Bodies `[N, Db]` and synapse blocks of order one, independent of the types: a random `[N, N, Ds]`
+  matrix cut into `topo`'s blocks (`network.block_synapses`, which zeroes masked-out entries)."""
   rng = np.random.default_rng(seed)
   n = topo.num_neurons
   bodies = rng.standard_normal((n, spec.body_dim))
-  synapses = rng.standard_normal((n, n, spec.synapse_dim)) * np.asarray(topo.mask)[..., None]
+  dense = rng.standard_normal((n, n, spec.synapse_dim))
   return network.NetState(
-    bodies=jnp.asarray(bodies, jnp.float32), synapses=jnp.asarray(synapses, jnp.float32)
+    bodies=jnp.asarray(bodies, jnp.float32),
+    synapses=network.block_synapses(topo, jnp.asarray(dense, jnp.float32)),
   )
 
 

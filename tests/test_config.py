@@ -11,7 +11,7 @@ import pytest
 from hypothesis import strategies as st
 
 from experiments.configs import remember
-from learned_rules import checkpointing, network
+from learned_rules import checkpointing, network, unroll
 from learned_rules import config as config_lib
 
 VARIANTS = [
@@ -83,6 +83,7 @@ INVALID = [
   ("", "train.learning_rate", float("inf"), "train.learning_rate"),
   ("", "train.clip_norm", 0.0, "train.clip_norm"),
   ("", "train.loss", "hinge", "train.loss"),
+  ("", "train.remat", "always", "train.remat"),
   ("", "train.log_every", 0, "train.log_every"),
   ("", "train.checkpoint_every", 0, "train.checkpoint_every"),
   ("", "train.max_to_keep", 0, "train.max_to_keep"),
@@ -100,6 +101,7 @@ INVALID_TYPES = [
   ("", "task.cue_corruption", "0.1", "task.cue_corruption"),
   ("", "train.learning_rate", None, "train.learning_rate"),
   ("", "train.learning_rate", False, "train.learning_rate"),
+  ("", "train.remat", True, "train.remat"),  # the boolean of configs written before the policies
 ]
 
 # Boundary values that are valid.
@@ -118,6 +120,7 @@ VALID_EDGES = [
   ("", "net.init_noise", 0.0),
   ("streaming", "task.num_queries", 100),  # queries are per slot in the stream
   ("", "rule.act_dim", 8),  # == body_dim
+  *(("", "train.remat", policy) for policy in unroll.REMAT_POLICIES),
 ]
 
 # Minimum of every integer field, as documented by the config file and docs/DESIGN.md, and a variant in
@@ -254,3 +257,7 @@ def test_specs_from_tiny_config(make_cfg):
   sweep = config_lib.task_spec(cfg, topo, num_snippets=6)
   assert (sweep.num_snippets, sweep.num_queries) == (6, 6)
   hash(rule), hash(task)  # static arguments of jitted functions must be hashable
+
+
+def test_remat_default_is_the_library_default(make_cfg):
+  assert make_cfg("").train.remat == make_cfg("tiny").train.remat == unroll.DEFAULT_REMAT == "neurons"

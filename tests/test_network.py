@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -17,8 +18,64 @@ RTOL, ATOL = 1e-5, 1e-6
 N_IN, N_OUT, N_HIDDEN = 3, 2, 4  # the sizes of conftest's `full_topo`
 
 
-def _step(theta, topo, spec, state, x, fast=True):
+def _eager_step(theta, topo, spec, state, x, fast=True):
   return network.network_step(theta, topo, spec, state, x, fast)
+
+
+# Jitted once per topology structure and shape: compiling a step costs less than running it eagerly.
+_step = jax.jit(_eager_step, static_argnums=(2, 5))
+
+
+# One topology of every kind and block structure, all with N <= 10: one masked dense block (full), one
+# unmasked dense block per connected layer pair (layered with 1 and 2 hidden layers, and with
+# feedback), one fan-in block (sparse).
+TOPOLOGY_CASES = ("full", "layered_1", "layered_2", "layered_feedback", "sparse")
+
+
+@functools.cache
+def _topology(name: str) -> network.Topology:
+  return {
+    "full": lambda: network.make_full(N_IN, N_OUT, N_HIDDEN),
+    "layered_1": lambda: network.make_layered(N_IN, N_OUT, (4,)),
+    "layered_2": lambda: network.make_layered(N_IN, N_OUT, (2, 3)),
+    "layered_feedback": lambda: network.make_layered(N_IN, N_OUT, (2, 3), feedback=True),
+    "sparse": lambda: network.make_sparse(N_IN, N_OUT, N_HIDDEN, 0.5, seed=1),
+  }[name]()
+
+
+@pytest.fixture(scope="module")
+def wide(small_spec, theta):
+  """conftest's spec and theta with a 4th type, for a network with two hidden layers (an out-of-range
+  type id would be clamped silently by the embedding lookup); the new type's vectors are random."""
+  spec = dataclasses.replace(small_spec, num_types=4)
+  rng = np.random.default_rng(3)
+  init_synapse = 0.3 * rng.standard_normal((4, 4, spec.synapse_dim))
+  init_synapse[:3, :3] = theta["init_synapse"]
+  rows = {"type_emb": spec.emb_dim, "init_body": spec.body_dim}
+  wide_theta = {
+    **theta,
+    **{
+      name: jnp.concatenate([theta[name], jnp.asarray(0.3 * rng.standard_normal((1, dim)), jnp.float32)])
+      for name, dim in rows.items()
+    },
+    "init_synapse": jnp.asarray(init_synapse, jnp.float32),
+  }
+  return spec, wide_theta
+
+
+def _without_bilinear(theta):
+  return {**theta, "synapse": {k: v for k, v in theta["synapse"].items() if k != "w_bi"}}
+
+
+def _dense(topo, state_or_synapses) -> np.ndarray:
+  synapses = getattr(state_or_synapses, "synapses", state_or_synapses)
+  return np.asarray(network.dense_synapses(topo, synapses))
+
+
+def _assert_blocks_equal(actual, expected) -> None:
+  assert len(actual) == len(expected)
+  for a, e in zip(actual, expected, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
 
 
 # ---- topologies ----
@@ -86,17 +143,106 @@ def test_sparse_topology():
   n_in, n_out, n_hidden, density = 10, 10, 80, 0.3
   topo = network.make_sparse(n_in, n_out, n_hidden, density, seed=3)
   n = n_in + n_out + n_hidden
+  k = round(density * (n - 1))  # 30 inputs per neuron
   mask = np.asarray(topo.mask)
   chex.assert_shape(mask, (n, n))
   assert set(np.unique(mask)) <= {0.0, 1.0}
   assert np.all(np.diag(mask) == 0)
-  # n (n - 1) = 9900 Bernoulli(0.3) draws: the standard deviation of the fraction is 0.005.
-  assert abs(mask.sum() / (n * (n - 1)) - density) < 0.03
+  # Every neuron receives from exactly k others (a fixed fan-in, not Bernoulli draws).
+  np.testing.assert_array_equal(mask.sum(axis=1), k)
+  np.testing.assert_array_equal(topo.fan_in, k)
+  assert topo.num_synapses == topo.num_slots == n * k
+  # One fan-in block whose index table lists, per post neuron, exactly the pre neurons of the mask.
+  assert topo.blocks == (network.Block(0, n, 0, k, fan_in_list=True),)
+  (index,) = topo.block_pre_index
+  chex.assert_shape(index, (n, k))
+  want_index = np.stack([np.flatnonzero(row) for row in mask])
+  np.testing.assert_array_equal(np.sort(np.asarray(index), axis=1), want_index)
+  assert topo.block_masks == (None,)
   np.testing.assert_array_equal(topo.types, network.make_full(n_in, n_out, n_hidden).types)
+  # Fixed by the seed.
   np.testing.assert_array_equal(network.make_sparse(n_in, n_out, n_hidden, density, seed=3).mask, mask)
   assert not np.array_equal(network.make_sparse(n_in, n_out, n_hidden, density, seed=4).mask, mask)
   dense = network.make_sparse(n_in, n_out, n_hidden, 1.0)
   np.testing.assert_array_equal(dense.mask, network.make_full(n_in, n_out, n_hidden).mask)
+  # A density too small for one input still gives every neuron one.
+  np.testing.assert_array_equal(np.asarray(network.make_sparse(3, 2, 4, 0.01).mask).sum(axis=1), 1)
+
+
+@pytest.fixture(scope="module")
+def blocks_of(wide):
+  """`blocks_of(name)`: for topology `name`, a noisy initial state and its matrix, that matrix's
+  blocks, a random `[N, N, Ds]` matrix, its blocks and their matrix, random activations, and per norm
+  the `block_messages` of those blocks and the dense `messages` of their matrix; one compiled program
+  per topology."""
+  spec, theta = wide
+
+  @jax.jit
+  def run(theta, topo, matrix, act):
+    state = network.init_net_state(theta, topo, jax.random.PRNGKey(4), noise=0.1)
+    dense = network.dense_synapses(topo, state.synapses)
+    blocks = network.block_synapses(topo, matrix)
+    matrix_back = network.dense_synapses(topo, blocks)
+    messages = {
+      norm: (
+        network.block_messages(topo, blocks, act, norm),
+        network.messages(matrix_back, topo.mask, act, norm),
+      )
+      for norm in network.MESSAGE_NORMS
+    }
+    return dict(
+      state=state,
+      dense=dense,
+      blocks_back=network.block_synapses(topo, dense),
+      blocks=blocks,
+      matrix_back=matrix_back,
+      messages=messages,
+    )
+
+  @functools.cache
+  def compute(name: str) -> dict:
+    topo = _topology(name)
+    rng = np.random.default_rng(5)
+    matrix = rng.standard_normal((topo.num_neurons, topo.num_neurons, spec.synapse_dim)).astype(np.float32)
+    act = rng.standard_normal((topo.num_neurons, spec.act_dim)).astype(np.float32)
+    return dict(matrix=matrix, **run(theta, topo, jnp.asarray(matrix), jnp.asarray(act)))
+
+  return compute
+
+
+@pytest.mark.parametrize("name", TOPOLOGY_CASES)
+def test_block_structure(wide, blocks_of, name):
+  """Blocks hold exactly the synapses of the mask: initial states are zero exactly where the mask is
+  0, blocks and matrix convert both ways, and a network stores one state per synapse (full: N^2)."""
+  spec = wide[0]
+  topo = _topology(name)
+  n, mask = topo.num_neurons, np.asarray(topo.mask)
+  np.testing.assert_array_equal(topo.fan_in, mask.sum(axis=1))
+  assert len(topo.block_masks) == len(topo.block_pre_index) == len(topo.blocks)
+  if name == "full":
+    assert topo.num_slots == n * n
+  else:
+    assert topo.num_slots == topo.num_synapses
+  out = blocks_of(name)
+  state = out["state"]
+  assert len(state.synapses) == len(topo.blocks)
+  for block, syn, block_mask, index in zip(
+    topo.blocks, state.synapses, topo.block_masks, topo.block_pre_index, strict=True
+  ):
+    chex.assert_shape(syn, (block.post_size, block.pre_size, spec.synapse_dim))
+    assert block.fan_in_list == (index is not None)
+    if block_mask is not None:  # masked-out entries of a block are stored as exact zeros
+      chex.assert_shape(block_mask, (block.post_size, block.pre_size))
+      assert np.all(np.asarray(syn)[np.asarray(block_mask) == 0] == 0)
+  dense = np.asarray(out["dense"])
+  chex.assert_shape(dense, (n, n, spec.synapse_dim))
+  np.testing.assert_array_equal(np.any(dense != 0, axis=-1), mask > 0)
+  # Round trips: blocks -> matrix -> blocks is the identity; matrix -> blocks -> matrix drops
+  # exactly what lies off the mask (a block that overlapped another or covered a masked-out pair
+  # without masking it would add or keep something here).
+  _assert_blocks_equal(out["blocks_back"], state.synapses)
+  assert len(out["blocks"]) == len(topo.blocks)
+  np.testing.assert_array_equal(out["matrix_back"], out["matrix"] * mask[..., None])
 
 
 @pytest.mark.parametrize("variant", ["", "layered", "layered_feedback", "sparse"])
@@ -129,15 +275,18 @@ def test_init_net_state_uses_per_type_vectors(theta, small_spec):
   state = network.init_net_state(theta, topo, jax.random.PRNGKey(0), noise=0.0)
   n, types, mask = topo.num_neurons, np.asarray(topo.types), np.asarray(topo.mask)
   chex.assert_shape(state.bodies, (n, small_spec.body_dim))
-  chex.assert_shape(state.synapses, (n, n, small_spec.synapse_dim))
+  (block,) = topo.blocks
+  chex.assert_shape(state.synapses, [(n, block.pre_size, small_spec.synapse_dim)])
   np.testing.assert_array_equal(state.bodies, np.asarray(theta["init_body"])[types])
   want_syn = np.asarray(theta["init_synapse"])[types[:, None], types[None, :]] * mask[..., None]
-  np.testing.assert_array_equal(state.synapses, want_syn)
+  np.testing.assert_array_equal(_dense(topo, state), want_syn)
 
   noisy = network.init_net_state(theta, topo, jax.random.PRNGKey(0), noise=0.1)
   diff = np.asarray(noisy.bodies) - np.asarray(state.bodies)
   assert 0.02 < diff.std() < 0.5  # noise of the requested size breaks the symmetry
-  assert np.all(np.asarray(noisy.synapses)[mask == 0] == 0)  # absent synapses stay exactly zero
+  syn_diff = _dense(topo, noisy) - want_syn
+  assert 0.02 < syn_diff[mask > 0].std() < 0.5  # on every stored synapse too
+  # (That absent synapses stay exactly zero, masked-out block entries included: test_block_structure.)
 
 
 @pytest.mark.parametrize("norm", network.MESSAGE_NORMS)
@@ -161,42 +310,74 @@ def test_messages_match_explicit_sum(small_spec, norm):
   np.testing.assert_allclose(msg, want.reshape(n, ds * da), rtol=RTOL, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", TOPOLOGY_CASES)
+@pytest.mark.parametrize("norm", network.MESSAGE_NORMS)
+def test_block_messages_equal_dense_messages(wide, blocks_of, name, norm):
+  """`block_messages` of random blocks equals `messages` of their `[N, N, Ds]` matrix and the mask."""
+  got, want = blocks_of(name)["messages"][norm]
+  chex.assert_shape(got, (_topology(name).num_neurons, wide[0].msg_dim))
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-5)
+  assert np.abs(np.asarray(want)).max() > 0.1  # not two zeros
+
+
+def _without_synapses(topo: network.Topology) -> network.Topology:
+  """A one-dense-block topology (`full`) whose block mask, and so every synapse, is zero."""
+  n = topo.num_neurons
+  (block,) = topo.blocks
+  assert (block.post_size, block.pre_size, block.fan_in_list) == (n, n, False)
+  zero = jnp.zeros((n, n))
+  return topo.replace(mask=zero, fan_in=jnp.zeros((n,)), block_masks=(zero,))
+
+
 def test_zero_mask_delivers_no_messages(theta, small_spec, full_topo, net_state, step_input):
   n = full_topo.num_neurons
   zero = jnp.zeros((n, n))
   act = jnp.asarray(np.random.default_rng(0).standard_normal((n, small_spec.act_dim)), jnp.float32)
-  np.testing.assert_array_equal(network.messages(net_state.synapses, zero, act), 0.0)
+  dense = network.dense_synapses(full_topo, net_state.synapses)
+  np.testing.assert_array_equal(network.messages(dense, zero, act), 0.0)
+  no_synapses = _without_synapses(full_topo)
+  np.testing.assert_array_equal(network.block_messages(no_synapses, net_state.synapses, act), 0.0)
 
   # A step without synapses must equal a step whose synapses all carry zero weight: in both, every
   # neuron updates from its own body and input alone.
-  no_mask = full_topo.replace(mask=zero)
-  state_masked, out_masked = _step(theta, no_mask, small_spec, net_state, step_input)
-  zero_syn = net_state.replace(synapses=jnp.zeros_like(net_state.synapses))
+  state_masked, out_masked = _step(theta, no_synapses, small_spec, net_state, step_input)
+  zero_syn = net_state.replace(synapses=jax.tree.map(jnp.zeros_like, net_state.synapses))
   state_zero, out_zero = _step(theta, full_topo, small_spec, zero_syn, step_input)
   np.testing.assert_allclose(state_masked.bodies, state_zero.bodies, rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(out_masked.readout, out_zero.readout, rtol=RTOL, atol=ATOL)
   # ... and the synapses that do not exist are never updated.
-  np.testing.assert_array_equal(state_masked.synapses, net_state.synapses)
+  _assert_blocks_equal(state_masked.synapses, net_state.synapses)
   # The messages did matter in the connected network (otherwise the comparison above is vacuous).
   state_full, _ = _step(theta, full_topo, small_spec, net_state, step_input)
   assert not np.allclose(state_full.bodies, state_zero.bodies, atol=1e-3)
 
 
-def test_absent_synapses_are_not_updated(theta, small_spec, make_net_state, step_input):
-  topo = network.make_sparse(3, 2, 4, 0.5, seed=2)
-  state = make_net_state(5, topo, small_spec)
-  # Put junk on absent synapses: the mask, not the stored value, decides what exists.
-  junk = state.synapses + (1.0 - topo.mask[..., None]) * 7.0
-  new, _ = _step(theta, topo, small_spec, state.replace(synapses=junk), step_input)
-  ref, _ = _step(theta, topo, small_spec, state, step_input)
-  absent = np.asarray(topo.mask) == 0
-  present = ~absent
-  np.testing.assert_array_equal(np.asarray(new.synapses)[absent], np.asarray(junk)[absent])
-  np.testing.assert_allclose(
-    np.asarray(new.synapses)[present], np.asarray(ref.synapses)[present], rtol=RTOL, atol=ATOL
+@pytest.mark.parametrize("fast", [True, False])
+def test_absent_synapses_are_neither_updated_nor_read(
+  theta, small_spec, full_topo, make_net_state, step_input, fast
+):
+  """Junk on the masked-out entries of a block (a full network's self-connections) stays as it is
+  and changes nothing else: the block mask, not the stored value, decides what exists."""
+  state = make_net_state(5, full_topo, small_spec)
+  (clean,) = state.synapses
+  absent = np.asarray(full_topo.block_masks[0]) == 0
+  np.testing.assert_array_equal(absent, np.eye(full_topo.num_neurons, dtype=bool))
+  junk = clean + jnp.asarray(absent[..., None] * 7.0, jnp.float32)
+  act = np.random.default_rng(8).standard_normal((full_topo.num_neurons, small_spec.act_dim))
+  act = jnp.asarray(act, jnp.float32)
+  np.testing.assert_array_equal(
+    network.block_messages(full_topo, (junk,), act), network.block_messages(full_topo, (clean,), act)
   )
+  np.testing.assert_array_equal(_dense(full_topo, (junk,)), _dense(full_topo, (clean,)))
+  new, new_out = _step(theta, full_topo, small_spec, state.replace(synapses=(junk,)), step_input, fast)
+  ref, ref_out = _step(theta, full_topo, small_spec, state, step_input, fast)
+  (new_syn,), (ref_syn,) = new.synapses, ref.synapses
+  present = ~absent
+  np.testing.assert_array_equal(np.asarray(new_syn)[absent], np.asarray(junk)[absent])
+  np.testing.assert_allclose(np.asarray(new_syn)[present], np.asarray(ref_syn)[present], rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(new.bodies, ref.bodies, rtol=RTOL, atol=ATOL)
-  assert not np.allclose(np.asarray(new.synapses)[present], np.asarray(state.synapses)[present])
+  np.testing.assert_allclose(new_out.readout, ref_out.readout, rtol=RTOL, atol=ATOL)
+  assert not np.allclose(np.asarray(new_syn)[present], np.asarray(clean)[present])
 
 
 # ---- network_step ----
@@ -206,7 +387,9 @@ def test_network_step_shapes(theta, small_spec, full_topo, net_state, step_input
   n = full_topo.num_neurons
   new, out = _step(theta, full_topo, small_spec, net_state, step_input)
   chex.assert_shape(new.bodies, (n, small_spec.body_dim))
-  chex.assert_shape(new.synapses, (n, n, small_spec.synapse_dim))
+  (block,) = full_topo.blocks
+  chex.assert_shape(new.synapses, [(block.post_size, block.pre_size, small_spec.synapse_dim)])
+  chex.assert_shape(network.dense_synapses(full_topo, new.synapses), (n, n, small_spec.synapse_dim))
   chex.assert_shape(out.readout, (full_topo.n_out,))
   chex.assert_tree_all_finite((new, out))
   # The readout is the shared readout of the output neurons' new bodies.
@@ -220,21 +403,63 @@ def test_network_step_shapes(theta, small_spec, full_topo, net_state, step_input
 def test_network_step_jit_matches_eager(
   theta, small_spec, full_topo, net_state, step_input, trees_close, fast
 ):
-  eager = _step(theta, full_topo, small_spec, net_state, step_input, fast)
-  jitted = jax.jit(_step, static_argnums=(2, 5))(theta, full_topo, small_spec, net_state, step_input, fast)
+  eager = _eager_step(theta, full_topo, small_spec, net_state, step_input, fast)
+  jitted = _step(theta, full_topo, small_spec, net_state, step_input, fast)
   trees_close(jitted, eager, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("bilinear", [True, False])
-def test_fast_synapse_step_equals_per_synapse_step(
-  make_theta, small_spec, full_topo, net_state, step_input, trees_close, bilinear
+def _dense_reference_step(theta, topo, spec, state, x):
+  """`network_step` written on the `[N, N, Ds]` matrix with the dense mask, one synapse at a time."""
+  syn = network.dense_synapses(topo, state.synapses)
+  emb = theta["type_emb"][topo.types]
+  act_fn = jax.vmap(rules.activation, in_axes=(None, 0, 0, None))
+  act = act_fn(theta, state.bodies, x, spec)
+  msg = network.messages(syn, topo.mask, act, spec.message_norm)
+  bodies = jax.vmap(rules.body_update, in_axes=(None, 0, 0, 0, 0, None, None))(
+    theta, state.bodies, msg, x, emb, spec, topo.body_recurrence
+  )
+  new_act = act_fn(theta, bodies, x, spec)
+  # result[i, j] is the synapse j -> i: inner vmap over the pre neuron j, outer over the post neuron i.
+  per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0))
+  per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, None, 0, None))
+  new_syn = per_pair(theta, syn, new_act, new_act, emb, emb) * topo.mask[..., None]
+  readout = jax.vmap(rules.readout, in_axes=(None, 0))(theta, bodies[topo.n_in : topo.n_in + topo.n_out])
+  return bodies, new_syn, readout
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _three_steps(theta, topo, spec, state, x):
+  """The fast step, the per-synapse step and the dense reference step, in one compiled program."""
+  return (
+    _eager_step(theta, topo, spec, state, x, True),
+    _eager_step(theta, topo, spec, state, x, False),
+    _dense_reference_step(theta, topo, spec, state, x),
+  )
+
+
+STEP_CASES = [(name, True) for name in ("full", "layered_2", "layered_feedback", "sparse")] + [
+  ("sparse", False)
+]
+
+
+@pytest.mark.parametrize("name,bilinear", STEP_CASES, ids=[f"{n}-bilinear={b}" for n, b in STEP_CASES])
+def test_fast_and_per_synapse_steps_equal_a_dense_reference(
+  make_net_state, wide, trees_close, name, bilinear
 ):
-  spec = dataclasses.replace(small_spec, bilinear=bilinear)
-  theta = make_theta(jax.random.PRNGKey(0), spec, seed=20)
-  fast = _step(theta, full_topo, spec, net_state, step_input, True)
-  slow = _step(theta, full_topo, spec, net_state, step_input, False)
+  """The block step (split first layer, and per-synapse vmap) against the step on the dense matrix."""
+  spec, theta = wide
+  if not bilinear:
+    spec, theta = dataclasses.replace(spec, bilinear=False), _without_bilinear(theta)
+  topo = _topology(name)
+  state = make_net_state(21, topo, spec)
+  x = jnp.asarray(np.random.default_rng(22).choice([-1.0, 1.0], topo.num_neurons), jnp.float32)
+  fast, slow, (bodies, synapses, readout) = _three_steps(theta, topo, spec, state, x)
   trees_close(fast, slow, rtol=RTOL, atol=ATOL)
-  assert not np.allclose(fast[0].synapses, net_state.synapses, atol=1e-3)  # something happened
+  np.testing.assert_allclose(fast[0].bodies, bodies, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(_dense(topo, fast[0]), synapses, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(fast[1].readout, readout, rtol=RTOL, atol=ATOL)
+  mask = np.asarray(topo.mask) > 0
+  assert not np.allclose(_dense(topo, fast[0])[mask], _dense(topo, state)[mask], atol=1e-3)  # it moved
 
 
 def _permute_group(topo: network.Topology, group: int, seed: int) -> np.ndarray:
@@ -250,6 +475,26 @@ def _permute_group(topo: network.Topology, group: int, seed: int) -> np.ndarray:
   return perm
 
 
+def _permuted(topo: network.Topology, state: network.NetState, perm: np.ndarray):
+  """The topology and state with neuron `i` moved to position `perm^-1[i]` (new neuron `i` is old
+  neuron `perm[i]`), for topologies of one block over all post neurons (full, sparse)."""
+  n = topo.num_neurons
+  (block,) = topo.blocks
+  assert (block.post_start, block.post_size) == (0, n)
+  p, inv = jnp.asarray(perm), jnp.asarray(np.argsort(perm))
+  permuted_topo = topo.replace(
+    mask=topo.mask[p][:, p],
+    fan_in=topo.fan_in[p],
+    block_masks=tuple(None if m is None else m[p][:, p] for m in topo.block_masks),
+    block_pre_index=tuple(None if i is None else inv[i[p]] for i in topo.block_pre_index),
+  )
+  dense = network.dense_synapses(topo, state.synapses)[p][:, p]
+  permuted_state = network.NetState(
+    bodies=state.bodies[p], synapses=network.block_synapses(permuted_topo, dense)
+  )
+  return permuted_topo, permuted_state
+
+
 @pytest.mark.parametrize("group", [HIDDEN_TYPE, OUTPUT_TYPE, INPUT_TYPE])
 def test_permuting_same_type_neurons_permutes_outputs(theta, small_spec, make_net_state, group):
   n_in, n_out = 3, 3
@@ -259,14 +504,20 @@ def test_permuting_same_type_neurons_permutes_outputs(theta, small_spec, make_ne
   perm = _permute_group(topo, group, 32)
   p = jnp.asarray(perm)
 
-  permuted_topo = topo.replace(mask=topo.mask[p][:, p])
+  permuted_topo, permuted_state = _permuted(topo, state, perm)
   np.testing.assert_array_equal(permuted_topo.types, topo.types)  # same types at every position
-  permuted_state = network.NetState(bodies=state.bodies[p], synapses=state.synapses[p][:, p])
+  # The permuted fan-in lists name exactly the pre neurons of the permuted mask.
+  (index,) = permuted_topo.block_pre_index
+  in_lists = np.zeros((topo.num_neurons, topo.num_neurons))
+  in_lists[np.arange(topo.num_neurons)[:, None], np.asarray(index)] = 1.0
+  np.testing.assert_array_equal(in_lists, permuted_topo.mask)
 
   new, out = _step(theta, topo, small_spec, state, x)
   new_p, out_p = _step(theta, permuted_topo, small_spec, permuted_state, x[p])
   np.testing.assert_allclose(new_p.bodies, new.bodies[p], rtol=RTOL, atol=ATOL)
-  np.testing.assert_allclose(new_p.synapses, new.synapses[p][:, p], rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(
+    _dense(permuted_topo, new_p), _dense(topo, new)[perm][:, perm], rtol=RTOL, atol=ATOL
+  )
   # Readouts follow the output neurons; permuting other neurons leaves them unchanged.
   out_perm = perm[n_in : n_in + n_out] - n_in
   np.testing.assert_allclose(out_p.readout, out.readout[out_perm], rtol=RTOL, atol=ATOL)
@@ -276,13 +527,15 @@ def test_permuting_same_type_neurons_permutes_outputs(theta, small_spec, make_ne
 
 def test_permuting_hidden_neurons_of_full_network(theta, small_spec, full_topo, net_state, step_input):
   """The case docs/DESIGN.md names: hidden neurons of a `full` network, readouts unchanged."""
-  p = jnp.asarray(_permute_group(full_topo, HIDDEN_TYPE, 33))
-  permuted_state = network.NetState(bodies=net_state.bodies[p], synapses=net_state.synapses[p][:, p])
-  permuted_topo = full_topo.replace(mask=full_topo.mask[p][:, p])
+  perm = _permute_group(full_topo, HIDDEN_TYPE, 33)
+  p = jnp.asarray(perm)
+  permuted_topo, permuted_state = _permuted(full_topo, net_state, perm)
   new, out = _step(theta, full_topo, small_spec, net_state, step_input)
   new_p, out_p = _step(theta, permuted_topo, small_spec, permuted_state, step_input[p])
   np.testing.assert_allclose(new_p.bodies, new.bodies[p], rtol=RTOL, atol=ATOL)
-  np.testing.assert_allclose(new_p.synapses, new.synapses[p][:, p], rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(
+    _dense(permuted_topo, new_p), _dense(full_topo, new)[perm][:, perm], rtol=RTOL, atol=ATOL
+  )
   np.testing.assert_allclose(out_p.readout, out.readout, rtol=RTOL, atol=ATOL)
 
 
@@ -294,7 +547,7 @@ def test_permuting_neurons_of_different_types_is_not_a_symmetry(
   perm = np.arange(full_topo.num_neurons)
   perm[[0, n_in + full_topo.n_out]] = perm[[n_in + full_topo.n_out, 0]]
   p = jnp.asarray(perm)
-  permuted_state = network.NetState(bodies=net_state.bodies[p], synapses=net_state.synapses[p][:, p])
+  _, permuted_state = _permuted(full_topo, net_state, perm)
   new, _ = _step(theta, full_topo, small_spec, net_state, step_input)
   new_p, _ = _step(theta, full_topo, small_spec, permuted_state, step_input[p])
   assert not np.allclose(new_p.bodies, new.bodies[p], atol=1e-3)
@@ -303,15 +556,14 @@ def test_permuting_neurons_of_different_types_is_not_a_symmetry(
 def test_synapse_updates_off_leaves_synapses_unchanged(theta, small_spec, net_state, step_input):
   frozen = network.make_full(N_IN, N_OUT, N_HIDDEN, synapse_updates=False)
   learning = network.make_full(N_IN, N_OUT, N_HIDDEN)
-  step = jax.jit(_step, static_argnums=(2, 5))
   state_frozen, state_learning = net_state, net_state
   for _ in range(3):
     prev_bodies = state_frozen.bodies
-    state_frozen, _ = step(theta, frozen, small_spec, state_frozen, step_input, True)
-    state_learning, _ = step(theta, learning, small_spec, state_learning, step_input, True)
-    np.testing.assert_array_equal(state_frozen.synapses, net_state.synapses)
+    state_frozen, _ = _step(theta, frozen, small_spec, state_frozen, step_input, True)
+    state_learning, _ = _step(theta, learning, small_spec, state_learning, step_input, True)
+    _assert_blocks_equal(state_frozen.synapses, net_state.synapses)
     assert not np.allclose(state_frozen.bodies, prev_bodies, atol=1e-4)  # bodies still move
-  assert not np.allclose(state_learning.synapses, net_state.synapses, atol=1e-3)
+  assert not np.allclose(_dense(learning, state_learning), _dense(learning, net_state), atol=1e-3)
 
 
 def test_body_recurrence_off_forgets_the_previous_body(theta, small_spec, net_state, step_input):

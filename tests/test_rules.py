@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -227,3 +228,92 @@ def test_readout_is_affine_in_body(theta, small_spec):
   body = _normal(np.random.default_rng(16), small_spec.body_dim)
   want = float(np.dot(np.asarray(body), np.asarray(theta["readout"]["w"])) + theta["readout"]["b"])
   np.testing.assert_allclose(rules.readout(theta, body), want, rtol=1e-5, atol=1e-6)
+
+
+# ---- the block form and its custom VJP ----
+
+P, Q, M = 3, 4, 6  # post neurons, pre neurons (fan-in K = Q), neurons a fan-in block draws from
+
+
+def _block_case(seed: int, spec: rules.RuleSpec, fan_in: bool):
+  """Arguments of `synapse_update_block` for a dense `P x Q` block or a fan-in block with `Q` inputs per
+  post neuron drawn from the first `M - 1` of `M` neurons (so some are shared between post neurons, and
+  the last feeds no synapse), and the cotangent weights."""
+  rng = np.random.default_rng(seed)
+  num_pre = M if fan_in else Q
+  args = dict(
+    syn=_normal(rng, P, Q, spec.synapse_dim),
+    act_post=jnp.tanh(_normal(rng, P, spec.act_dim)),
+    emb_post=_normal(rng, P, spec.emb_dim),
+    act_pre=jnp.tanh(_normal(rng, num_pre, spec.act_dim)),
+    emb_pre=_normal(rng, num_pre, spec.emb_dim),
+  )
+  index = np.stack([rng.choice(M - 1, Q, replace=False) for _ in range(P)]) if fan_in else None
+  return (
+    args,
+    (None if index is None else jnp.asarray(index, jnp.int32)),
+    _normal(rng, P, Q, spec.synapse_dim),
+  )
+
+
+def _per_synapse_block(theta, syn, act_post, emb_post, act_pre, emb_pre, pre_index):
+  """`vmap(vmap(synapse_update))` over a block's pairs; a fan-in block gathers its pre neurons first."""
+  if pre_index is None:
+    per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0))
+    per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, None, 0, None))
+  else:
+    act_pre, emb_pre = act_pre[pre_index], emb_pre[pre_index]
+    per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0))
+    per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, 0, 0, 0))
+  return per_pair(theta, syn, act_post, act_pre, emb_post, emb_pre)
+
+
+BLOCK_GRAD_CASES = [(False, True), (True, True), (True, False)]  # (fan-in block, bilinear)
+
+
+@pytest.mark.parametrize(
+  "fan_in,bilinear",
+  BLOCK_GRAD_CASES,
+  ids=[f"{'fan_in' if f else 'dense'}-bilinear={b}" for f, b in BLOCK_GRAD_CASES],
+)
+def test_block_update_values_and_gradients_equal_per_synapse_vmap(make_theta, small_spec, fan_in, bilinear):
+  """The hand-written backward pass of `synapse_update_block` against autodiff of the per-synapse rule,
+  w.r.t. theta and every per-synapse and per-neuron input."""
+  spec = dataclasses.replace(small_spec, bilinear=bilinear)
+  theta = make_theta(jax.random.PRNGKey(0), spec, seed=30)
+  args, pre_index, weights = _block_case(31, spec, fan_in)
+  names = ("syn", "act_post", "emb_post", "act_pre", "emb_pre")
+
+  def loss(update, theta, *values):
+    out = update(theta, *values, pre_index)
+    return jnp.sum(weights * out), out
+
+  grad_argnums = tuple(range(1 + len(names)))
+
+  @jax.jit
+  def both(theta, values):
+    block = jax.value_and_grad(
+      functools.partial(loss, rules.synapse_update_block), grad_argnums, has_aux=True
+    )
+    reference = jax.value_and_grad(functools.partial(loss, _per_synapse_block), grad_argnums, has_aux=True)
+    return block(theta, *values), reference(theta, *values)
+
+  ((_, got), got_grads), ((_, want), want_grads) = both(theta, tuple(args[n] for n in names))
+  chex.assert_shape(got, (P, Q, spec.synapse_dim))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  labels = ("theta", *names)
+  for label, g, w in zip(labels, got_grads, want_grads, strict=True):
+    chex.assert_trees_all_equal_shapes(g, w)
+    for (path, g_leaf), w_leaf in zip(
+      jax.tree_util.tree_flatten_with_path(g)[0], jax.tree.leaves(w), strict=True
+    ):
+      np.testing.assert_allclose(
+        g_leaf, w_leaf, rtol=1e-5, atol=1e-6, err_msg=f"d/d{label}{jax.tree_util.keystr(path)}"
+      )
+  # Every input gets a gradient (a cotangent dropped by the backward pass would show up as zeros),
+  # and in a fan-in block, pre neurons that feed no synapse get none.
+  for label, g in zip(labels, got_grads, strict=True):
+    if label != "theta":
+      assert np.abs(np.asarray(g)).max() > 1e-3, label
+  if fan_in:
+    np.testing.assert_array_equal(np.asarray(got_grads[4])[M - 1], 0.0)

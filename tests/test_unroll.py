@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import chex
 import jax
@@ -25,15 +26,17 @@ def tiny():
 
 def _leaf_norms(tree) -> dict[str, float]:
   return {
-    jax.tree_util.keystr(path): float(jnp.linalg.norm(jnp.ravel(leaf)))
+    jax.tree_util.keystr(path): float(np.linalg.norm(np.ravel(leaf)))
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
   }
 
 
 # ---- the unroll ----
 
+_network_step = jax.jit(network.network_step, static_argnums=2)  # compiled once for every remat policy
 
-@pytest.mark.parametrize("remat", [True, False])
+
+@pytest.mark.parametrize("remat", unroll.REMAT_POLICIES)
 def test_unroll_equals_a_loop_of_network_steps(theta, small_spec, full_topo, net_state, trees_close, remat):
   steps = 4
   rng = np.random.default_rng(0)
@@ -41,13 +44,79 @@ def test_unroll_equals_a_loop_of_network_steps(theta, small_spec, full_topo, net
   problem = unroll.Problem(rule=small_spec, task=tasks.TaskSpec(), remat=remat)
   final, readouts = unroll.unroll(theta, full_topo, problem, net_state, xs)
   chex.assert_shape(readouts, (steps, full_topo.n_out))
-  chex.assert_shape(final.bodies, net_state.bodies.shape)
-  chex.assert_shape(final.synapses, net_state.synapses.shape)
+  chex.assert_trees_all_equal_shapes(final, net_state)
   state, want = net_state, []
   for t in range(steps):
-    state, out = network.network_step(theta, full_topo, small_spec, state, xs[t])
+    state, out = _network_step(theta, full_topo, small_spec, state, xs[t])
     want.append(out.readout)
   trees_close((final, readouts), (state, jnp.stack(want)), rtol=1e-5, atol=1e-5)
+
+
+# (policy, T) pairs whose readouts and gradients are compared with those of "none" at the same T: every
+# policy at a T that is not a perfect square (6: "nested" runs 2 chunks of 3), and "nested" at a prime T
+# (7: chunks of 1).
+REMAT_CASES = [(p, 6) for p in unroll.REMAT_POLICIES if p != "none"] + [("nested", 7)]
+
+
+@pytest.fixture(scope="module")
+def remat_results(theta, small_spec, full_topo, net_state):
+  """Per (policy, T), the readouts, final state, and gradient w.r.t. theta and the initial state of
+  a fixed random linear function of both, for a `T`-step unroll; all from one compiled program."""
+  rng = np.random.default_rng(50)
+  cases = sorted({*REMAT_CASES, *(("none", t) for _, t in REMAT_CASES)})
+  inputs = {}
+  for steps in sorted({t for _, t in cases}):
+    xs = rng.choice([-1.0, 0.0, 1.0], (steps, full_topo.num_neurons))
+    w_readout = rng.standard_normal((steps, full_topo.n_out))
+    w_state = jax.tree.map(lambda leaf: rng.standard_normal(leaf.shape), net_state)
+    inputs[steps] = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), (xs, w_readout, w_state))
+
+  def objective(theta, state0, remat, xs, w_readout, w_state):
+    problem = unroll.Problem(rule=small_spec, task=tasks.TaskSpec(), remat=remat)
+    final, readouts = unroll.unroll(theta, full_topo, problem, state0, xs)
+    value = jnp.sum(w_readout * readouts)
+    value += sum(
+      jnp.sum(w * v) for w, v in zip(jax.tree.leaves(w_state), jax.tree.leaves(final), strict=True)
+    )
+    return value, (readouts, final)
+
+  value_and_grad = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
+
+  @jax.jit
+  def run_all(theta, state0, inputs):
+    return {(remat, t): value_and_grad(theta, state0, remat, *inputs[t]) for remat, t in cases}
+
+  return run_all(theta, net_state, inputs)
+
+
+@pytest.mark.parametrize("remat,steps", REMAT_CASES)
+def test_remat_policies_give_the_same_readouts_and_gradients(remat_results, trees_close, remat, steps):
+  (value, (readouts, final)), grads = remat_results[remat, steps]
+  (want_value, (want_readouts, want_final)), want_grads = remat_results["none", steps]
+  chex.assert_shape(readouts, (steps, want_readouts.shape[1]))
+  trees_close((readouts, final), (want_readouts, want_final), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  trees_close(grads, want_grads, rtol=1e-5, atol=1e-5)
+  # The gradient reaches every leaf of theta that the unroll reads (the initial-state vectors enter
+  # through `init_net_state` only) and every leaf of the initial state: none is trivially equal.
+  unread = {"[0]['init_body']", "[0]['init_synapse']"}
+  zero = [name for name, norm in _leaf_norms(grads).items() if norm == 0.0 and name not in unread]
+  assert not zero, f"leaves without gradient: {zero}"
+
+
+def test_chunk_size_is_the_largest_divisor_up_to_ceil_sqrt():
+  for steps in [*range(1, 50), 64, 97, 100, 1000]:
+    chunk, limit = unroll._chunk_size(steps), math.ceil(math.sqrt(steps))
+    assert steps % chunk == 0 and 1 <= chunk <= limit, steps
+    assert all(steps % c for c in range(chunk + 1, limit + 1)), steps
+  examples = {1: 1, 2: 2, 4: 2, 6: 3, 7: 1, 8: 2, 12: 4, 16: 4, 17: 1, 100: 10}
+  assert {t: unroll._chunk_size(t) for t in examples} == examples
+
+
+@pytest.mark.parametrize("remat", ["always", "", True, False, None])
+def test_unknown_remat_policy_raises(small_spec, remat):
+  with pytest.raises(ValueError, match="remat"):
+    unroll.Problem(rule=small_spec, task=tasks.TaskSpec(), remat=remat)
 
 
 def test_readout_loss_and_metrics_match_numpy():
@@ -148,7 +217,10 @@ def test_init_stream_carry(stream_result):
   carry, problem, topo = stream_result["carry0"], stream_result["problem"], stream_result["topo"]
   n, rule = topo.num_neurons, problem.rule
   chex.assert_shape(carry.net_state.bodies, (2, n, rule.body_dim))
-  chex.assert_shape(carry.net_state.synapses, (2, n, n, rule.synapse_dim))
+  chex.assert_shape(
+    carry.net_state.synapses,
+    [(2, b.post_size, b.pre_size, rule.synapse_dim) for b in topo.blocks],
+  )
   assert not np.allclose(carry.net_state.bodies[0], carry.net_state.bodies[1])  # own noise each
   np.testing.assert_array_equal(carry.position.t, tasks.stream_phases(problem.task, 2))
   assert not np.array_equal(carry.position.key[0], carry.position.key[1])

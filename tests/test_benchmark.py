@@ -1,0 +1,184 @@
+"""Smoke tests of `experiments.benchmark` at tiny sizes: the JSON it writes, and its reference.
+
+No timing is asserted: the throughputs only have to be positive and finite. The reference (dense
+synapses, unsplit first layer, no remat) must compute the library's readouts, or the speedups it
+reports would compare different computations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import benchmark
+from learned_rules import rules, unroll
+
+CASE_KEYS = {
+  "name",
+  "topology",
+  "N",
+  "synapses",
+  "B",
+  "T",
+  "forward_synapse_steps_per_s",
+  "meta_grad_synapse_steps_per_s",
+  "reference_forward_synapse_steps_per_s",
+  "reference_meta_grad_synapse_steps_per_s",
+  "speedup",
+  "fraction_of_matmul_roofline",
+  "peak_bytes",
+  "reference_peak_bytes",
+  "peak_rss_bytes",
+}
+THROUGHPUTS = (
+  "forward_synapse_steps_per_s",
+  "meta_grad_synapse_steps_per_s",
+  "reference_forward_synapse_steps_per_s",
+  "reference_meta_grad_synapse_steps_per_s",
+)
+
+
+def _positive_finite(value) -> bool:
+  return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+  """`benchmark.run(tiny=True)` once, and the JSON it wrote (into a directory it has to create)."""
+  out = tmp_path_factory.mktemp("benchmark") / "new_dir" / "benchmark.json"
+  results = benchmark.run(tiny=True, out=str(out))
+  with open(out) as f:
+    return results, json.load(f)
+
+
+def test_json_has_the_required_keys(tiny_results):
+  results, written = tiny_results
+  assert written == json.loads(json.dumps(results))
+  for key in ("matmul_flops_per_s", "device", "jax_version", "flops_convention", "cases"):
+    assert key in written, key
+  assert _positive_finite(written["matmul_flops_per_s"])
+  assert [c["name"] for c in written["cases"]] == [c.name for c in benchmark.PLANS["tiny"].cases]
+  for case in written["cases"]:
+    assert CASE_KEYS <= set(case), CASE_KEYS - set(case)
+
+
+def test_throughputs_and_peaks_are_positive_and_finite(tiny_results):
+  _, written = tiny_results
+  for case in written["cases"]:
+    for key in (*THROUGHPUTS, "speedup", "fraction_of_matmul_roofline", "peak_rss_bytes"):
+      assert _positive_finite(case[key]), (case["name"], key, case[key])
+    if case["peak_bytes"] is not None:  # None only where XLA gives no memory analysis
+      assert case["peak_bytes"] > 0 and case["reference_peak_bytes"] > 0
+
+
+def test_remat_and_memory_sections_cover_every_policy(tiny_results):
+  _, written = tiny_results
+  policies = tuple(unroll.REMAT_POLICIES)
+  assert tuple(r["remat"] for r in written["remat_policies"]) == policies
+  for record in written["remat_policies"]:
+    assert _positive_finite(record["meta_grad_synapse_steps_per_s"]), record
+  steps = benchmark.PLANS["tiny"].memory_steps
+  assert {(r["remat"], r["T"]) for r in written["memory_vs_T"]} == {(p, t) for p in policies for t in steps}
+  for record in written["memory_vs_T"]:
+    assert set(record) >= {"N", "B", "T", "remat", "peak_bytes"}
+
+
+def test_benchmarked_forwards_agree(tiny_results):
+  """Each case's library and reference forwards, run on the same states and inputs, agree."""
+  _, written = tiny_results
+  for case in written["cases"]:
+    assert case["max_abs_readout_diff"] < 1e-4, case
+
+
+def test_tables_show_every_case_and_policy(tiny_results):
+  text = benchmark.format_tables(tiny_results[0])
+  for name in [c.name for c in benchmark.PLANS["tiny"].cases] + list(unroll.REMAT_POLICIES):
+    assert name in text
+
+
+def test_million_case_runs_or_says_why_not(tiny_results):
+  """`run_million` at a tiny size (the program the run above compiled): it runs, or with no memory
+  to spare it is compiled only and the record says so."""
+  case = benchmark.PLANS["tiny"].remat_case
+  settings = benchmark.Settings(repeats=1, max_run_bytes=1 << 40, compile_threads=1)
+  record = benchmark.run_million(case, settings)
+  assert record["ran"] and _positive_finite(record["meta_grad_synapse_steps_per_s"]), record
+  record = benchmark.run_million(case, dataclasses.replace(settings, max_run_bytes=0))
+  assert not record["ran"] and record["seconds"] is None and "not run" in record["note"], record
+
+
+def test_programs_over_the_memory_limit_are_not_run():
+  x = np.ones((4,), np.float32)
+  compiled = jax.jit(lambda x: x + 1).lower(x).compile()
+  settings = benchmark.Settings(repeats=1, max_run_bytes=0, compile_threads=1)
+  timed = benchmark.time_compiled(compiled, (x,), 4.0, settings, "tiny")
+  if timed.peak_bytes is not None:  # without a memory analysis there is nothing to compare
+    assert timed.steps_per_s is None and "not run" in timed.note
+
+
+def _perturbed(theta: rules.Theta, scale: float = 0.3, seed: int = 0) -> rules.Theta:
+  """`theta` plus noise on every leaf, so no bias, initial state or embedding is zero (zeros would
+  hide a term added twice or to the wrong axis)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+    lambda leaf: np.asarray(leaf) + scale * rng.standard_normal(leaf.shape, np.float32), theta
+  )
+
+
+@pytest.mark.parametrize("case", benchmark.PLANS["tiny"].cases, ids=lambda case: case.topology)
+def test_reference_unroll_matches_library(case):
+  """Same theta, initial states and inputs: same readouts, bodies and synapses after the unroll.
+
+  Uses the benchmark's own programs at the tiny plan's sizes, so the persistent compilation cache
+  shares them with the in-process run above.
+  """
+  topo = case.make_topology()
+  theta = _perturbed(benchmark.default_theta(rules.RuleSpec(num_types=topo.num_types)))
+  s = benchmark.make_setup(case, theta=theta)
+  args = (s.theta, s.topo, s.states, s.xs)
+  final, readout = benchmark.programs("library", s.problem)[0](*args)
+  ref_states = benchmark.reference_states(s.topo, s.states)
+  ref_final, ref_readout = benchmark.programs("reference", s.problem)[0](s.theta, s.topo, ref_states, s.xs)
+  assert readout.shape == (case.batch, case.steps, case.n_out)
+  np.testing.assert_allclose(np.asarray(ref_readout), np.asarray(readout), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(ref_final.bodies), np.asarray(final.bodies), atol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(ref_final.synapses), np.asarray(benchmark.reference_states(s.topo, final).synapses), atol=1e-4
+  )
+  # The dense form really is dense: every pair, with zeros where the mask has no synapse.
+  assert ref_states.synapses.shape == (
+    case.batch,
+    case.num_neurons,
+    case.num_neurons,
+    s.problem.rule.synapse_dim,
+  )
+  absent = np.asarray(s.topo.mask) == 0
+  assert np.all(np.asarray(ref_states.synapses)[:, absent] == 0)
+
+
+def test_flops_per_synapse_step_counts_the_straightforward_form():
+  spec = rules.RuleSpec(synapse_dim=4, act_dim=4, emb_dim=8, hidden=32)
+  first, bilinear, second = 2 * 28 * 32, 2 * 32 * 16 + 2 * 32 * 4, 2 * 32 * 4
+  assert benchmark.flops_per_synapse_step(spec) == first + bilinear + second == 3328
+  no_bilinear = rules.RuleSpec(synapse_dim=4, act_dim=4, emb_dim=8, hidden=32, bilinear=False)
+  assert benchmark.flops_per_synapse_step(no_bilinear) == first + second
+
+
+def test_layered_case_has_about_the_synapses_of_full_256():
+  plan = {c.name: c for c in benchmark.PLANS["full"].cases}
+  full = plan["full-256"].make_topology().num_synapses
+  layered = plan["layered-256"].make_topology().num_synapses
+  assert full == 256 * 255 and abs(layered - full) / full < 0.1
+
+
+def test_unknown_names_are_refused_before_anything_runs():
+  plan = benchmark.PLANS["tiny"]
+  with pytest.raises(ValueError, match="unknown case"):
+    benchmark.check_args(plan, ["full-99"], benchmark.SECTIONS, [])
+  with pytest.raises(ValueError, match="unknown remat policy"):
+    benchmark.check_args(plan, [], benchmark.SECTIONS, ["sometimes"])
