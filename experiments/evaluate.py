@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from learned_rules import checkpointing, meta_train  # noqa: E402
+from learned_rules import config as config_lib  # noqa: E402
 from learned_rules import evaluate as evaluate_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
 
@@ -80,6 +81,9 @@ def main(argv):
     cfg, topo, state = meta_train.load_run(_WORKDIR.value)
   except (FileNotFoundError, checkpointing.IncompatibleCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except config_lib.ConfigError as e:
+    print(f"error: {e} (the run's saved config; was it written by an older version?)", file=sys.stderr)
     sys.exit(2)
   if cfg.task.protocol == "streaming":
     print("error: recall against K applies to the hetero and auto protocols", file=sys.stderr)
