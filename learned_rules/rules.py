@@ -226,12 +226,12 @@ def _block_core_bwd(args, g):
   delta = jnp.tanh(_contract(hid, w2) + b2)
   g_z = g * rate * (1.0 - delta * delta)  # [P, Q, Ds]
   g_h = (g_z.reshape(-1, c) @ w2.T).reshape(p, q, h) * (1.0 - hid * hid)  # [P, Q, H]
-  g_syn = decay * g + (g_h.reshape(-1, h) @ w_s.T).reshape(p, q, c)
+  g_syn = decay * g + _contract(g_h, w_s.T)
   if pre.ndim == 2:  # shared pre neurons: reduce over the block's posts
     features = jnp.concatenate([jnp.ones((q, 1), act_pre.dtype), act_pre], axis=-1)  # [Q, 1+Da]
     per_post = jnp.sum(g_h[:, :, None, :] * features[None, :, :, None], axis=1)  # [P, 1+Da, H]
     g_pre = jnp.sum(g_h, axis=0)
-    g_act_pre = jnp.einsum("pqh,phe->qe", g_h, post_bi)
+    g_act_pre = jnp.sum(jnp.einsum("pqh,phe->pqe", g_h, post_bi), axis=0)
   else:  # gathered pre neurons: per-synapse cotangents, scattered back by the gather's transpose
     features = jnp.concatenate([jnp.ones((p, q, 1), act_pre.dtype), act_pre], axis=-1)
     per_post = jnp.einsum("pqf,pqh->pfh", features, g_h)

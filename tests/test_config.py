@@ -260,4 +260,4 @@ def test_specs_from_tiny_config(make_cfg):
 
 
 def test_remat_default_is_the_library_default(make_cfg):
-  assert make_cfg("").train.remat == make_cfg("tiny").train.remat == unroll.DEFAULT_REMAT == "neurons"
+  assert make_cfg("").train.remat == make_cfg("tiny").train.remat == unroll.DEFAULT_REMAT == "step"
