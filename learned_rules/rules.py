@@ -258,6 +258,7 @@ def synapse_update_block(
   act_pre: jax.Array,
   emb_pre: jax.Array,
   pre_index: jax.Array | None = None,
+  chunk_synapses: int | None = None,
 ) -> jax.Array:
   """`synapse_update` for a block of synapses from `P` post to `Q` pre neurons, first layer split.
 
@@ -273,6 +274,9 @@ def synapse_update_block(
     act_pre, emb_pre: `[M, Da]`, `[M, E]` the same for the pre neurons: the block's `Q` pre neurons
       (`M == Q`) or, with `pre_index`, every neuron the block's synapses may come from.
     pre_index: optional `[P, Q]` int, the pre neuron of each synapse (fan-in lists of a sparse block).
+    chunk_synapses: update the block in chunks of post neurons of at most this many synapses, one
+      chunk after another (same numbers; faster on CPU, where a chunk's hidden layer stays in cache);
+      0 for the whole block at once. Default `CHUNK_SYNAPSES`.
 
   Returns:
     `[P, Q, Ds]` new synapse states (masking absent synapses is the caller's job).
@@ -287,18 +291,44 @@ def synapse_update_block(
   post, pre, post_bi = (checkpoint_name(v, NEURON_VALUES) for v in (post, pre, post_bi))
   if pre_index is not None:
     pre, act_pre = pre[pre_index], act_pre[pre_index]  # [P, Q, H], [P, Q, Da]
-  return _block_core(
-    syn,
-    post,
-    pre,
-    post_bi,
-    act_pre,
+  weights = (
     p["w_s"],
     p["w2"],
     p["b2"],
     jax.nn.sigmoid(p["decay_logit"]),
     jax.nn.sigmoid(p["rate_logit"]),
   )
+  chunk_synapses = CHUNK_SYNAPSES if chunk_synapses is None else chunk_synapses
+  rows = _chunk_rows(syn.shape[0], syn.shape[1], chunk_synapses)
+  if rows == syn.shape[0]:
+    return _block_core(syn, post, pre, post_bi, act_pre, *weights)
+  # Post neurons in chunks of `rows`, one after another, so that each chunk's hidden layer and its
+  # gradients stay in cache (docs/PERFORMANCE.md); the pre-neuron terms are shared by all chunks.
+  per_post = (syn, post, post_bi) + ((pre, act_pre) if pre_index is not None else ())
+
+  def chunk(args):
+    if pre_index is not None:
+      syn_c, post_c, post_bi_c, pre_c, act_pre_c = args
+    else:
+      (syn_c, post_c, post_bi_c), pre_c, act_pre_c = args, pre, act_pre
+    return _block_core(syn_c, post_c, pre_c, post_bi_c, act_pre_c, *weights)
+
+  split = [x.reshape(x.shape[0] // rows, rows, *x.shape[1:]) for x in per_post]
+  out = jax.lax.map(chunk, tuple(split))
+  return out.reshape(syn.shape)
+
+
+# Default synapses per chunk of `synapse_update_block` (per network: a vmapped batch multiplies it);
+# measured in docs/PERFORMANCE.md.
+CHUNK_SYNAPSES = 16384
+
+
+def _chunk_rows(num_post: int, num_pre: int, chunk_synapses: int) -> int:
+  """Post neurons per chunk: the largest divisor of `num_post` with at most `chunk_synapses` synapses."""
+  if not chunk_synapses or num_post * num_pre <= chunk_synapses:
+    return num_post
+  target = max(chunk_synapses // num_pre, 1)
+  return max(r for r in range(1, target + 1) if num_post % r == 0)
 
 
 def synapse_update_dense(theta: Theta, syn: jax.Array, act: jax.Array, emb: jax.Array) -> jax.Array:

@@ -268,37 +268,46 @@ def _per_synapse_block(theta, syn, act_post, emb_post, act_pre, emb_pre, pre_ind
   return per_pair(theta, syn, act_post, act_pre, emb_post, emb_pre)
 
 
-BLOCK_GRAD_CASES = [(False, True), (True, True), (True, False)]  # (fan-in block, bilinear)
+# (fan-in block, bilinear, chunk_synapses): 0 is the whole block at once, Q one post neuron per chunk.
+BLOCK_GRAD_CASES = [
+  (False, True, 0),
+  (True, True, 0),
+  (True, False, 0),
+  (False, True, Q),
+  (True, True, 2 * Q),
+]
 
 
 @pytest.mark.parametrize(
-  "fan_in,bilinear",
+  "fan_in,bilinear,chunk",
   BLOCK_GRAD_CASES,
-  ids=[f"{'fan_in' if f else 'dense'}-bilinear={b}" for f, b in BLOCK_GRAD_CASES],
+  ids=[f"{'fan_in' if f else 'dense'}-bilinear={b}-chunk={c}" for f, b, c in BLOCK_GRAD_CASES],
 )
-def test_block_update_values_and_gradients_equal_per_synapse_vmap(make_theta, small_spec, fan_in, bilinear):
-  """The hand-written backward pass of `synapse_update_block` against autodiff of the per-synapse rule,
-  w.r.t. theta and every per-synapse and per-neuron input."""
+def test_block_update_values_and_gradients_equal_per_synapse_vmap(
+  make_theta, small_spec, fan_in, bilinear, chunk
+):
+  """The hand-written backward pass of `synapse_update_block`, whole or in chunks of post neurons,
+  against autodiff of the per-synapse rule, w.r.t. theta and every per-synapse and per-neuron input."""
   spec = dataclasses.replace(small_spec, bilinear=bilinear)
   theta = make_theta(jax.random.PRNGKey(0), spec, seed=30)
   args, pre_index, weights = _block_case(31, spec, fan_in)
   names = ("syn", "act_post", "emb_post", "act_pre", "emb_pre")
 
   def loss(update, theta, *values):
-    out = update(theta, *values, pre_index)
+    out = update(theta, *values, pre_index=pre_index)
     return jnp.sum(weights * out), out
 
   grad_argnums = tuple(range(1 + len(names)))
 
   @jax.jit
   def both(theta, values):
-    block = jax.value_and_grad(
-      functools.partial(loss, rules.synapse_update_block), grad_argnums, has_aux=True
-    )
+    update = functools.partial(rules.synapse_update_block, chunk_synapses=chunk)
+    block = jax.value_and_grad(functools.partial(loss, update), grad_argnums, has_aux=True)
     reference = jax.value_and_grad(functools.partial(loss, _per_synapse_block), grad_argnums, has_aux=True)
     return block(theta, *values), reference(theta, *values)
 
   ((_, got), got_grads), ((_, want), want_grads) = both(theta, tuple(args[n] for n in names))
+  assert rules._chunk_rows(P, Q, chunk) == (P if chunk == 0 else 1)  # P = 3 rows: 1 per chunk
   chex.assert_shape(got, (P, Q, spec.synapse_dim))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   labels = ("theta", *names)
