@@ -89,6 +89,11 @@ _REMAT_POLICIES = flags.DEFINE_list(
 _COMPILE_THREADS = flags.DEFINE_integer(
   "compile_threads", None, "Programs compiled at once, before they are timed one by one (default: CPU count)."
 )
+_CHUNK_SYNAPSES = flags.DEFINE_integer(
+  "chunk_synapses",
+  None,
+  "Synapses per chunk of the library's synapse update (0: whole blocks); default rules.CHUNK_SYNAPSES.",
+)
 _MAX_RUN_GB = flags.DEFINE_float(
   "max_run_gb",
   None,
@@ -777,6 +782,7 @@ def run(
     "mode": "tiny" if tiny else "quick" if quick else "full",
     "device": jax.devices()[0].device_kind,
     "jax_version": jax.__version__,
+    "chunk_synapses": rules.CHUNK_SYNAPSES,
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "cpu_count": os.cpu_count(),
     "compile_threads": settings.compile_threads,
@@ -817,6 +823,10 @@ def main(argv):
     check_args(plan, _CASES.value, _SECTIONS.value, _REMAT_POLICIES.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  if _CHUNK_SYNAPSES.value is not None:
+    if _CHUNK_SYNAPSES.value < 0:
+      raise app.UsageError("--chunk_synapses must be >= 0")
+    rules.CHUNK_SYNAPSES = _CHUNK_SYNAPSES.value  # read when the programs are traced, below
   results = run(
     quick=_QUICK.value,
     tiny=_TINY.value,
