@@ -23,6 +23,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from learned_rules import tasks, unroll
 
@@ -74,3 +75,11 @@ def eval_batch(name: str, spec: tasks.TaskSpec, key: jax.Array, batch: int) -> d
   episodes = jax.vmap(tasks.sample_episode, in_axes=(0, None))(jax.random.split(k_ep, batch), spec)
   readout = jax.vmap(_READOUTS[name], in_axes=(0, None))(episodes, spec)
   return unroll.recall_metrics(readout, episodes)
+
+
+def evaluate(name: str, spec: tasks.TaskSpec, key: jax.Array, num_episodes: int, batch: int = 64) -> dict:
+  """Mean recall metrics of baseline `name` over exactly the held-out episodes `evaluate.evaluate`
+  gives the network for the same key (same batches, same keys)."""
+  sizes = [batch] * (num_episodes // batch) + ([num_episodes % batch] if num_episodes % batch else [])
+  results = [eval_batch(name, spec, jax.random.fold_in(key, i), n) for i, n in enumerate(sizes)]
+  return {k: float(np.average([r[k] for r in results], weights=sizes)) for k in results[0]}
