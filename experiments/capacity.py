@@ -1,6 +1,6 @@
 r"""Recall against K for every network type and baseline of a capacity study, as JSON and a figure.
 
-  python -m experiments.capacity --config=experiments/configs/capacity.py:quick
+  python -m experiments.capacity --config=experiments/configs/capacity.py --quick
   python -m experiments.capacity --config=experiments/configs/capacity.py:tiny --workdir=/tmp/cap
 
 For each network of the study it meta-trains the learned rule in `<workdir>/<network>/` (resuming a
@@ -32,6 +32,7 @@ from learned_rules import metrics as metrics_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/capacity.py", "Study config.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Study folder (default runs/capacity-<study>).")
+_QUICK = flags.DEFINE_bool("quick", False, "Reduced resolution: the config's `quick` variant applied on top.")
 
 
 def network_config(study, name: str) -> ml_collections.ConfigDict:
@@ -135,6 +136,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   metrics_lib.quiet_library_logs()
   study = _CONFIG.value
+  if _QUICK.value:
+    capacity_configs.apply_variant(study, "quick")
   workdir = _WORKDIR.value or os.path.join("runs", f"capacity-{study.study}")
   try:
     run(study, workdir)

@@ -34,8 +34,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.k_values = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32)
   cfg.num_episodes = 512
   for name in filter(None, variant.split(",")):
-    _VARIANTS[name](cfg)
+    apply_variant(cfg, name)
   return cfg
+
+
+def apply_variant(cfg: ml_collections.ConfigDict, name: str) -> None:
+  """Applies variant `name` (`tiny`, `quick`) to a study config in place."""
+  _VARIANTS[name](cfg)
 
 
 def _tiny(cfg):
