@@ -82,6 +82,7 @@ def run(study, workdir: str) -> list[dict]:
       "network": name,
       "N": topo.num_neurons,
       "synapses": topo.num_synapses,
+      "key_bits": topo.n_in,
       "protocol": cfg.task.protocol,
     }
     records += [{**common, "rule": "learned", **r} for r in per_k]
@@ -123,6 +124,12 @@ def plot(records: list[dict], path: str) -> None:
       label=label,
     )
   ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+  # Theory for a memory of n-bit keys: Hebbian about 0.14 n (Hopfield, full cue), Cover/Gardner 2 n.
+  n = records[0]["key_bits"]
+  for k, text in ((0.14 * n, "0.14 n Hebbian"), (2 * n, "2 n Cover/Gardner")):
+    if k <= max(r["K"] for r in records):
+      ax.axvline(k, color="gray", lw=0.8, ls="--")
+      ax.text(k, 0.52, f" {text}", fontsize=7, color="gray", rotation=90, va="bottom")
   ax.set_xlabel("K, snippets stored per episode")
   ax.set_ylabel("held-out recall bit accuracy")
   ax.legend(fontsize=8)
