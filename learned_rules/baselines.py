@@ -51,14 +51,13 @@ def hebbian(episode: tasks.Episode, spec: tasks.TaskSpec, decay: float = 1.0) ->
   return readout
 
 
-def pseudo_inverse(episode: tasks.Episode, spec: tasks.TaskSpec, ridge: float = 1e-6) -> jax.Array:
-  """Readouts `[T, n_out]` of `W = V K^+`, fitted on every step with a teaching input (the least-squares
-  linear map from the stored keys to their values), applied to every step's key."""
+def pseudo_inverse(episode: tasks.Episode, spec: tasks.TaskSpec) -> jax.Array:
+  """Readouts `[T, n_out]` of `W = V K^+`, fitted on every step with a teaching input (the least-squares,
+  minimum-norm linear map from the stored keys to their values), applied to every step's key. The
+  pseudo-inverse comes from an SVD, so rank-deficient key sets (K < n_in, repeated steps) are exact."""
   keys, teach = split_input(episode, spec)
   stored = jnp.any(teach != 0, axis=-1, keepdims=True)
-  k, v = keys * stored, teach * stored
-  gram = k.T @ k + ridge * jnp.eye(spec.n_in)
-  w_t = jnp.linalg.solve(gram, k.T @ v)  # [n_in, n_out]
+  w_t = jnp.linalg.pinv(keys * stored) @ (teach * stored)  # [n_in, n_out]
   return keys @ w_t
 
 
