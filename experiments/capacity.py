@@ -30,9 +30,18 @@ from learned_rules import config as config_lib  # noqa: E402
 from learned_rules import evaluate as evaluate_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/capacity.py", "Study config.")
-_WORKDIR = flags.DEFINE_string("workdir", "", "Study folder (default runs/capacity-<study>).")
-_QUICK = flags.DEFINE_bool("quick", False, "Reduced resolution: the config's `quick` variant applied on top.")
+
+def _flag(define, name: str, *args, **kwargs) -> flags.FlagHolder:
+  """Defines flag `name`, or reuses it when another experiment module imported into the same process
+  (the test suite) defined it first; only one `main` runs per process, so they never disagree."""
+  if name in flags.FLAGS:
+    return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+  return define(name, *args, **kwargs)
+
+
+_CONFIG = _flag(config_flags.DEFINE_config_file, "config", "experiments/configs/capacity.py", "Study config.")
+_WORKDIR = _flag(flags.DEFINE_string, "workdir", "", "Study folder (default runs/capacity-<study>).")
+_QUICK = _flag(flags.DEFINE_bool, "quick", False, "Reduced resolution: the config's `quick` variant on top.")
 
 
 def network_config(study, name: str) -> ml_collections.ConfigDict:
