@@ -23,8 +23,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from learned_rules import evaluate as evaluate_lib
 from learned_rules import tasks, unroll
 
 BASELINES = ("hebbian", "pseudo_inverse")
@@ -79,6 +79,4 @@ def eval_batch(name: str, spec: tasks.TaskSpec, key: jax.Array, batch: int) -> d
 def evaluate(name: str, spec: tasks.TaskSpec, key: jax.Array, num_episodes: int, batch: int = 64) -> dict:
   """Mean recall metrics of baseline `name` over exactly the held-out episodes `evaluate.evaluate`
   gives the network for the same key (same batches, same keys)."""
-  sizes = [batch] * (num_episodes // batch) + ([num_episodes % batch] if num_episodes % batch else [])
-  results = [eval_batch(name, spec, jax.random.fold_in(key, i), n) for i, n in enumerate(sizes)]
-  return {k: float(np.average([r[k] for r in results], weights=sizes)) for k in results[0]}
+  return evaluate_lib.mean_over_batches(lambda k, n: eval_batch(name, spec, k, n), key, num_episodes, batch)

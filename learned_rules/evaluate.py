@@ -46,8 +46,15 @@ def evaluate(
 
   For `streaming`, an episode is a fresh stream run for `STREAM_EVAL_WINDOWS` windows.
   """
+  return mean_over_batches(lambda k, n: eval_batch(theta, topo, k, problem, n), key, num_episodes, batch)
+
+
+def mean_over_batches(eval_fn, key: jax.Array, num_episodes: int, batch: int = 64) -> dict[str, float]:
+  """Episode-weighted mean of `eval_fn(fold_in(key, i), n)` metrics over batches of at most `batch`
+  episodes, `num_episodes` in all: the batching every held-out evaluation shares, so that the network
+  and the baselines see the same episodes for the same key."""
   sizes = [batch] * (num_episodes // batch) + ([num_episodes % batch] if num_episodes % batch else [])
-  results = [eval_batch(theta, topo, jax.random.fold_in(key, i), problem, n) for i, n in enumerate(sizes)]
+  results = [eval_fn(jax.random.fold_in(key, i), n) for i, n in enumerate(sizes)]
   return {k: float(np.average([r[k] for r in results], weights=sizes)) for k in results[0]}
 
 
