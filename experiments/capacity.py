@@ -1,16 +1,24 @@
-r"""Recall against K for every network type and baseline of a capacity study, as JSON and a figure.
+r"""Capacity studies: recall against K, network type, size and difficulty, against baselines and theory.
 
-  python -m experiments.capacity --config=experiments/configs/capacity.py --quick
+  python -m experiments.capacity                  # every study of experiments/configs/capacity.py
+  python -m experiments.capacity --quick          # every figure at reduced resolution (<= 30 min, 2 cores)
   python -m experiments.capacity --config=experiments/configs/capacity.py:tiny --workdir=/tmp/cap
 
-For each network of the study it meta-trains the learned rule in `<workdir>/<network>/` (resuming a
-run that was interrupted, skipping one that is done), evaluates it at every K, and evaluates the
-baselines on the very same held-out episodes. Writes `<workdir>/capacity.json` (one record per
-network, rule, N, K) and `<workdir>/recall_vs_k.png`.
+It meta-trains each learned rule a study needs in `<workdir>/<rule>/` (resuming a run that was
+interrupted, skipping one that is done), trains the recurrent baseline and tunes the online-backprop
+baseline, evaluates everything on the same held-out episodes, and writes:
+
+- `<workdir>/capacity.json`: one record per study, network, rule, N, K and difficulty setting, with the
+  bit accuracy and the perfect-recall fraction;
+- figures: `recall_vs_k.png` (networks), `auto_recall_vs_k.png`, `capacity_vs_n.png`, `difficulty.png`.
+
+Every evaluated group of records is also kept in `<workdir>/cache.json` as soon as it is done, so a
+study that is stopped resumes where it was and a finished one re-plots in seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -19,13 +27,15 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
+import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
+from flax import serialization  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments.configs import capacity as capacity_configs  # noqa: E402
-from learned_rules import baselines, checkpointing, meta_train  # noqa: E402
+from learned_rules import baselines, checkpointing, meta_train, network, trained_baselines  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
 from learned_rules import evaluate as evaluate_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
@@ -40,8 +50,24 @@ def _flag(define, name: str, *args, **kwargs) -> flags.FlagHolder:
 
 
 _CONFIG = _flag(config_flags.DEFINE_config_file, "config", "experiments/configs/capacity.py", "Study config.")
-_WORKDIR = _flag(flags.DEFINE_string, "workdir", "", "Study folder (default runs/capacity-<study>).")
+_WORKDIR = _flag(
+  flags.DEFINE_string, "workdir", "", "Study folder (default runs/capacity, or runs/capacity-quick)."
+)
 _QUICK = _flag(flags.DEFINE_bool, "quick", False, "Reduced resolution: the config's `quick` variant on top.")
+
+LINEAR_BASELINES = ("hebbian", "pseudo_inverse")
+BASELINES = (*LINEAR_BASELINES, "synapses_off", "recurrent", "online_backprop")
+# Keys of the trained baselines, folded into the run's training key: disjoint from evaluation keys.
+_RECURRENT_TAG, _TUNE_TAG = 2, 3
+
+
+def _names(text: str) -> list[str]:
+  return [n for n in (s.strip() for s in text.split(",")) if n]
+
+
+def _set(cfg: ml_collections.ConfigDict, field: str, value) -> None:
+  group, key = field.split(".")
+  cfg[group][key] = value
 
 
 def network_config(study, name: str) -> ml_collections.ConfigDict:
@@ -52,80 +78,347 @@ def network_config(study, name: str) -> ml_collections.ConfigDict:
     )
   cfg = ml_collections.ConfigDict(study.base.to_dict())
   for field, value in capacity_configs.NETWORKS[name].items():
-    group, key = field.split(".")
-    cfg[group][key] = value
+    _set(cfg, field, value)
   cfg.eval.k_values = tuple(study.k_values)
   cfg.eval.num_episodes = study.num_episodes
   return cfg
 
 
-def _names(text: str) -> list[str]:
-  return [n for n in (s.strip() for s in text.split(",")) if n]
+def rule_config(study, name: str, protocol: str = "hetero", synapses: bool = True):
+  """`(run name, config)` of a learned rule: network `name` on `protocol`, synapse updates on or off."""
+  cfg = network_config(study, name)
+  if protocol == "auto":
+    cfg.task.protocol = "auto"
+    cfg.task.cue_corruption = float(study.auto_cue_corruption)
+  cfg.net.synapse_updates = synapses
+  run = name + ("-auto" if protocol == "auto" else "") + ("" if synapses else "-synapses_off")
+  return run, cfg
 
 
-def validate(study) -> list[ml_collections.ConfigDict]:
-  """The networks' configs, all validated before anything runs."""
-  for name in _names(study.baselines):
-    if name not in baselines.BASELINES:
-      raise config_lib.ConfigError("baselines", f"unknown baseline {name!r}; one of {baselines.BASELINES}")
-  if not study.k_values or any(int(k) < 1 for k in study.k_values):
-    raise config_lib.ConfigError("k_values", "needs at least one K, each >= 1")
-  cfgs = [network_config(study, name) for name in _names(study.networks)]
-  for cfg in cfgs:
+def with_setting(cfg, axis: str, value) -> ml_collections.ConfigDict:
+  """`cfg` moved along a difficulty axis (`size` for the network size N, or one of `AXES`)."""
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  if axis == "size":  # a quarter input, a quarter output, half hidden, like the 16/16/32 base
+    cfg.net.num_inputs = cfg.net.num_outputs = value // 4
+    cfg.net.num_hidden = value - 2 * (value // 4)
+  elif axis == "width":
+    total = cfg.net.num_inputs + cfg.net.num_outputs + cfg.net.num_hidden
+    cfg.net.num_inputs = cfg.net.num_outputs = value
+    cfg.net.num_hidden = total - 2 * value
+  else:
+    _set(cfg, capacity_configs.AXES[axis], value)
+  return cfg
+
+
+def validate(study) -> dict[str, ml_collections.ConfigDict]:
+  """Every learned rule's config, and every evaluated setting's, checked before anything runs."""
+  studies = _names(study.studies)
+  for name in studies:
+    if name not in capacity_configs.STUDIES:
+      raise config_lib.ConfigError("studies", f"unknown study {name!r}; one of {capacity_configs.STUDIES}")
+  baseline_lists = {
+    "baselines": _names(study.baselines),
+    "size.baselines": _names(study.size.baselines),
+    "difficulty.baselines": _names(study.difficulty.baselines),
+  }
+  for field, names in baseline_lists.items():
+    for name in names:
+      if name not in BASELINES:
+        raise config_lib.ConfigError(field, f"unknown baseline {name!r}; one of {BASELINES}")
+  for field, ks in (("k_values", study.k_values), ("difficulty.k_values", study.difficulty.k_values)):
+    if not ks or any(int(k) < 1 for k in ks):
+      raise config_lib.ConfigError(field, "needs at least one K, each >= 1")
+  if not study.size.sizes or any(int(n) < 8 for n in study.size.sizes):
+    raise config_lib.ConfigError("size.sizes", "needs at least one N, each >= 8")
+  if not study.size.k_multiples or any(m <= 0 for m in study.size.k_multiples):
+    raise config_lib.ConfigError("size.k_multiples", "needs at least one multiple, each > 0")
+  for axis in _names(study.difficulty.axes):
+    if axis not in capacity_configs.AXES:
+      raise config_lib.ConfigError(
+        "difficulty.axes", f"unknown axis {axis!r}; one of {list(capacity_configs.AXES)}"
+      )
+  if study.recurrent.cell not in trained_baselines.CELLS:
+    raise config_lib.ConfigError("recurrent.cell", f"one of {trained_baselines.CELLS}")
+  if not study.online_backprop.step_sizes or any(s < 0 for s in study.online_backprop.step_sizes):
+    raise config_lib.ConfigError("online_backprop.step_sizes", "needs at least one step size, each >= 0")
+
+  cfgs = {}
+  networks = _names(study.networks) if "networks" in studies else []
+  if {"size", "difficulty"} & set(studies) and "full" not in networks:
+    networks.append("full")  # their rule
+  for name in networks:
+    run, cfgs[run] = rule_config(study, name)
+  if "auto" in studies:
+    run, cfgs[run] = rule_config(study, "full", "auto")
+  # The synapses-off rule of each protocol whose studies compare with it.
+  uses = {"networks": ("baselines", "hetero"), "auto": ("baselines", "auto")}
+  uses.update({"size": ("size.baselines", "hetero"), "difficulty": ("difficulty.baselines", "hetero")})
+  for name in studies:
+    field, protocol = uses[name]
+    if "synapses_off" in baseline_lists[field]:
+      run, cfgs[run] = rule_config(study, "full", protocol, synapses=False)
+  for cfg in cfgs.values():
     config_lib.validate(cfg)
+  for axis, value in _settings(study, studies):
+    config_lib.validate(with_setting(rule_config(study, "full")[1], axis, value))
   return cfgs
 
 
-def run(study, workdir: str) -> list[dict]:
-  start = time.perf_counter()
-  cfgs = validate(study)
-  os.makedirs(workdir, exist_ok=True)
-  records = []
-  for name, cfg in zip(_names(study.networks), cfgs, strict=True):
-    run_dir = os.path.join(workdir, name)
-    meta_train.train_and_evaluate(cfg, run_dir, label=f"{name}: ")
-    _, topo, state = meta_train.load_run(run_dir)
+def _settings(study, studies) -> list[tuple[str, object]]:
+  out = [("size", int(n)) for n in study.size.sizes] if "size" in studies else []
+  if "difficulty" in studies:
+    out += [(a, v) for a in _names(study.difficulty.axes) for v in study.difficulty[a]]
+  return out
+
+
+class Cache:
+  """Evaluated groups of records, kept in `<workdir>/cache.json` (written atomically after each)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "cache.json")
+    self.entries = {}
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.entries = json.load(f)
+
+  def get(self, key: dict, compute) -> list[dict]:
+    text = json.dumps(key, sort_keys=True)
+    if text not in self.entries:
+      self.entries[text] = compute()
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump(self.entries, f)
+      os.replace(tmp, self.path)
+    return self.entries[text]
+
+
+class _Study:
+  """What one invocation shares across studies: trained rules and baselines, the cache, progress."""
+
+  def __init__(self, study, workdir: str, cfgs: dict):
+    self.study, self.workdir, self.cfgs = study, workdir, cfgs
+    self.cache = Cache(workdir)
+    self.start = time.perf_counter()
+    self.rules = {}
+    self.recurrent = {}
+
+  def log(self, text: str) -> None:
+    print(f"[{time.perf_counter() - self.start:6.0f} s] {text}", flush=True)
+
+  def rule(self, run: str):
+    """`(cfg, topo, theta, meta_steps)` of learned rule `run`, meta-trained first where needed."""
+    if run not in self.rules:
+      cfg = self.cfgs[run]
+      run_dir = os.path.join(self.workdir, run)
+      meta_train.train_and_evaluate(cfg, run_dir, label=f"{run}: ")
+      _, topo, state = meta_train.load_run(run_dir)
+      self.rules[run] = (cfg, topo, state.theta, int(state.step))
+      self.log(f"rule {run}: {int(state.step)} meta steps")
+    return self.rules[run]
+
+  def recurrent_params(self, spec, seed: int, theta_size: int):
+    """`(params, hidden)` of the recurrent baseline trained on task `spec` (at its training K), with
+    as many parameters as the rule's `theta_size`; trained once per task and kept in the workdir."""
+    if spec not in self.recurrent:
+      rc = self.study.recurrent
+      hidden = trained_baselines.hidden_for_params(theta_size, spec.n_in, spec.n_out, rc.cell)
+      name = hashlib.sha1(repr((spec, rc.to_dict(), hidden, seed)).encode()).hexdigest()[:12]
+      path = os.path.join(self.workdir, "recurrent", f"{spec.protocol}-{name}.msgpack")
+      key = jax.random.fold_in(meta_train.train_key(seed), _RECURRENT_TAG)
+      if os.path.exists(path):
+        with open(path, "rb") as f:
+          like = trained_baselines.init_recurrent(key, spec.n_in, spec.n_out, hidden, rc.cell)
+          params = serialization.from_bytes(like, f.read())
+      else:
+        self.log(f"recurrent baseline ({rc.cell}, {hidden} units): training {rc.num_steps} steps")
+        params, _ = trained_baselines.train_recurrent(
+          spec, key, hidden=hidden, cell=rc.cell, num_steps=rc.num_steps, learning_rate=rc.learning_rate
+        )
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "wb") as f:
+          f.write(serialization.to_bytes(params))
+        os.replace(path + ".tmp", path)
+      self.recurrent[spec] = (params, hidden)
+    return self.recurrent[spec]
+
+  def records(self, meta: dict, cfg, topo, k_values, num_episodes: int, rule: str, learned=None):
+    """Records of `rule` at every K of `k_values` on `cfg`'s task, cached. `learned` is
+    `(theta, meta_steps)` for a learned rule (or the synapses-off one), and for the recurrent
+    baseline the rule whose parameter count it matches."""
     key = evaluate_lib.eval_key(cfg.seed)
-    per_k = evaluate_lib.recall_vs_k(state.theta, topo, cfg, cfg.eval.k_values, cfg.eval.num_episodes, key)
     common = {
-      "network": name,
+      **meta,
+      "rule": rule,
       "N": topo.num_neurons,
       "synapses": topo.num_synapses,
       "key_bits": topo.n_in,
+      "value_bits": topo.n_out,
       "protocol": cfg.task.protocol,
+      "num_episodes": num_episodes,
     }
-    records += [{**common, "rule": "learned", **r} for r in per_k]
-    for baseline in _names(study.baselines):
-      for k in cfg.eval.k_values:
-        problem = evaluate_lib.problem_from_config(cfg, topo, num_snippets=int(k))
-        metrics = baselines.evaluate(baseline, problem.task, key, cfg.eval.num_episodes)
-        records.append({**common, "rule": baseline, "K": int(k), **metrics})
-    print(f"{name}: done ({time.perf_counter() - start:.0f} s so far)", flush=True)
+
+    def baseline_metrics(k: int) -> dict:
+      spec = evaluate_lib.problem_from_config(cfg, topo, num_snippets=k).task
+      if rule in LINEAR_BASELINES:
+        return baselines.evaluate(rule, spec, key, num_episodes)
+      if rule == "recurrent":
+        theta_size = sum(x.size for x in jax.tree.leaves(learned[0]))
+        train_spec = evaluate_lib.problem_from_config(cfg, topo).task
+        params, hidden = self.recurrent_params(train_spec, cfg.seed, theta_size)
+        cell = self.study.recurrent.cell
+        metrics = trained_baselines.evaluate_recurrent(params, spec, key, num_episodes, hidden, cell)
+        return {**metrics, "hidden": hidden, "params": trained_baselines.param_count(params)}
+      ob = self.study.online_backprop
+      tune_key = jax.random.fold_in(meta_train.train_key(cfg.seed), _TUNE_TAG)
+      lr, _ = trained_baselines.tune_online_backprop(
+        spec, tune_key, tuple(ob.step_sizes), ob.tune_episodes, ob.hidden
+      )
+      return {
+        **trained_baselines.evaluate_online_backprop(lr, spec, key, num_episodes, ob.hidden),
+        "step_size": lr,
+      }
+
+    def compute() -> list[dict]:
+      t0 = time.perf_counter()
+      if rule in ("learned", "synapses_off"):
+        out = evaluate_lib.recall_vs_k(learned[0], topo, cfg, k_values, num_episodes, key)
+      else:
+        out = [{"K": int(k), **baseline_metrics(int(k))} for k in k_values]
+      setting = f" {meta['axis']}={meta['value']}" if meta["axis"] else ""
+      self.log(
+        f"{meta['study']}: {meta['network']} {rule}{setting}: K@0.99 {evaluate_lib.capacity(out, 0.99)}, "
+        f"K@0.95 {evaluate_lib.capacity(out, 0.95)} ({time.perf_counter() - t0:.0f} s)"
+      )
+      return out
+
+    cache_key = {**common, "K": [int(k) for k in k_values]}
+    if learned is not None:
+      cache_key["meta_steps"] = learned[1]
+    if rule in ("recurrent", "online_backprop"):
+      cache_key[rule] = self.study[rule].to_dict()
+    return [{**common, **r} for r in self.cache.get(cache_key, compute)]
+
+
+def _rule_and_baselines(
+  s: _Study,
+  study_name: str,
+  network_name: str,
+  protocol: str,
+  baseline_names,
+  k_values,
+  num_episodes,
+  setting=None,
+) -> list[dict]:
+  """Records of the learned rule of `network_name` on `protocol`, and of `baseline_names`, on the
+  rule's network moved to `setting` (`(axis, value)`, or None)."""
+  axis, value = setting or (None, None)
+  meta = {"study": study_name, "network": network_name, "axis": axis, "value": value}
+
+  def moved(run: str):
+    cfg, topo, theta, steps = s.rule(run)
+    if setting is not None:
+      cfg = with_setting(cfg, axis, value)
+      topo = network.make_topology(cfg.net)
+    return cfg, topo, (theta, steps)
+
+  cfg, topo, learned = moved(rule_config(s.study, network_name, protocol)[0])
+  out = s.records(meta, cfg, topo, k_values, num_episodes, "learned", learned)
+  for baseline in baseline_names:
+    if baseline == "synapses_off":
+      off_cfg, off_topo, off = moved(rule_config(s.study, network_name, protocol, synapses=False)[0])
+      out += s.records(meta, off_cfg, off_topo, k_values, num_episodes, baseline, off)
+    else:
+      out += s.records(meta, cfg, topo, k_values, num_episodes, baseline, learned)
+  return out
+
+
+def run(study, workdir: str) -> list[dict]:
+  """Runs every study of `study.studies`; returns all records (also in `<workdir>/capacity.json`)."""
+  cfgs = validate(study)
+  os.makedirs(workdir, exist_ok=True)
+  s = _Study(study, workdir, cfgs)
+  studies = _names(study.studies)
+  baseline_names = _names(study.baselines)
+  records = []
+  if "networks" in studies:
+    for i, name in enumerate(_names(study.networks)):
+      # Baselines that depend only on the task are evaluated once, on the first network.
+      names = baseline_names if i == 0 else []
+      records += _rule_and_baselines(s, "networks", name, "hetero", names, study.k_values, study.num_episodes)
+  if "auto" in studies:
+    records += _rule_and_baselines(
+      s, "auto", "full", "auto", baseline_names, study.k_values, study.num_episodes
+    )
+  if "size" in studies:
+    for n in study.size.sizes:
+      topo = network.make_topology(with_setting(s.cfgs["full"], "size", int(n)).net)
+      ks = sorted({max(1, round(m * topo.n_in)) for m in study.size.k_multiples})
+      episodes = min(study.num_episodes, max(8, study.size.episode_synapse_budget // topo.num_synapses))
+      records += _rule_and_baselines(
+        s, "size", "full", "hetero", _names(study.size.baselines), ks, episodes, ("size", int(n))
+      )
+  if "difficulty" in studies:
+    for axis in _names(study.difficulty.axes):
+      for value in study.difficulty[axis]:
+        records += _rule_and_baselines(
+          s,
+          "difficulty",
+          "full",
+          "hetero",
+          _names(study.difficulty.baselines),
+          study.difficulty.k_values,
+          study.num_episodes,
+          (axis, value),
+        )
   with open(os.path.join(workdir, "capacity.json"), "w") as f:
-    json.dump({"study": study.study, "records": records}, f, indent=2)
-  plot(records, os.path.join(workdir, "recall_vs_k.png"))
+    json.dump({"studies": studies, "config": study.to_dict(), "records": records}, f, indent=2)
+  figures = plot_all(records, workdir, study)
   print(format_table(records))
-  print(f"wall time {time.perf_counter() - start:.0f} s; results in {workdir}/capacity.json")
+  s.log(f"done; records in {workdir}/capacity.json, figures {', '.join(figures)}")
   return records
 
 
+def _groups(records: list[dict], study: str) -> dict[tuple, list[dict]]:
+  """Records of `study` grouped by (network, rule, axis, value), in order of appearance."""
+  out: dict[tuple, list[dict]] = {}
+  for r in records:
+    if r["study"] == study:
+      out.setdefault((r["network"], r["rule"], r["axis"], r["value"]), []).append(r)
+  return out
+
+
 def format_table(records: list[dict]) -> str:
-  lines = [f"{'network':<18}{'rule':<16}{'K@0.99':>8}{'K@0.95':>8}"]
-  for network, rule in dict.fromkeys((r["network"], r["rule"]) for r in records):
-    rows = [r for r in records if r["network"] == network and r["rule"] == rule]
-    lines.append(
-      f"{network:<18}{rule:<16}{evaluate_lib.capacity(rows, 0.99):>8}{evaluate_lib.capacity(rows, 0.95):>8}"
-    )
+  lines = [f"{'study':<11}{'network':<18}{'rule':<16}{'setting':<16}{'N':>5}{'K@0.99':>8}{'K@0.95':>8}"]
+  for study in dict.fromkeys(r["study"] for r in records):
+    for (network_name, rule, axis, value), rows in _groups(records, study).items():
+      setting = f"{axis}={value}" if axis else ""
+      lines.append(
+        f"{study:<11}{network_name:<18}{rule:<16}{setting:<16}{rows[0]['N']:>5}"
+        f"{evaluate_lib.capacity(rows, 0.99):>8}{evaluate_lib.capacity(rows, 0.95):>8}"
+      )
   return "\n".join(lines)
 
 
-def plot(records: list[dict], path: str) -> None:
+def plot_all(records: list[dict], workdir: str, study) -> list[str]:
+  """Writes every figure the records allow; returns their file names."""
+  made = []
+  for name, fn, path in (
+    ("networks", plot_recall_vs_k, "recall_vs_k.png"),
+    ("auto", plot_recall_vs_k, "auto_recall_vs_k.png"),
+    ("size", plot_capacity_vs_n, "capacity_vs_n.png"),
+    ("difficulty", plot_difficulty, "difficulty.png"),
+  ):
+    rows = [r for r in records if r["study"] == name]
+    if rows:
+      fn(rows, os.path.join(workdir, path), study)
+      made.append(path)
+  return made
+
+
+def plot_recall_vs_k(records: list[dict], path: str, study=None) -> None:
   fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
-  for network, rule in dict.fromkeys((r["network"], r["rule"]) for r in records):
-    if rule != "learned" and network != records[0]["network"]:
-      continue  # a baseline's curve depends only on the task, which all networks share
-    rows = [r for r in records if r["network"] == network and r["rule"] == rule]
-    label = network if rule == "learned" else rule
+  for (network_name, rule, _, _), rows in _groups(records, records[0]["study"]).items():
+    label = network_name if rule == "learned" else rule.replace("_", " ")
     ax.plot(
       [r["K"] for r in rows],
       [r["bit_accuracy"] for r in rows],
@@ -141,7 +434,71 @@ def plot(records: list[dict], path: str) -> None:
       ax.text(k, 0.52, f" {text}", fontsize=7, color="gray", rotation=90, va="bottom")
   ax.set_xlabel("K, snippets stored per episode")
   ax.set_ylabel("held-out recall bit accuracy")
-  ax.legend(fontsize=8)
+  ax.set_title(f"{records[0]['protocol']}, N = {records[0]['N']}, {n}-bit keys", fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_capacity_vs_n(records: list[dict], path: str, study=None) -> None:
+  """Capacity (K at 0.99 and 0.95) against N, and stored bits per synapse at the 0.95 point."""
+  fig, (ax_k, ax_s) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=100)
+  by_rule: dict[str, list] = {}
+  for (_, rule, _, n), rows in _groups(records, "size").items():
+    by_rule.setdefault(rule, []).append((n, rows))
+  for i, (rule, points) in enumerate(by_rule.items()):
+    ns = [n for n, _ in points]
+    color = f"C{i}"
+    for threshold, style in ((0.99, "o-"), (0.95, "s--")):
+      ks = [evaluate_lib.capacity(rows, threshold) for _, rows in points]
+      ax_k.plot(ns, ks, style, color=color, label=f"{rule.replace('_', ' ')}, {threshold}")
+    bits = [
+      evaluate_lib.capacity(rows, 0.95) * rows[0]["value_bits"] / rows[0]["synapses"] for _, rows in points
+    ]
+    ax_s.plot(ns, bits, "s--", color=color, label=rule.replace("_", " "))
+  for ax in (ax_k, ax_s):
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N, neurons (a quarter of them input, a quarter output)")
+  ax_k.set_yscale("symlog", linthresh=1)
+  ax_k.set_ylabel("capacity K at bit accuracy 0.99 / 0.95")
+  ax_s.set_ylabel("stored value bits per synapse at 0.95")
+  ax_k.legend(fontsize=7)
+  ax_s.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_difficulty(records: list[dict], path: str, study=None) -> None:
+  """Bit accuracy at the training K (or the nearest evaluated) along each difficulty axis."""
+  axes_names = list(dict.fromkeys(r["axis"] for r in records))
+  fig, axes = plt.subplots(1, len(axes_names), figsize=(3.2 * len(axes_names), 3.4), dpi=100, squeeze=False)
+  train_k = study.base.task.num_snippets if study is not None else 8
+  ks = sorted({r["K"] for r in records})
+  k = min(ks, key=lambda x: abs(x - train_k))
+  for ax, axis in zip(axes[0], axes_names, strict=True):
+    rules = list(dict.fromkeys(r["rule"] for r in records if r["axis"] == axis))
+    for rule in rules:
+      rows = [r for r in records if r["axis"] == axis and r["rule"] == rule and r["K"] == k]
+      ax.plot(
+        [r["value"] for r in rows],
+        [r["bit_accuracy"] for r in rows],
+        "o-" if rule == "learned" else "s--",
+        label=rule.replace("_", " "),
+      )
+    ax.set_xlabel(
+      {
+        "width": "key and value bits",
+        "delay": "delay D",
+        "present": "presentation steps P",
+        "corruption": "cue bits zeroed",
+      }.get(axis, axis)
+    )
+    ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+    ax.set_ylim(0.45, 1.02)
+  axes[0][0].set_ylabel(f"bit accuracy at K = {k}")
+  axes[0][0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
@@ -154,7 +511,7 @@ def main(argv):
   study = _CONFIG.value
   if _QUICK.value:
     capacity_configs.apply_variant(study, "quick")
-  workdir = _WORKDIR.value or os.path.join("runs", f"capacity-{study.study}")
+  workdir = _WORKDIR.value or os.path.join("runs", "capacity-quick" if _QUICK.value else "capacity")
   try:
     run(study, workdir)
   except (config_lib.ConfigError, checkpointing.IncompatibleCheckpointError) as e:

@@ -1,4 +1,4 @@
-"""Tests of `experiments.capacity`: a tiny study end to end, and its config checks."""
+"""Tests of `experiments.capacity`: a tiny run of every study end to end, resuming, and config checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 
 from experiments import capacity
 from experiments.configs import capacity as capacity_configs
+from learned_rules import baselines, trained_baselines
 from learned_rules import config as config_lib
+from learned_rules import evaluate as evaluate_lib
 
 
 def _tiny_study():
@@ -19,31 +21,78 @@ def _tiny_study():
   return study
 
 
-def test_tiny_study_writes_records_and_figure(tmp_path):
-  records = capacity.run(_tiny_study(), str(tmp_path))
-  assert {(r["rule"], r["K"]) for r in records} == {
-    (rule, k) for rule in ("learned", "hebbian", "pseudo_inverse") for k in (1, 2)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("capacity"))
+  return workdir, capacity.run(_tiny_study(), workdir)
+
+
+def test_every_study_writes_its_records_and_figure(tiny_run):
+  workdir, records = tiny_run
+  assert {r["study"] for r in records} == set(capacity_configs.STUDIES)
+  rules = {(r["study"], r["rule"]) for r in records}
+  for study in ("networks", "auto"):
+    for rule in ("learned", *capacity.BASELINES):
+      assert (study, rule) in rules
+  assert {r["K"] for r in records if r["study"] == "networks"} == {1, 2}
+  assert {r["value"] for r in records if r["study"] == "size"} == {12, 16}
+  assert {(r["axis"], r["value"]) for r in records if r["study"] == "difficulty"} == {
+    ("delay", 2),
+    ("delay", 6),
   }
   for r in records:
-    assert r["network"] == "full" and r["N"] == 12 and r["synapses"] == 12 * 11
     assert 0.0 <= r["perfect_recall"] <= r["bit_accuracy"] <= 1.0
   # K = 1 holds no cross-talk: both linear memories recall it perfectly.
   for r in records:
-    if r["rule"] != "learned" and r["K"] == 1:
+    if r["rule"] in capacity.LINEAR_BASELINES and r["K"] == 1:
       assert r["bit_accuracy"] == 1.0, r
-  with open(os.path.join(tmp_path, "capacity.json")) as f:
+  size = {r["value"]: r for r in records if r["study"] == "size" and r["rule"] == "learned"}
+  assert size[16]["N"] == 16 and size[16]["synapses"] == 16 * 15 and size[16]["key_bits"] == 4
+  recurrent = [r for r in records if r["rule"] == "recurrent"]
+  assert recurrent and all(r["hidden"] >= 1 for r in recurrent)
+  with open(os.path.join(workdir, "capacity.json")) as f:
     assert json.load(f)["records"] == records
-  assert os.path.getsize(os.path.join(tmp_path, "recall_vs_k.png")) > 1000
-  assert os.path.isdir(os.path.join(tmp_path, "full", "checkpoints"))  # a resumable meta-training run
+  for name in ("recall_vs_k.png", "auto_recall_vs_k.png", "capacity_vs_n.png", "difficulty.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 1000
+  for run in ("full", "full-auto", "full-synapses_off", "full-auto-synapses_off"):
+    assert os.path.isdir(os.path.join(workdir, run, "checkpoints"))  # resumable meta-training runs
+
+
+def test_a_finished_study_is_read_back_without_evaluating_again(tiny_run, monkeypatch):
+  workdir, records = tiny_run
+
+  def fail(*args, **kwargs):
+    raise AssertionError("evaluated again")
+
+  for module, name in (
+    (evaluate_lib, "recall_vs_k"),
+    (baselines, "evaluate"),
+    (trained_baselines, "train_recurrent"),
+    (trained_baselines, "evaluate_recurrent"),
+    (trained_baselines, "evaluate_online_backprop"),
+  ):
+    monkeypatch.setattr(module, name, fail)
+  assert capacity.run(_tiny_study(), workdir) == records
 
 
 @pytest.mark.parametrize(
   "field,value",
-  [("networks", "full,ring"), ("baselines", "oracle"), ("k_values", ()), ("k_values", (0, 1))],
+  [
+    ("networks", "full,ring"),
+    ("baselines", "oracle"),
+    ("studies", "networks,everything"),
+    ("k_values", ()),
+    ("k_values", (0, 1)),
+    ("size.sizes", (4,)),
+    ("difficulty.axes", "noise"),
+    ("difficulty.baselines", "hebbian,oracle"),
+    ("recurrent.cell", "transformer"),
+  ],
 )
 def test_invalid_study_fails_before_anything_runs(tmp_path, field, value):
   study = _tiny_study()
-  study[field] = value
+  group, _, key = field.rpartition(".")
+  (study[group] if group else study)[key] = value
   with pytest.raises(config_lib.ConfigError, match=field):
     capacity.run(study, str(tmp_path / "study"))
   assert not os.path.exists(tmp_path / "study")  # nothing written

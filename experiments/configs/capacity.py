@@ -1,19 +1,38 @@
-r"""Capacity studies: what a learned rule remembers on each network type, against baselines.
+r"""Capacity studies: what a learned rule remembers, on which network, against which baselines.
 
-  python -m experiments.capacity --config=experiments/configs/capacity.py
-  python -m experiments.capacity --config=experiments/configs/capacity.py:quick
+  python -m experiments.capacity                                  # every study, full length
+  python -m experiments.capacity --quick                          # every figure, at most 30 min on 2 cores
   python -m experiments.capacity --config=experiments/configs/capacity.py:tiny --workdir=/tmp/cap
+  python -m experiments.capacity --config.studies=networks,size   # a subset
 
-Study `networks`: each network type of `networks` is meta-trained with the `remember` config `base`
-(plus the network's overrides), then evaluated at every K of `k_values` on held-out episodes; the
-baselines of `baselines` are evaluated on the very same episodes. Variants: `tiny` (seconds, for
-tests), `quick` (fewer meta steps and episodes).
+Every study evaluates on held-out episodes, and every baseline of a study sees the very same episodes
+as the learned rule. The studies (`studies`, comma-separated):
+
+- `networks`: the learned rule meta-trained on each network type of `networks` (the `remember`
+  config `base` plus the network's overrides of NETWORKS), recall against K, with the baselines.
+- `auto`: the `full` network meta-trained on the `auto` protocol (completion from a cue with
+  `auto_cue_corruption` of its bits zeroed), recall against K, with the baselines.
+- `size`: the rule meta-trained on `full` (N = 64) evaluated without retraining on `full` networks of
+  N = `size.sizes` neurons (a quarter input, a quarter output, half hidden); K in multiples of the key
+  width. Capacity against N, and per synapse.
+- `difficulty`: the same rule evaluated without retraining along each axis of `difficulty.axes`
+  (pattern width, delay D, presentation length P, cue corruption), at the K of `difficulty.k_values`.
+
+Baselines (`baselines`): `hebbian`, `pseudo_inverse` (learned_rules/baselines.py), `synapses_off`
+(the `full` network meta-trained with synapse updates off), `recurrent` (a GRU matched in parameter
+count to the rule and trained by back-propagation through time on the study's task) and
+`online_backprop` (an ordinary network trained during the episode, step size tuned)
+(learned_rules/trained_baselines.py). Variants: `tiny` (seconds, for tests), `quick`.
 """
 
 import ml_collections
 
 from experiments.configs import remember
 
+STUDIES = ("networks", "auto", "size", "difficulty")
+
+# Overrides of the `remember` config that make each network type; every one has 16 input and 16
+# output neurons, as the base `full` network (64 neurons).
 NETWORKS = {
   "full": {"net.topology": "full"},
   "layered-1": {"net.topology": "layered", "net.hidden_layers": (32,)},
@@ -23,16 +42,52 @@ NETWORKS = {
   "sparse-0.25": {"net.topology": "sparse", "net.density": 0.25},
 }
 
+# Difficulty axes: name -> the config field it moves (`width` sets both the key and the value width;
+# the hidden neurons make up the rest of the network). Their values are `difficulty.<name>`.
+AXES = {
+  "width": "net.num_inputs",
+  "delay": "task.delay_steps",
+  "present": "task.present_steps",
+  "corruption": "task.cue_corruption",
+}
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict()
-  cfg.study = "networks"
+  cfg.studies = ",".join(STUDIES)
   cfg.base = remember.get_config("")
-  cfg.base.baseline_synapses_off = False
+  cfg.base.baseline_synapses_off = False  # the study trains its own synapses-off rule
   cfg.networks = ",".join(NETWORKS)  # names from NETWORKS, comma-separated
-  cfg.baselines = "hebbian,pseudo_inverse"
+  cfg.baselines = "hebbian,pseudo_inverse,synapses_off,recurrent,online_backprop"
   cfg.k_values = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32)
   cfg.num_episodes = 512
+  cfg.auto_cue_corruption = 0.25  # as `remember.py:auto`
+
+  cfg.size = ml_collections.ConfigDict()
+  cfg.size.sizes = (32, 64, 128, 256)
+  cfg.size.k_multiples = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5)  # K = multiple x key width, at least 1
+  cfg.size.episode_synapse_budget = 512 * 4032  # episodes at N: this / synapses(N), at most num_episodes
+  cfg.size.baselines = "hebbian,pseudo_inverse"
+
+  cfg.difficulty = ml_collections.ConfigDict()
+  cfg.difficulty.axes = ",".join(AXES)
+  cfg.difficulty.k_values = (2, 4, 8, 12, 16)
+  cfg.difficulty.width = (8, 16, 24)
+  cfg.difficulty.delay = (2, 8, 32)
+  cfg.difficulty.present = (1, 2, 4)
+  cfg.difficulty.corruption = (0.0, 0.125, 0.25, 0.5)
+  cfg.difficulty.baselines = "hebbian,pseudo_inverse,online_backprop"
+
+  # Trained baselines.
+  cfg.recurrent = ml_collections.ConfigDict()
+  cfg.recurrent.cell = "gru"  # gru | lstm
+  cfg.recurrent.num_steps = 5000  # cheap next to the rule (a small network), and it learns slowly
+  cfg.recurrent.learning_rate = 3e-3
+  cfg.online_backprop = ml_collections.ConfigDict()
+  cfg.online_backprop.hidden = 32  # as the base network's hidden neurons
+  cfg.online_backprop.step_sizes = (0.003, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0)
+  cfg.online_backprop.tune_episodes = 128
+
   for name in filter(None, variant.split(",")):
     apply_variant(cfg, name)
   return cfg
@@ -49,12 +104,26 @@ def _tiny(cfg):
   cfg.networks = "full,layered-1"
   cfg.k_values = (1, 2, 3)
   cfg.num_episodes = 4
+  cfg.size.sizes = (12, 16)
+  cfg.size.k_multiples = (0.5,)
+  cfg.difficulty.axes = "delay"
+  cfg.difficulty.delay = (2, 6)
+  cfg.difficulty.k_values = (2,)
+  cfg.recurrent.num_steps = 4
+  cfg.online_backprop.hidden = 4
+  cfg.online_backprop.step_sizes = (0.1, 1.0)
+  cfg.online_backprop.tune_episodes = 4
 
 
 def _quick(cfg):
   cfg.base.train.num_steps = 100
   cfg.k_values = (1, 2, 4, 8, 12, 16, 24, 32)
   cfg.num_episodes = 128
+  cfg.size.k_multiples = (0.25, 0.5, 1.0, 1.5)
+  cfg.size.episode_synapse_budget = 128 * 4032
+  cfg.difficulty.k_values = (8,)  # the figure's K; the full study also gives capacities
+  cfg.recurrent.num_steps = 2000
+  cfg.online_backprop.tune_episodes = 64
 
 
 _VARIANTS = {"tiny": _tiny, "quick": _quick}

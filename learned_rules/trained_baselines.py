@@ -1,0 +1,280 @@
+"""Trained baselines for the capacity study, run on exactly the episodes the learned rule sees.
+
+Like `baselines.hebbian`, each reads an `Episode` step by step: the key bits `[T, n_in]` and the teaching
+bits `[T, n_out]` of `baselines.split_input`, and returns readouts `[T, n_out]` scored by
+`unroll.recall_metrics`. Their evaluation draws its episodes from the key exactly as `baselines.eval_batch`
+and `unroll.episode_objective` do (`sample_episodes`), in the batches of `evaluate.mean_over_batches`.
+
+- `recurrent` (memory in activations): a GRU (or LSTM) fed `concat(key bits, teaching bits)` at every step,
+  with a linear readout, its weights trained by back-propagation through time on the task (`train_recurrent`)
+  and then frozen: whatever it remembers within an episode lives in its hidden state. The capacity study
+  sizes it to the learned network's meta-parameter count (`hidden_for_params`).
+- `online_backprop` (memory in weights, by gradient descent): the learned network's neurons as an ordinary
+  feed-forward net `n_in -> hidden tanh -> n_out linear`, freshly initialised in every episode and trained
+  during the episode by one SGD step on `0.5 ||f(key) - teach||^2` at every step that carries a teaching
+  input, with its step size tuned on separate episodes (`tune_online_backprop`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from learned_rules import baselines, metrics, tasks, unroll
+from learned_rules import evaluate as evaluate_lib
+
+CELLS = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}
+# SGD step sizes tried by `tune_online_backprop`: a log grid, finest where the optimum lies for the default
+# task (+-1 keys of 16 bits, 32 tanh units, P = 2: 0.02 to 0.05 for K = 1 to 16; one step of about 1 / the
+# tangent kernel's diagonal, ~0.05 here, stores a snippet exactly). The optimum scales about as 1 / n_in.
+DEFAULT_STEP_SIZES = (0.003, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0, 3.0)
+
+
+def sample_episodes(spec: tasks.TaskSpec, key: jax.Array, batch: int) -> tuple[tasks.Episode, jax.Array]:
+  """The `batch` episodes `[B, ...]` that `baselines.eval_batch` (and, for the network,
+  `unroll.episode_objective`) draws from `key`, and one key per episode `[B]` from the other half of the
+  key's split (the half the network draws its initial states from), for per-episode initialisation."""
+  k_ep, k_init = jax.random.split(key)  # as unroll.episode_objective
+  episodes = jax.vmap(tasks.sample_episode, in_axes=(0, None))(jax.random.split(k_ep, batch), spec)
+  return episodes, jax.random.split(k_init, batch)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Recurrent network trained by back-propagation through time.
+
+
+class RecurrentNet(nn.Module):
+  """A recurrent cell scanned over time from a zero state, with a linear readout of its hidden state.
+
+  Maps inputs `[..., T, n_in + n_out]` to readouts `[..., T, n_out]`; the readout at step t sees the
+  inputs up to and including step t, as the network's does.
+  """
+
+  hidden: int
+  n_out: int
+  cell: str = "gru"
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    if self.cell not in CELLS:
+      raise ValueError(f"cell: unknown cell {self.cell!r}; one of {tuple(CELLS)}")
+    states = nn.RNN(CELLS[self.cell](features=self.hidden, name="cell"))(inputs)
+    return nn.Dense(self.n_out, name="readout")(states)
+
+
+@functools.partial(jax.jit, static_argnames=("n_in", "n_out", "hidden", "cell"))
+def init_recurrent(key: jax.Array, n_in: int, n_out: int, hidden: int, cell: str = "gru") -> dict:
+  """Flax variables `{"params": ...}` of a `RecurrentNet` for keys of `n_in` and values of `n_out` bits
+  (jitted: one compile instead of an op-by-op dispatch of every initialiser)."""
+  return RecurrentNet(hidden, n_out, cell).init(key, jnp.zeros((1, n_in + n_out)))
+
+
+def param_count(params) -> int:
+  """Number of scalars in a parameter tree."""
+  return sum(int(leaf.size) for leaf in jax.tree.leaves(params))
+
+
+def hidden_for_params(target: int, n_in: int, n_out: int, cell: str = "gru") -> int:
+  """The hidden size whose `RecurrentNet` (cell and readout) has the parameter count closest to `target`
+  (the smaller one on a tie), e.g. 19 (3303 parameters) for 3301 with 16-bit keys and values and a GRU.
+
+  The count is quadratic in the hidden size for every cell (`H^2` recurrent weights, `H` x inputs input
+  weights, `H` x `n_out` readout weights, biases), so it is taken from flax's own parameter shapes at three
+  hidden sizes (`jax.eval_shape`, no compute) and extended exactly by Newton's forward differences.
+  """
+
+  def count(hidden: int) -> int:
+    init = functools.partial(init_recurrent, n_in=n_in, n_out=n_out, hidden=hidden, cell=cell)
+    return param_count(jax.eval_shape(init, jax.random.PRNGKey(0)))
+
+  c1, c2, c3 = count(1), count(2), count(3)
+  quadratic = lambda h: c1 + (c2 - c1) * (h - 1) + (c3 - 2 * c2 + c1) * (h - 1) * (h - 2) // 2  # noqa: E731
+  hidden = 1
+  while quadratic(hidden + 1) <= target:
+    hidden += 1
+  if quadratic(hidden + 1) - target < target - quadratic(hidden):
+    hidden += 1
+  if count(hidden) != quadratic(hidden):  # a cell whose count is not quadratic in the hidden size
+    raise ValueError(f"hidden_for_params: the {cell!r} parameter count is not quadratic in the hidden size")
+  return hidden
+
+
+def recurrent(
+  params: dict, episode: tasks.Episode, spec: tasks.TaskSpec, hidden: int, cell: str = "gru"
+) -> jax.Array:
+  """Readouts `[T, n_out]` of the recurrent net over one episode, fed `concat(key, teach)` `[T, n_in +
+  n_out]`. Any episode length works with the same params."""
+  keys, teach = baselines.split_input(episode, spec)
+  return RecurrentNet(hidden, spec.n_out, cell).apply(params, jnp.concatenate([keys, teach], axis=-1))
+
+
+def _recurrent_batch(params, spec, key, batch, hidden, cell) -> tuple[jax.Array, tasks.Episode]:
+  episodes, _ = sample_episodes(spec, key, batch)
+  readout = jax.vmap(recurrent, in_axes=(None, 0, None, None, None))(params, episodes, spec, hidden, cell)
+  return readout, episodes
+
+
+def train_recurrent(
+  spec: tasks.TaskSpec,
+  key: jax.Array,
+  *,
+  hidden: int,
+  cell: str = "gru",
+  num_steps: int,
+  batch_size: int = 16,
+  learning_rate: float = 3e-3,
+  clip_norm: float = 1.0,
+  log_every: int = 0,
+) -> tuple[dict, list[dict]]:
+  """Trains a `RecurrentNet` by back-propagation through whole episodes of `spec`.
+
+  Loss: the network's `mse` loss (`unroll.readout_loss`) on the scored steps, minimised by Adam after
+  global-norm clipping. `key` splits into the initialisation key and a data key; the batch of step s is
+  `sample_episodes(spec, fold_in(data key, s), batch_size)`. `key` must differ from the evaluation key
+  (the study evaluates on `evaluate.eval_key(seed)`), so that the evaluation episodes are held out.
+
+  Returns the trained variables and a history of `{"step", "loss", "bit_accuracy"}` on the training batch
+  of step s (before its update) at s = 0, every `log_every` steps and the last step. With `log_every > 0`
+  each record is also shown as a `metrics.Progress` line (live on a terminal, absl INFO otherwise, as the
+  meta-training driver does).
+  """
+  k_init, k_data = jax.random.split(key)
+  params = init_recurrent(k_init, spec.n_in, spec.n_out, hidden, cell)
+  optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+
+  def loss_fn(params, step):
+    readout, episodes = _recurrent_batch(
+      params, spec, jax.random.fold_in(k_data, step), batch_size, hidden, cell
+    )
+    return unroll.readout_loss(readout, episodes, "mse"), unroll.recall_metrics(readout, episodes)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_step(params, opt_state, step):
+    (loss, recall), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, step)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, {"loss": loss, **recall}
+
+  opt_state = optimizer.init(params)
+  progress = metrics.Progress(num_steps, label=f"recurrent {cell} {hidden}: ") if log_every > 0 else None
+  history = []
+  for step in range(num_steps):
+    params, opt_state, scalars = train_step(params, opt_state, jnp.asarray(step, jnp.int32))
+    if step == 0 or step == num_steps - 1 or (log_every > 0 and step % log_every == 0):
+      record = {"step": step, "loss": float(scalars["loss"]), "bit_accuracy": float(scalars["bit_accuracy"])}
+      history.append(record)
+      if progress is not None:
+        progress.update(step, record["loss"], record["bit_accuracy"])
+  if progress is not None:
+    progress.close()
+  return params, history
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "batch", "hidden", "cell"))
+def recurrent_eval_batch(
+  params: dict, spec: tasks.TaskSpec, key: jax.Array, batch: int, hidden: int, cell: str = "gru"
+) -> dict[str, jax.Array]:
+  """Recall metrics of the trained recurrent net over the `batch` episodes `baselines.eval_batch` draws
+  from `key`."""
+  readout, episodes = _recurrent_batch(params, spec, key, batch, hidden, cell)
+  return unroll.recall_metrics(readout, episodes)
+
+
+def evaluate_recurrent(
+  params: dict,
+  spec: tasks.TaskSpec,
+  key: jax.Array,
+  num_episodes: int,
+  hidden: int,
+  cell: str = "gru",
+  batch: int = 64,
+) -> dict[str, float]:
+  """Mean recall metrics over exactly the held-out episodes `evaluate.evaluate` gives the network."""
+  eval_fn = lambda k, n: recurrent_eval_batch(params, spec, k, n, hidden, cell)  # noqa: E731
+  return evaluate_lib.mean_over_batches(eval_fn, key, num_episodes, batch)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Feed-forward network trained online, within the episode, by SGD.
+
+
+def init_mlp(key: jax.Array, n_in: int, hidden: int, n_out: int) -> dict[str, jax.Array]:
+  """Weights `w1` `[n_in, hidden]`, `w2` `[hidden, n_out]` (LeCun normal) and zero biases `b1`, `b2`."""
+  k1, k2 = jax.random.split(key)
+  init = jax.nn.initializers.lecun_normal()
+  return {
+    "w1": init(k1, (n_in, hidden)),
+    "b1": jnp.zeros(hidden),
+    "w2": init(k2, (hidden, n_out)),
+    "b2": jnp.zeros(n_out),
+  }
+
+
+def mlp(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+  """`[..., n_in]` -> `[..., n_out]`: one tanh hidden layer, linear outputs."""
+  return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+
+
+def online_backprop(
+  episode: tasks.Episode, spec: tasks.TaskSpec, lr: float | jax.Array, hidden: int, key: jax.Array
+) -> jax.Array:
+  """Readouts `[T, n_out]` of a feed-forward net `init_mlp(key, ...)` trained during the episode.
+
+  At every step t the readout is `f(key_t)` with the current weights; then, if the step carries a
+  teaching input (any nonzero teaching bit), one SGD step of size `lr` on `0.5 ||f(key_t) - teach_t||^2`.
+  So there is one gradient step per presentation step with a teaching input: a snippet shown for P steps
+  in each of C cycles gets C x P steps. That is what the learned rule gets too (it may update its synapses
+  at every step the snippet is shown), and the tuned step size absorbs the factor P.
+  """
+  keys, teach = baselines.split_input(episode, spec)
+  stored = jnp.any(teach != 0, axis=-1)
+
+  def step(params, inputs):
+    x, value, is_stored = inputs
+    out, pullback = jax.vjp(lambda p: mlp(p, x), params)
+    (grads,) = pullback(out - value)  # gradient of 0.5 ||out - value||^2
+    step_size = jnp.where(is_stored, lr, 0.0)
+    return jax.tree.map(lambda p, g: p - step_size * g, params, grads), out
+
+  _, readout = jax.lax.scan(step, init_mlp(key, spec.n_in, hidden, spec.n_out), (keys, teach, stored))
+  return readout
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "batch", "hidden"))
+def online_backprop_eval_batch(
+  lr: float | jax.Array, spec: tasks.TaskSpec, key: jax.Array, batch: int, hidden: int = 32
+) -> dict[str, jax.Array]:
+  """Recall metrics of `online_backprop` over the `batch` episodes `baselines.eval_batch` draws from
+  `key`, each with its own initial weights. `lr` is traced: a sweep of step sizes compiles once."""
+  episodes, init_keys = sample_episodes(spec, key, batch)
+  readout = jax.vmap(online_backprop, in_axes=(0, None, None, None, 0))(episodes, spec, lr, hidden, init_keys)
+  return unroll.recall_metrics(readout, episodes)
+
+
+def evaluate_online_backprop(
+  lr: float, spec: tasks.TaskSpec, key: jax.Array, num_episodes: int, hidden: int = 32, batch: int = 64
+) -> dict[str, float]:
+  """Mean recall metrics over exactly the held-out episodes `evaluate.evaluate` gives the network."""
+  eval_fn = lambda k, n: online_backprop_eval_batch(lr, spec, k, n, hidden)  # noqa: E731
+  return evaluate_lib.mean_over_batches(eval_fn, key, num_episodes, batch)
+
+
+def tune_online_backprop(
+  spec: tasks.TaskSpec,
+  key: jax.Array,
+  step_sizes=DEFAULT_STEP_SIZES,
+  num_episodes: int = 256,
+  hidden: int = 32,
+  batch: int = 64,
+) -> tuple[float, dict[float, float]]:
+  """The step size of highest bit accuracy (the first on a tie) over `num_episodes` tuning episodes drawn
+  from `key`, and the table `{step size: bit accuracy}`. `key` must differ from the evaluation key, so
+  that the step size is not tuned on the evaluation episodes."""
+  table = {
+    float(lr): evaluate_online_backprop(float(lr), spec, key, num_episodes, hidden, batch)["bit_accuracy"]
+    for lr in step_sizes
+  }
+  return max(table, key=table.get), table
