@@ -28,6 +28,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -257,33 +258,32 @@ class _Study:
       "num_episodes": num_episodes,
     }
 
-    def baseline_metrics(k: int) -> dict:
-      spec = evaluate_lib.problem_from_config(cfg, topo, num_snippets=k).task
+    def baseline_records() -> list[dict]:
+      specs = [evaluate_lib.problem_from_config(cfg, topo, num_snippets=int(k)).task for k in k_values]
       if rule in LINEAR_BASELINES:
-        return baselines.evaluate(rule, spec, key, num_episodes)
+        return baselines.evaluate_over_k(baselines.READOUT_FNS[rule], None, specs, key, num_episodes)
       if rule == "recurrent":
         theta_size = sum(x.size for x in jax.tree.leaves(learned[0]))
         train_spec = evaluate_lib.problem_from_config(cfg, topo).task
         params, hidden = self.recurrent_params(train_spec, cfg.seed, theta_size)
-        cell = self.study.recurrent.cell
-        metrics = trained_baselines.evaluate_recurrent(params, spec, key, num_episodes, hidden, cell)
-        return {**metrics, "hidden": hidden, "params": trained_baselines.param_count(params)}
+        readout = trained_baselines.recurrent_readout_fn(hidden, self.study.recurrent.cell)
+        extra = {"hidden": hidden, "params": trained_baselines.param_count(params)}
+        return [{**r, **extra} for r in baselines.evaluate_over_k(readout, params, specs, key, num_episodes)]
       ob = self.study.online_backprop
       tune_key = jax.random.fold_in(meta_train.train_key(cfg.seed), _TUNE_TAG)
-      lr, _ = trained_baselines.tune_online_backprop(
-        spec, tune_key, tuple(ob.step_sizes), ob.tune_episodes, ob.hidden
+      lrs, _ = trained_baselines.tune_online_backprop_over_k(
+        specs, tune_key, tuple(ob.step_sizes), ob.tune_episodes, ob.hidden
       )
-      return {
-        **trained_baselines.evaluate_online_backprop(lr, spec, key, num_episodes, ob.hidden),
-        "step_size": lr,
-      }
+      readout = trained_baselines.online_backprop_readout_fn(ob.hidden)
+      out = baselines.evaluate_over_k(readout, jnp.asarray(lrs), specs, key, num_episodes, per_k_args=True)
+      return [{**r, "step_size": lr} for r, lr in zip(out, lrs, strict=True)]
 
     def compute() -> list[dict]:
       t0 = time.perf_counter()
       if rule in ("learned", "synapses_off"):
         out = evaluate_lib.recall_vs_k(learned[0], topo, cfg, k_values, num_episodes, key)
       else:
-        out = [{"K": int(k), **baseline_metrics(int(k))} for k in k_values]
+        out = [{"K": int(k), **r} for k, r in zip(k_values, baseline_records(), strict=True)]
       setting = f" {meta['axis']}={meta['value']}" if meta["axis"] else ""
       self.log(
         f"{meta['study']}: {meta['network']} {rule}{setting}: K@0.99 {evaluate_lib.capacity(out, 0.99)}, "

@@ -64,14 +64,22 @@ def pseudo_inverse(episode: tasks.Episode, spec: tasks.TaskSpec) -> jax.Array:
 _READOUTS = {"hebbian": hebbian, "pseudo_inverse": pseudo_inverse}
 
 
+def sample_episodes(spec: tasks.TaskSpec, key: jax.Array, batch: int) -> tuple[tasks.Episode, jax.Array]:
+  """The `batch` episodes `[B, ...]` that `unroll.episode_objective` gives the network for `key`, and
+  one key per episode `[B]` from the other half of the key's split (the half the network draws its
+  initial states from), for baselines that initialise something per episode."""
+  k_ep, k_init = jax.random.split(key)  # as unroll.episode_objective
+  episodes = jax.vmap(tasks.sample_episode, in_axes=(0, None))(jax.random.split(k_ep, batch), spec)
+  return episodes, jax.random.split(k_init, batch)
+
+
 @functools.partial(jax.jit, static_argnames=("name", "spec", "batch"))
 def eval_batch(name: str, spec: tasks.TaskSpec, key: jax.Array, batch: int) -> dict[str, jax.Array]:
   """Recall metrics of baseline `name` over `batch` episodes drawn from `key`: the very episodes that
   `evaluate.eval_batch` (through `unroll.episode_objective`) gives the network for the same key."""
   if name not in _READOUTS:
     raise ValueError(f"baseline: unknown name {name!r}; one of {BASELINES}")
-  k_ep, _ = jax.random.split(key)  # as unroll.episode_objective
-  episodes = jax.vmap(tasks.sample_episode, in_axes=(0, None))(jax.random.split(k_ep, batch), spec)
+  episodes, _ = sample_episodes(spec, key, batch)
   readout = jax.vmap(_READOUTS[name], in_axes=(0, None))(episodes, spec)
   return unroll.recall_metrics(readout, episodes)
 
@@ -80,3 +88,56 @@ def evaluate(name: str, spec: tasks.TaskSpec, key: jax.Array, num_episodes: int,
   """Mean recall metrics of baseline `name` over exactly the held-out episodes `evaluate.evaluate`
   gives the network for the same key (same batches, same keys)."""
   return evaluate_lib.mean_over_batches(lambda k, n: eval_batch(name, spec, k, n), key, num_episodes, batch)
+
+
+# Several K in one program. Every baseline here is causal and stores nothing on a step without a
+# teaching input, so an episode padded with blank, unscored steps gives the same readouts on its own
+# steps: the episodes of every K are padded to the longest and evaluated together, one compilation
+# instead of one per K (what dominates a sweep of these cheap memories).
+
+
+def pad_episodes(episodes: tasks.Episode, steps: int) -> tasks.Episode:
+  """Episodes `[..., T, ...]` padded to `steps` time steps with blank, unscored steps."""
+  pad = steps - episodes.score.shape[-1]
+  widths = lambda a, trailing: [(0, 0)] * (a.ndim - 1 - trailing) + [(0, pad)] + [(0, 0)] * trailing  # noqa: E731
+  return tasks.Episode(
+    x=jnp.pad(episodes.x, widths(episodes.x, 1)),
+    target=jnp.pad(episodes.target, widths(episodes.target, 1)),
+    score=jnp.pad(episodes.score, widths(episodes.score, 0)),
+  )
+
+
+def _linear_readout(name: str):
+  return lambda args, episode, init_key, spec: _READOUTS[name](episode, spec)
+
+
+READOUT_FNS = {name: _linear_readout(name) for name in BASELINES}
+
+
+@functools.partial(jax.jit, static_argnames=("readout", "specs", "batch", "per_k_args"))
+def eval_batch_over_k(readout, args, specs: tuple, key: jax.Array, batch: int, per_k_args: bool = False):
+  """Recall metrics `{name: [len(specs)]}` of `readout(args, episode, init_key, spec)` (a readout
+  `[T, n_out]`) over the `batch` episodes drawn from `key` for each task of `specs` (tasks that differ
+  only in K and the episode length). `args` is shared, or with `per_k_args` has a leading `[len(specs)]`
+  axis. `readout` must be the same object from call to call (a module-level function), or every call
+  compiles again."""
+  steps = max(spec.episode_steps for spec in specs)
+  drawn = [sample_episodes(spec, key, batch) for spec in specs]
+  episodes = jax.tree.map(lambda *a: jnp.stack(a), *[pad_episodes(e, steps) for e, _ in drawn])
+  init_keys = jnp.stack([k for _, k in drawn])
+  spec = specs[0]
+  per_episode = jax.vmap(readout, in_axes=(None, 0, 0, None))
+  per_k = jax.vmap(per_episode, in_axes=(0 if per_k_args else None, 0, 0, None))
+  readouts = per_k(args, episodes, init_keys, spec)
+  return jax.vmap(unroll.recall_metrics)(readouts, episodes)
+
+
+def evaluate_over_k(
+  readout, args, specs, key, num_episodes: int, batch: int = 64, per_k_args=False
+) -> list[dict]:
+  """`eval_batch_over_k` over exactly the held-out episodes `evaluate.evaluate` gives the network at each
+  K (same batches, same keys): one dict of mean metrics per task of `specs`."""
+  specs = tuple(specs)
+  eval_fn = lambda k, n: eval_batch_over_k(readout, args, specs, k, n, per_k_args)  # noqa: E731
+  means = evaluate_lib.mean_over_batches(eval_fn, key, num_episodes, batch)
+  return [{name: float(v[i]) for name, v in means.items()} for i in range(len(specs))]

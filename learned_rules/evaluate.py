@@ -52,10 +52,14 @@ def evaluate(
 def mean_over_batches(eval_fn, key: jax.Array, num_episodes: int, batch: int = 64) -> dict[str, float]:
   """Episode-weighted mean of `eval_fn(fold_in(key, i), n)` metrics over batches of at most `batch`
   episodes, `num_episodes` in all: the batching every held-out evaluation shares, so that the network
-  and the baselines see the same episodes for the same key."""
+  and the baselines see the same episodes for the same key. Array metrics (several K at once) keep their
+  shape."""
   sizes = [batch] * (num_episodes // batch) + ([num_episodes % batch] if num_episodes % batch else [])
   results = [eval_fn(jax.random.fold_in(key, i), n) for i, n in enumerate(sizes)]
-  return {k: float(np.average([r[k] for r in results], weights=sizes)) for k in results[0]}
+  means = {
+    k: np.average(np.stack([np.asarray(r[k]) for r in results]), axis=0, weights=sizes) for k in results[0]
+  }
+  return {k: float(v) if v.ndim == 0 else v for k, v in means.items()}
 
 
 def eval_key(seed: int) -> jax.Array:

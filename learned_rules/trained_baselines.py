@@ -34,13 +34,7 @@ CELLS = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}
 DEFAULT_STEP_SIZES = (0.003, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0, 3.0)
 
 
-def sample_episodes(spec: tasks.TaskSpec, key: jax.Array, batch: int) -> tuple[tasks.Episode, jax.Array]:
-  """The `batch` episodes `[B, ...]` that `baselines.eval_batch` (and, for the network,
-  `unroll.episode_objective`) draws from `key`, and one key per episode `[B]` from the other half of the
-  key's split (the half the network draws its initial states from), for per-episode initialisation."""
-  k_ep, k_init = jax.random.split(key)  # as unroll.episode_objective
-  episodes = jax.vmap(tasks.sample_episode, in_axes=(0, None))(jax.random.split(k_ep, batch), spec)
-  return episodes, jax.random.split(k_init, batch)
+sample_episodes = baselines.sample_episodes  # the network's held-out episodes, and per-episode keys
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -278,3 +272,40 @@ def tune_online_backprop(
     for lr in step_sizes
   }
   return max(table, key=table.get), table
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Several K in one program (`baselines.eval_batch_over_k`): both baselines are causal and, on a step
+# without a teaching input, change nothing but their readout, so blank padding steps are harmless.
+
+
+@functools.cache
+def recurrent_readout_fn(hidden: int, cell: str = "gru"):
+  """`readout(params, episode, init_key, spec)` of the recurrent net for `baselines.eval_batch_over_k`
+  (one function object per size, so repeated sweeps reuse their compilation)."""
+  return lambda params, episode, init_key, spec: recurrent(params, episode, spec, hidden, cell)
+
+
+@functools.cache
+def online_backprop_readout_fn(hidden: int):
+  """`readout(lr, episode, init_key, spec)` of `online_backprop` for `baselines.eval_batch_over_k`."""
+  return lambda lr, episode, init_key, spec: online_backprop(episode, spec, lr, hidden, init_key)
+
+
+def tune_online_backprop_over_k(
+  specs, key, step_sizes=DEFAULT_STEP_SIZES, num_episodes=256, hidden=32, batch=64
+):
+  """`tune_online_backprop` for every task of `specs` at once: the best step size of each (the first on
+  a tie) and the bit accuracies `[len(step_sizes)][len(specs)]`."""
+  readout = online_backprop_readout_fn(hidden)
+  table = [
+    [
+      r["bit_accuracy"]
+      for r in baselines.evaluate_over_k(readout, float(lr), specs, key, num_episodes, batch)
+    ]
+    for lr in step_sizes
+  ]
+  best = [
+    float(step_sizes[max(range(len(step_sizes)), key=lambda i: table[i][k])]) for k in range(len(specs))
+  ]
+  return best, table

@@ -82,3 +82,15 @@ def test_hebbian_capacity_matches_theory(n):
   """0.99 capacity of one-step Hopfield recall from half a cue: theory about 0.092 n (baselines.py)."""
   k = _capacity("hebbian", n, 0.99, episodes=128)
   assert 0.08 * n <= k <= 0.16 * n, k
+
+
+def test_several_k_at_once_equal_one_k_at_a_time():
+  """Padding every K's episodes to the longest with blank steps changes no baseline's recall."""
+  specs = [_spec("hetero", 6, k, present_steps=2, delay_steps=1) for k in (1, 3, 5)]
+  key = jax.random.PRNGKey(5)
+  for name in baselines.BASELINES:
+    got = baselines.evaluate_over_k(baselines.READOUT_FNS[name], None, specs, key, num_episodes=6, batch=4)
+    for spec, metrics in zip(specs, got, strict=True):
+      want = baselines.evaluate(name, spec, key, num_episodes=6, batch=4)
+      assert metrics == pytest.approx(want, abs=1e-6), (name, spec.num_snippets)
+  assert got[0]["bit_accuracy"] == 1.0 > got[-1]["bit_accuracy"]  # K = 1 exact, K = 5 not

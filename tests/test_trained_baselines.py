@@ -11,10 +11,11 @@ import functools
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from learned_rules import tasks
+from learned_rules import baselines, tasks
 from learned_rules import trained_baselines as tb
 
 BATCH, HIDDEN = 64, 8
@@ -179,3 +180,36 @@ def test_param_count_and_hidden_for_params(cell):
 def test_unknown_cell_raises():
   with pytest.raises(ValueError, match="cell"):
     tb.init_recurrent(jax.random.PRNGKey(0), 4, 3, 5, "rnn")
+
+
+def test_several_k_at_once_equal_one_k_at_a_time():
+  """The trained baselines' several-K evaluation (episodes padded with blank steps, one step size per K)
+  equals their one-K evaluation."""
+  specs = [_spec_for_over_k(k) for k in (1, 3)]
+  key = jax.random.PRNGKey(4)
+  lrs = [0.1, 0.05]
+  readout = tb.online_backprop_readout_fn(4)
+  got = baselines.evaluate_over_k(readout, jnp.asarray(lrs), specs, key, num_episodes=4, per_k_args=True)
+  for spec, lr, metrics in zip(specs, lrs, got, strict=True):
+    want = tb.evaluate_online_backprop(lr, spec, key, num_episodes=4, hidden=4)
+    assert metrics == pytest.approx(want, abs=1e-6)
+  params = tb.init_recurrent(jax.random.PRNGKey(0), 4, 4, 3)
+  got = baselines.evaluate_over_k(tb.recurrent_readout_fn(3), params, specs, key, num_episodes=4)
+  for spec, metrics in zip(specs, got, strict=True):
+    want = tb.evaluate_recurrent(params, spec, key, num_episodes=4, hidden=3)
+    assert metrics == pytest.approx(want, abs=1e-6)
+  best, table = tb.tune_online_backprop_over_k(specs, key, (0.0, 0.1), num_episodes=4, hidden=4)
+  assert best == [0.1 if table[1][k] > table[0][k] else 0.0 for k in range(2)]
+
+
+def _spec_for_over_k(k: int) -> tasks.TaskSpec:
+  return tasks.TaskSpec(
+    protocol="hetero",
+    num_neurons=12,
+    n_in=4,
+    n_out=4,
+    num_snippets=k,
+    num_queries=k,
+    present_steps=2,
+    delay_steps=1,
+  )
