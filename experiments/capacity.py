@@ -25,6 +25,7 @@ import sys
 import time
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import jax  # noqa: E402
@@ -457,10 +458,21 @@ def plot_capacity_vs_n(records: list[dict], path: str, study=None) -> None:
       evaluate_lib.capacity(rows, 0.95) * rows[0]["value_bits"] / rows[0]["synapses"] for _, rows in points
     ]
     ax_s.plot(ns, bits, "s--", color=color, label=rule.replace("_", " "))
+  # What linear growth would give: the rule's 0.95 capacity at its training size, scaled by N.
+  if "learned" in by_rule and study is not None:
+    train_n = study.base.net.num_inputs + study.base.net.num_outputs + study.base.net.num_hidden
+    anchor = [evaluate_lib.capacity(rows, 0.95) for n, rows in by_rule["learned"] if n == train_n]
+    if anchor and anchor[0] > 0:
+      ns = [n for n, _ in by_rule["learned"]]
+      ax_k.plot(ns, [anchor[0] * n / train_n for n in ns], ":", color="gray", label="linear in N")
   for ax in (ax_k, ax_s):
     ax.set_xscale("log", base=2)
+    sizes = sorted({n for points in by_rule.values() for n, _ in points})
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("N, neurons (a quarter of them input, a quarter output)")
-  ax_k.set_yscale("symlog", linthresh=1)
+  ax_k.set_yscale("symlog", linthresh=1, base=2)
+  ax_k.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
   ax_k.set_ylabel("capacity K at bit accuracy 0.99 / 0.95")
   ax_s.set_ylabel("stored value bits per synapse at 0.95")
   ax_k.legend(fontsize=7)

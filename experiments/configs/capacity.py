@@ -117,11 +117,12 @@ def _tiny(cfg):
 
 def _quick(cfg):
   cfg.base.train.num_steps = 100
-  cfg.k_values = (1, 2, 4, 8, 12, 16, 24, 32)
-  cfg.num_episodes = 128
+  cfg.k_values = (1, 2, 4, 8, 16, 32)
+  cfg.num_episodes = 64
   cfg.size.k_multiples = (0.25, 0.5, 1.0, 1.5)
-  cfg.size.episode_synapse_budget = 128 * 4032
+  cfg.size.episode_synapse_budget = 64 * 4032
   cfg.difficulty.k_values = (8,)  # the figure's K; the full study also gives capacities
+  cfg.difficulty.corruption = (0.0, 0.25, 0.5)
   cfg.recurrent.num_steps = 2000
   cfg.online_backprop.tune_episodes = 64
 
