@@ -187,6 +187,9 @@ class Cache:
     text = json.dumps(key, sort_keys=True)
     if text not in self.entries:
       self.entries[text] = compute()
+      # Drop the compiled programs: a study compiles hundreds (one per K and setting), and XLA:CPU
+      # keeps each mapped until the process ends, which exhausts the memory maps of a long study.
+      jax.clear_caches()
       tmp = self.path + ".tmp"
       with open(tmp, "w") as f:
         json.dump(self.entries, f)
@@ -212,7 +215,7 @@ class _Study:
     if run not in self.rules:
       cfg = self.cfgs[run]
       run_dir = os.path.join(self.workdir, run)
-      meta_train.train_and_evaluate(cfg, run_dir, label=f"{run}: ")
+      meta_train.train_and_evaluate(cfg, run_dir, label=f"{run}: ", evaluate=False)
       _, topo, state = meta_train.load_run(run_dir)
       self.rules[run] = (cfg, topo, state.theta, int(state.step))
       self.log(f"rule {run}: {int(state.step)} meta steps")
@@ -418,6 +421,7 @@ def plot_all(records: list[dict], workdir: str, study) -> list[str]:
 
 def plot_recall_vs_k(records: list[dict], path: str, study=None) -> None:
   fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+  ax.set_prop_cycle(color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2])  # 20 distinct curves
   for (network_name, rule, _, _), rows in _groups(records, records[0]["study"]).items():
     label = network_name if rule == "learned" else rule.replace("_", " ")
     ax.plot(
@@ -473,6 +477,7 @@ def plot_capacity_vs_n(records: list[dict], path: str, study=None) -> None:
     ax.set_xlabel("N, neurons (a quarter of them input, a quarter output)")
   ax_k.set_yscale("symlog", linthresh=1, base=2)
   ax_k.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  ax_k.set_ylim(bottom=-0.1)
   ax_k.set_ylabel("capacity K at bit accuracy 0.99 / 0.95")
   ax_s.set_ylabel("stored value bits per synapse at 0.95")
   ax_k.legend(fontsize=7)

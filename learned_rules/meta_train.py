@@ -157,10 +157,11 @@ def load_run(workdir: str):
     ckpt.close()
 
 
-def train_and_evaluate(cfg, workdir: str, label: str = "") -> dict:
+def train_and_evaluate(cfg, workdir: str, label: str = "", evaluate: bool = True) -> dict:
   """Meta-trains `cfg` in `workdir` (resuming if it holds a checkpoint) and evaluates the result.
 
-  Returns the held-out recall metrics plus `meta_steps` and `wall_seconds` (of this invocation).
+  Returns the held-out recall metrics (none with `evaluate=False`, for callers that evaluate the run
+  their own way) plus `meta_steps` and `wall_seconds` (of this invocation).
   Raises `config.ConfigError` before anything is compiled or written if `cfg` is invalid, and
   `checkpointing.IncompatibleCheckpointError` if `workdir` holds a run of another config.
   """
@@ -179,6 +180,8 @@ def train_and_evaluate(cfg, workdir: str, label: str = "") -> dict:
   finally:
     ckpt.close()
 
+  if not evaluate:
+    return {"meta_steps": int(state.step), "wall_seconds": time.perf_counter() - start}
   results = evaluate_lib.evaluate(
     state.theta, topo, problem, evaluate_lib.eval_key(cfg.seed), cfg.eval.num_episodes
   )

@@ -60,13 +60,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.networks = ",".join(NETWORKS)  # names from NETWORKS, comma-separated
   cfg.baselines = "hebbian,pseudo_inverse,synapses_off,recurrent,online_backprop"
   cfg.k_values = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32)
-  cfg.num_episodes = 512
+  cfg.num_episodes = 256
   cfg.auto_cue_corruption = 0.25  # as `remember.py:auto`
 
   cfg.size = ml_collections.ConfigDict()
   cfg.size.sizes = (32, 64, 128, 256)
   cfg.size.k_multiples = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5)  # K = multiple x key width, at least 1
-  cfg.size.episode_synapse_budget = 512 * 4032  # episodes at N: this / synapses(N), at most num_episodes
+  cfg.size.episode_synapse_budget = 256 * 4032  # episodes at N: this / synapses(N), at most num_episodes
   cfg.size.baselines = "hebbian,pseudo_inverse"
 
   cfg.difficulty = ml_collections.ConfigDict()
