@@ -206,6 +206,7 @@ class _Study:
     self.start = time.perf_counter()
     self.rules = {}
     self.recurrent = {}
+    self.memo = {}
 
   def log(self, text: str) -> None:
     print(f"[{time.perf_counter() - self.start:6.0f} s] {text}", flush=True)
@@ -300,7 +301,16 @@ class _Study:
       cache_key["meta_steps"] = learned[1]
     if rule in ("recurrent", "online_backprop"):
       cache_key[rule] = self.study[rule].to_dict()
-    return [{**common, **r} for r in self.cache.get(cache_key, compute)]
+    # The same memory on the same episodes under another label (each difficulty axis passes through
+    # the base setting) is evaluated once per invocation.
+    same = {k: v for k, v in cache_key.items() if k not in ("study", "axis", "value")}
+    same.update(net=cfg.net.to_dict(), task=cfg.task.to_dict(), seed=cfg.seed)
+    same = json.dumps(same, sort_keys=True, default=str)
+    if same not in self.memo:
+      self.memo[same] = self.cache.get(cache_key, compute)
+    else:
+      self.cache.get(cache_key, lambda: self.memo[same])
+    return [{**common, **r} for r in self.memo[same]]
 
 
 def _rule_and_baselines(

@@ -124,6 +124,7 @@ def _quick(cfg):
   cfg.difficulty.k_values = (8,)  # the figure's K; the full study also gives capacities
   cfg.difficulty.corruption = (0.0, 0.25, 0.5)
   cfg.recurrent.num_steps = 2000
+  cfg.online_backprop.step_sizes = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)  # where the full study's optimum lay
   cfg.online_backprop.tune_episodes = 64
 
 
