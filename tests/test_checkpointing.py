@@ -176,3 +176,11 @@ def test_checkpointer_round_trip(tmp_path, make_cfg):
   ckpt.close()
   kept = sorted(os.listdir(tmp_path / "checkpoints"))
   assert kept == ["2", "3"]  # max_to_keep
+
+
+def test_a_finished_run_reloads_without_training_or_evaluating(runs):
+  """`evaluate=False` (what the capacity study uses to load its rules) returns no recall metrics, and a
+  finished run is not trained further."""
+  again = meta_train.train_and_evaluate(runs["cfg"], runs["whole_dir"], evaluate=False)
+  assert set(again) == {"meta_steps", "wall_seconds"}
+  assert again["meta_steps"] == NUM_STEPS
