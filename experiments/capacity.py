@@ -187,9 +187,6 @@ class Cache:
     text = json.dumps(key, sort_keys=True)
     if text not in self.entries:
       self.entries[text] = compute()
-      # Drop the compiled programs: a study compiles hundreds (one per K and setting), and XLA:CPU
-      # keeps each mapped until the process ends, which exhausts the memory maps of a long study.
-      jax.clear_caches()
       tmp = self.path + ".tmp"
       with open(tmp, "w") as f:
         json.dump(self.entries, f)
@@ -268,7 +265,7 @@ class _Study:
       if rule in LINEAR_BASELINES:
         return baselines.evaluate_over_k(baselines.READOUT_FNS[rule], None, specs, key, num_episodes)
       if rule == "recurrent":
-        theta_size = sum(x.size for x in jax.tree.leaves(learned[0]))
+        theta_size = trained_baselines.param_count(learned[0])
         train_spec = evaluate_lib.problem_from_config(cfg, topo).task
         params, hidden = self.recurrent_params(train_spec, cfg.seed, theta_size)
         readout = trained_baselines.recurrent_readout_fn(hidden, self.study.recurrent.cell)
@@ -289,6 +286,9 @@ class _Study:
         out = evaluate_lib.recall_vs_k(learned[0], topo, cfg, k_values, num_episodes, key)
       else:
         out = [{"K": int(k), **r} for k, r in zip(k_values, baseline_records(), strict=True)]
+      # Drop the compiled programs: a study compiles hundreds (one per K and setting), and XLA:CPU
+      # keeps each mapped until the process ends, which exhausts the memory maps of a long study.
+      jax.clear_caches()
       setting = f" {meta['axis']}={meta['value']}" if meta["axis"] else ""
       self.log(
         f"{meta['study']}: {meta['network']} {rule}{setting}: K@0.99 {evaluate_lib.capacity(out, 0.99)}, "
