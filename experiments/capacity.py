@@ -204,6 +204,7 @@ class _Study:
     self.rules = {}
     self.recurrent = {}
     self.memo = {}
+    self.episode_specs = None  # the tasks of the last evaluation's episodes
 
   def log(self, text: str) -> None:
     print(f"[{time.perf_counter() - self.start:6.0f} s] {text}", flush=True)
@@ -260,8 +261,9 @@ class _Study:
       "num_episodes": num_episodes,
     }
 
+    specs = tuple(evaluate_lib.problem_from_config(cfg, topo, num_snippets=int(k)).task for k in k_values)
+
     def baseline_records() -> list[dict]:
-      specs = [evaluate_lib.problem_from_config(cfg, topo, num_snippets=int(k)).task for k in k_values]
       if rule in LINEAR_BASELINES:
         return baselines.evaluate_over_k(baselines.READOUT_FNS[rule], None, specs, key, num_episodes)
       if rule == "recurrent":
@@ -282,13 +284,16 @@ class _Study:
 
     def compute() -> list[dict]:
       t0 = time.perf_counter()
+      # Drop the compiled programs when the episodes change: a study compiles hundreds, and XLA:CPU
+      # keeps each mapped until the process ends, which exhausts the memory maps of a long study. The
+      # memories of one setting share their episodes (`evaluate.held_out_episodes`), compiled once.
+      if specs != self.episode_specs:
+        jax.clear_caches()
+        self.episode_specs = specs
       if rule in ("learned", "synapses_off"):
         out = evaluate_lib.recall_vs_k(learned[0], topo, cfg, k_values, num_episodes, key)
       else:
         out = [{"K": int(k), **r} for k, r in zip(k_values, baseline_records(), strict=True)]
-      # Drop the compiled programs: a study compiles hundreds (one per K and setting), and XLA:CPU
-      # keeps each mapped until the process ends, which exhausts the memory maps of a long study.
-      jax.clear_caches()
       setting = f" {meta['axis']}={meta['value']}" if meta["axis"] else ""
       self.log(
         f"{meta['study']}: {meta['network']} {rule}{setting}: K@0.99 {evaluate_lib.capacity(out, 0.99)}, "

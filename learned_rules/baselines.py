@@ -96,17 +96,6 @@ def evaluate(name: str, spec: tasks.TaskSpec, key: jax.Array, num_episodes: int,
 # instead of one per K (what dominates a sweep of these cheap memories).
 
 
-def pad_episodes(episodes: tasks.Episode, steps: int) -> tasks.Episode:
-  """Episodes `[..., T, ...]` padded to `steps` time steps with blank, unscored steps."""
-  pad = steps - episodes.score.shape[-1]
-  widths = lambda a, trailing: [(0, 0)] * (a.ndim - 1 - trailing) + [(0, pad)] + [(0, 0)] * trailing  # noqa: E731
-  return tasks.Episode(
-    x=jnp.pad(episodes.x, widths(episodes.x, 1)),
-    target=jnp.pad(episodes.target, widths(episodes.target, 1)),
-    score=jnp.pad(episodes.score, widths(episodes.score, 0)),
-  )
-
-
 def _linear_readout(name: str):
   return lambda args, episode, init_key, spec: _READOUTS[name](episode, spec)
 
@@ -114,20 +103,22 @@ def _linear_readout(name: str):
 READOUT_FNS = {name: _linear_readout(name) for name in BASELINES}
 
 
-@functools.partial(jax.jit, static_argnames=("readout", "specs", "batch", "per_k_args"))
 def eval_batch_over_k(readout, args, specs: tuple, key: jax.Array, batch: int, per_k_args: bool = False):
   """Recall metrics `{name: [len(specs)]}` of `readout(args, episode, init_key, spec)` (a readout
   `[T, n_out]`) over the `batch` episodes drawn from `key` for each task of `specs` (tasks that differ
-  only in K and the episode length). `args` is shared, or with `per_k_args` has a leading `[len(specs)]`
-  axis. `readout` must be the same object from call to call (a module-level function), or every call
-  compiles again."""
-  steps = max(spec.episode_steps for spec in specs)
-  drawn = [sample_episodes(spec, key, batch) for spec in specs]
-  episodes = jax.tree.map(lambda *a: jnp.stack(a), *[pad_episodes(e, steps) for e, _ in drawn])
-  init_keys = jnp.stack([k for _, k in drawn])
-  spec = specs[0]
+  only in K and the episode length): `evaluate.held_out_episodes`, the network's episodes. `args` is
+  shared, or with `per_k_args` has a leading `[len(specs)]` axis. `readout` must be the same object
+  from call to call (a module-level function), or every call compiles again."""
+  specs = tuple(specs)
+  episodes, k_state = evaluate_lib.held_out_episodes(key, specs, batch)
+  return _metrics_over_k(readout, args, specs[0], episodes, k_state, per_k_args)
+
+
+@functools.partial(jax.jit, static_argnames=("readout", "spec", "per_k_args"))
+def _metrics_over_k(readout, args, spec, episodes: tasks.Episode, k_state: jax.Array, per_k_args: bool):
+  init_keys = jax.random.split(k_state, episodes.score.shape[1])  # as `sample_episodes`, for every K
   per_episode = jax.vmap(readout, in_axes=(None, 0, 0, None))
-  per_k = jax.vmap(per_episode, in_axes=(0 if per_k_args else None, 0, 0, None))
+  per_k = jax.vmap(per_episode, in_axes=(0 if per_k_args else None, 0, None, None))
   readouts = per_k(args, episodes, init_keys, spec)
   return jax.vmap(unroll.recall_metrics)(readouts, episodes)
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from learned_rules import config as config_lib
-from learned_rules import network, rules, unroll
+from learned_rules import network, rules, tasks, unroll
 
 # Evaluation keys are folded from the run's seed with this tag; training uses tag 0.
 EVAL_TAG = 1
@@ -32,6 +32,60 @@ def eval_batch(
 
   _, per_window = jax.lax.scan(window, carry, None, length=STREAM_EVAL_WINDOWS)
   return jax.tree.map(jnp.mean, per_window)
+
+
+@functools.partial(jax.jit, static_argnames=("specs", "batch"))
+def held_out_episodes(key: jax.Array, specs: tuple, batch: int) -> tuple[tasks.Episode, jax.Array]:
+  """The `batch` episodes that `eval_batch` draws from `key` for each task of `specs` (episode tasks
+  that differ only in K), padded at the end with blank, unscored steps to the longest and stacked
+  `[len(specs), B, T, ...]`, and the key the network draws its initial states from.
+
+  A jitted function of its own: a sweep over K evaluates the network and every baseline on these
+  episodes, and drawing them compiles about as long as the network's whole evaluation.
+  """
+  steps = max(spec.episode_steps for spec in specs)
+  k_ep, k_state = jax.random.split(key)  # as unroll.episode_objective
+  keys = jax.random.split(k_ep, batch)
+  drawn = [jax.vmap(tasks.sample_episode, in_axes=(0, None))(keys, spec) for spec in specs]
+  return jax.tree.map(lambda *a: jnp.stack(a), *[tasks.pad_episodes(e, steps) for e in drawn]), k_state
+
+
+def eval_batch_over_k(
+  theta: rules.Theta, topo: network.Topology, key: jax.Array, problems: tuple, batch: int
+) -> dict[str, jax.Array]:
+  """Recall metrics `{name: [len(problems)]}`: `eval_batch` of every problem of `problems` (episode
+  problems that differ only in K) on the same episodes and initial states, in one program that runs
+  the network for each K's own number of steps: a sweep over K compiles once."""
+  first = problems[0]
+  for p in problems:
+    if p.task.protocol == "streaming" or dataclasses.replace(p, task=first.task) != first:
+      raise ValueError("eval_batch_over_k: problems must be episode problems that differ only in K")
+  episodes, k_state = held_out_episodes(key, tuple(p.task for p in problems), batch)
+  lengths = jnp.asarray([p.task.episode_steps for p in problems], jnp.int32)
+  return _eval_padded(theta, topo, episodes, lengths, k_state, first)
+
+
+@functools.partial(jax.jit, static_argnames=("problem",))
+def _eval_padded(theta, topo, episodes: tasks.Episode, lengths: jax.Array, k_state: jax.Array, problem):
+  """Metrics of padded episodes `[K, B, T, ...]`, each group run for its own `lengths[k]` steps (a
+  loop with a run-time trip count: padding costs no steps, and a new K no compilation)."""
+  states = unroll.init_batch_states(theta, topo, problem, k_state, episodes.score.shape[1])
+  step = jax.vmap(network.network_step, in_axes=(None, None, None, 0, 0, None))
+
+  def one_k(args):
+    episode, length = args
+
+    def body(t, carry):
+      state, readout = carry
+      state, out = step(theta, topo, problem.rule, state, episode.x[:, t], problem.fast_synapse)
+      return state, readout.at[:, t].set(out.readout)
+
+    readout = jnp.zeros(episode.target.shape, episode.target.dtype)
+    _, readout = jax.lax.fori_loop(0, length, body, (states, readout))
+    loss = unroll.readout_loss(readout, episode, problem.loss)
+    return {"loss": loss, **unroll.recall_metrics(readout, episode)}
+
+  return jax.lax.map(one_k, (episodes, lengths))
 
 
 def evaluate(
@@ -81,12 +135,10 @@ def recall_vs_k(
   theta: rules.Theta, topo: network.Topology, cfg, k_values, num_episodes: int, key: jax.Array
 ) -> list[dict]:
   """Recall metrics at every K in `k_values` (all K snippets queried), one record per K."""
-  records = []
-  for k in k_values:
-    problem = problem_from_config(cfg, topo, num_snippets=int(k))
-    problem = dataclasses.replace(problem, remat="none")  # no gradient, nothing to rematerialise
-    records.append({"K": int(k), **evaluate(theta, topo, problem, key, num_episodes)})
-  return records
+  problems = tuple(problem_from_config(cfg, topo, num_snippets=int(k)) for k in k_values)
+  eval_fn = lambda k, n: eval_batch_over_k(theta, topo, k, problems, n)  # noqa: E731
+  means = mean_over_batches(eval_fn, key, num_episodes)
+  return [{"K": int(k), **{name: float(v[i]) for name, v in means.items()}} for i, k in enumerate(k_values)]
 
 
 def capacity(records: list[dict], threshold: float) -> int:

@@ -150,6 +150,17 @@ class StreamPosition:
   first_slot: jax.Array
 
 
+def pad_episodes(episodes: Episode, steps: int) -> Episode:
+  """Episodes `[..., T, ...]` padded to `steps` time steps with blank, unscored steps at the end."""
+  pad = steps - episodes.score.shape[-1]
+  widths = lambda a, trailing: [(0, 0)] * (a.ndim - 1 - trailing) + [(0, pad)] + [(0, 0)] * trailing  # noqa: E731
+  return Episode(
+    x=jnp.pad(episodes.x, widths(episodes.x, 1)),
+    target=jnp.pad(episodes.target, widths(episodes.target, 1)),
+    score=jnp.pad(episodes.score, widths(episodes.score, 0)),
+  )
+
+
 def init_stream_position(key: jax.Array, spec: TaskSpec, phase: int) -> StreamPosition:
   """A new stream starting at global step `phase` (streams in a batch use different phases)."""
   t = jnp.asarray(phase, jnp.int32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -54,3 +56,29 @@ def test_evaluate_averages_whole_batches():
   assert float(parts[0]["loss"]) != float(parts[1]["loss"])
   assert evaluate.evaluate(theta, topo, problem, key, 2 * batch, batch=batch) == result
   assert not np.array_equal(evaluate.eval_key(0), meta_train.train_key(0))
+
+
+def test_recall_vs_k_equals_one_k_at_a_time():
+  """One program for every K (episodes padded, each K run for its own steps) gives the numbers of
+  `evaluate` at each K alone."""
+  cfg = remember.get_config("tiny")
+  topo, problem, _ = meta_train.setup(cfg)
+  theta = rules.init_theta(jax.random.PRNGKey(1), problem.rule)
+  key = evaluate.eval_key(cfg.seed)
+  records = evaluate.recall_vs_k(theta, topo, cfg, (1, 3), 6, key)
+  assert [r["K"] for r in records] == [1, 3]
+  for record in records:
+    problem_k = evaluate.problem_from_config(cfg, topo, num_snippets=record["K"])
+    alone = evaluate.evaluate(theta, topo, problem_k, key, 6)
+    assert set(record) == {"K", *alone}
+    for name, value in alone.items():
+      assert record[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_eval_batch_over_k_rejects_problems_that_differ_beyond_k():
+  cfg = remember.get_config("tiny")
+  topo, problem, _ = meta_train.setup(cfg)
+  theta = rules.init_theta(jax.random.PRNGKey(1), problem.rule)
+  other = dataclasses.replace(problem, loss="logistic")
+  with pytest.raises(ValueError, match="differ only in K"):
+    evaluate.eval_batch_over_k(theta, topo, jax.random.PRNGKey(0), (problem, other), 2)
