@@ -115,6 +115,19 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), like)
     restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    # Orbax restores the saved shapes whatever the target's: a state of another layout must not pass.
+    wrong = [
+      f"{jax.tree_util.keystr(path)}: saved {np.shape(x)}, expected {np.shape(ref)}"
+      for (path, x), ref in zip(
+        jax.tree_util.tree_leaves_with_path(restored["state"]), jax.tree.leaves(like), strict=False
+      )
+      if np.shape(x) != np.shape(ref)
+    ]
+    if wrong or jax.tree.structure(restored["state"]) != jax.tree.structure(abstract):
+      raise IncompatibleCheckpointError(
+        f"{self.directory} step {step} holds a state of another layout than this config's: "
+        + ("; ".join(wrong[:5]) or "another tree structure")
+      )
     return jax.tree.map(
       lambda x, ref: jax.numpy.asarray(x, dtype=np.asarray(ref).dtype), restored["state"], like
     )

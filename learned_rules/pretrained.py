@@ -1,0 +1,195 @@
+"""Meta-trained rules as values: load one from a run's checkpoint or by name from those shipped with
+the package, and save one to a few-KB file.
+
+  rule = load_rule("hetero")                                      # shipped with the package
+  rule = load_rule("runs/remember-hetero-full-K8-seed0")          # a run of experiments.remember
+  rule.theta, rule.config, rule.topology, rule.spec               # what a network needs to run it
+
+A saved rule is two files beside each other: `<name>.msgpack`, the meta-parameters theta
+(`flax.serialization`), and `<name>.json`, the config the rule was meta-trained with, its meta steps,
+where it came from and the recall measured when it was saved. `python -m experiments.export_rule`
+writes one from a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from flax import serialization
+
+from learned_rules import checkpointing, meta_train, network, rules, unroll
+from learned_rules import config as config_lib
+from learned_rules import evaluate as evaluate_lib
+
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+FORMAT_VERSION = 1
+
+
+class RuleLoadError(ValueError):
+  """What was given is not a rule this version can load (another kind of checkpoint, another layout)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Rule:
+  """A meta-trained rule and the setting it was meta-trained in.
+
+  Attributes:
+    theta: the meta-parameters of `body_update` and `synapse_update` (and the type embeddings,
+      initial states, input drive and readout), as `rules.init_theta` lays them out.
+    config: the `experiments.remember` config of the run that trained it (network, rule sizes, task).
+    meta_steps: meta steps it was trained for.
+    source: where it was loaded from.
+    info: what its file records besides (the command that made it, its measured recall), or {}.
+  """
+
+  theta: rules.Theta
+  config: ml_collections.ConfigDict
+  meta_steps: int
+  source: str
+  info: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def topology(self) -> network.Topology:
+    """The network it was meta-trained on."""
+    return network.make_topology(self.config.net)
+
+  @property
+  def spec(self) -> rules.RuleSpec:
+    return config_lib.rule_spec(self.config, self.topology)
+
+  def problem(self, num_snippets: int | None = None) -> unroll.Problem:
+    """Its training problem, optionally at another K (for `evaluate.evaluate`)."""
+    return evaluate_lib.problem_from_config(self.config, self.topology, num_snippets)
+
+
+def available_rules() -> tuple[str, ...]:
+  """Names of the rules shipped with the package (`load_rule(name)`)."""
+  if not os.path.isdir(PRETRAINED_DIR):
+    return ()
+  return tuple(sorted(f[: -len(".json")] for f in os.listdir(PRETRAINED_DIR) if f.endswith(".json")))
+
+
+def load_rule(name_or_path: str) -> Rule:
+  """The rule named `name_or_path`: a shipped rule (`available_rules()`), a run directory written by
+  `experiments.remember` (its latest checkpoint), or a saved rule (`<path>.json` or `<path>`).
+
+  Raises:
+    FileNotFoundError: nothing by that name or at that path.
+    RuleLoadError: a checkpoint or file that does not hold a rule of this version's layout.
+  """
+  path = os.fspath(name_or_path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return _load_run(path)
+  if os.path.isdir(path):
+    raise FileNotFoundError(f"load_rule: {path} holds no checkpoints/; is it a run of experiments.remember?")
+  prefix = path[: -len(".json")] if path.endswith(".json") else path
+  if os.path.exists(prefix + ".json"):
+    return _load_file(prefix)
+  if os.sep not in path and path in available_rules():
+    return _load_file(os.path.join(PRETRAINED_DIR, path))
+  raise FileNotFoundError(
+    f"load_rule: no rule {path!r}: not a run directory, not a saved rule ({prefix}.json), and not a "
+    f"shipped rule (one of {', '.join(available_rules()) or 'none'})"
+  )
+
+
+def _validated_config(raw, where: str) -> ml_collections.ConfigDict:
+  if not isinstance(raw, dict) or not {"net", "rule", "task", "train"} <= set(raw):
+    raise RuleLoadError(
+      f"{where} is not a learned_rules rule: its config lacks the net/rule/task/train blocks of an "
+      "experiments.remember config"
+    )
+  cfg = ml_collections.ConfigDict(raw)
+  try:
+    config_lib.validate(cfg)
+  except (config_lib.ConfigError, KeyError, AttributeError) as e:
+    raise RuleLoadError(f"{where}: its config is not one this version can run: {e}") from e
+  return cfg
+
+
+def _load_run(workdir: str) -> Rule:
+  ckpt = checkpointing.Checkpointer(workdir, create=False)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"load_rule: no checkpoint in {ckpt.directory}")
+    try:
+      raw = ckpt.saved_config(step)
+    except Exception as e:  # noqa: BLE001  (orbax raises many kinds for a foreign checkpoint)
+      raise RuleLoadError(f"{ckpt.directory} step {step} holds no readable config: {e}") from e
+    cfg = _validated_config(raw, f"the checkpoint in {ckpt.directory}")
+  finally:
+    ckpt.close()
+  try:  # the trainer's own restore: the train-state layout it saved
+    _, _, state = meta_train.load_run(workdir)
+  except Exception as e:  # noqa: BLE001
+    raise RuleLoadError(
+      f"the checkpoint in {workdir} does not match the train-state layout of its config under this "
+      f"version of learned_rules: {e}"
+    ) from e
+  return Rule(theta=state.theta, config=cfg, meta_steps=int(state.step), source=os.path.abspath(workdir))
+
+
+def _load_file(prefix: str) -> Rule:
+  with open(prefix + ".json") as f:
+    meta = json.load(f)
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+    raise RuleLoadError(
+      f"{prefix}.json is not a saved rule of format {FORMAT_VERSION} (format {meta.get('format')!r})"
+      if isinstance(meta, dict)
+      else f"{prefix}.json is not a saved rule"
+    )
+  cfg = _validated_config(meta.get("config"), f"{prefix}.json")
+  topo = network.make_topology(cfg.net)
+  like = rules.init_theta(jax.random.PRNGKey(0), config_lib.rule_spec(cfg, topo))
+  with open(prefix + ".msgpack", "rb") as f:
+    raw = serialization.msgpack_restore(f.read())
+  theta = _theta_like(like, raw, f"{prefix}.msgpack")
+  info = {k: v for k, v in meta.items() if k not in ("format", "config", "meta_steps")}
+  return Rule(theta=theta, config=cfg, meta_steps=int(meta["meta_steps"]), source=prefix, info=info)
+
+
+def _theta_like(like: rules.Theta, raw, where: str) -> rules.Theta:
+  """`raw` (nested dicts of arrays) checked against the layout and shapes of `like`."""
+  expected = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(like)}
+  try:
+    got = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(raw)}
+  except Exception as e:  # noqa: BLE001
+    raise RuleLoadError(f"{where} does not hold meta-parameters: {e}") from e
+  if got != expected:
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    shapes = [
+      f"{k}: {got[k]} (expected {expected[k]})" for k in expected if k in got and got[k] != expected[k]
+    ]
+    raise RuleLoadError(
+      f"{where} does not match its config's rule layout: missing {missing}, unexpected {extra}, "
+      f"shapes {shapes}"
+    )
+  return serialization.from_state_dict(like, raw)
+
+
+def save_rule(rule: Rule, prefix: str, **info) -> tuple[str, str]:
+  """Writes `rule` to `<prefix>.json` and `<prefix>.msgpack` (each written whole, then renamed);
+  `info` (JSON-ready) is recorded beside the config. Returns the two paths."""
+  os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+  meta = {
+    "format": FORMAT_VERSION,
+    "meta_steps": int(rule.meta_steps),
+    **{**rule.info, **info},
+    "config": checkpointing.config_to_dict(rule.config),
+  }
+  blobs = {
+    prefix + ".msgpack": serialization.to_bytes(jax.device_get(rule.theta)),
+    prefix + ".json": (json.dumps(meta, indent=2) + "\n").encode(),
+  }
+  for path, blob in blobs.items():
+    with open(path + ".tmp", "wb") as f:
+      f.write(blob)
+    os.replace(path + ".tmp", path)
+  return prefix + ".json", prefix + ".msgpack"

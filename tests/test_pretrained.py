@@ -1,0 +1,153 @@
+"""Tests of `load_rule` and `save_rule`: a loaded rule reproduces the trainer, the shipped rules, and
+clear errors for what is not a rule."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import remember
+from learned_rules import (
+  PlasticMemory,
+  RuleLoadError,
+  available_rules,
+  checkpointing,
+  evaluate,
+  load_rule,
+  meta_train,
+  pretrained,
+  save_rule,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A `:tiny` run of the trainer (a few meta steps) and the held-out numbers it reported."""
+  cfg = remember.get_config("tiny")
+  cfg.train.num_steps = 3
+  workdir = str(tmp_path_factory.mktemp("rule") / "run")
+  results = meta_train.train_and_evaluate(cfg, workdir)
+  return cfg, workdir, results
+
+
+def _trainer_metrics(rule):
+  cfg = rule.config
+  return evaluate.evaluate(
+    rule.theta, rule.topology, rule.problem(), evaluate.eval_key(cfg.seed), cfg.eval.num_episodes
+  )
+
+
+def test_a_loaded_run_reproduces_the_trainers_numbers(trained):
+  cfg, workdir, results = trained
+  rule = load_rule(workdir)
+  assert rule.meta_steps == 3
+  assert checkpointing.config_to_dict(rule.config) == checkpointing.config_to_dict(cfg)
+  assert rule.spec.num_types == rule.topology.num_types
+  for name, value in _trainer_metrics(rule).items():
+    assert value == results[name], name  # the same program on the same episodes: exactly
+
+
+def test_save_and_load_round_trip(trained, tmp_path):
+  _, workdir, results = trained
+  rule = load_rule(workdir)
+  json_path, blob_path = save_rule(rule, str(tmp_path / "mine"), note="a test")
+  loaded = load_rule(str(tmp_path / "mine"))
+  assert load_rule(json_path).meta_steps == rule.meta_steps
+  assert loaded.info == {"note": "a test"} and loaded.config.to_dict() == rule.config.to_dict()
+  for a, b in zip(jax.tree.leaves(loaded.theta), jax.tree.leaves(rule.theta), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert _trainer_metrics(loaded)["bit_accuracy"] == results["bit_accuracy"]
+  assert os.path.getsize(blob_path) < 64 * 1024
+
+
+def test_shipped_rule_reproduces_its_recorded_recall():
+  """The shipped `hetero` rule loads by name and gives the recall recorded when it was exported."""
+  assert "hetero" in available_rules()
+  rule = load_rule("hetero")
+  assert rule.config.task.protocol == "hetero" and rule.meta_steps > 0
+  record = next(r for r in rule.info["recall_vs_k"] if r["K"] == 8)
+  got = evaluate.recall_vs_k(
+    rule.theta,
+    rule.topology,
+    rule.config,
+    [8],
+    rule.info["held_out_episodes"],
+    evaluate.eval_key(rule.config.seed),
+  )[0]
+  assert got["bit_accuracy"] == pytest.approx(record["bit_accuracy"], abs=1e-6)
+  assert record["bit_accuracy"] > 0.95  # what the docs report for it
+
+
+def test_shipped_rule_remembers_inside_a_memory():
+  rule = load_rule("hetero")
+  memory = PlasticMemory.from_rule(rule)
+  rng = np.random.default_rng(0)
+  keys = rng.choice([-1.0, 1.0], (32, 8, rule.topology.n_in)).astype(np.float32)
+  values = rng.choice([-1.0, 1.0], (32, 8, rule.topology.n_out)).astype(np.float32)
+  variables = memory.init(jax.random.PRNGKey(0), keys)
+  _, written = memory.apply(variables, keys, values, method="write", mutable=["memory"])
+  recalled, _ = memory.apply({**variables, **written}, keys[:, ::-1], mutable=["memory"])
+  accuracy = float(np.mean(np.sign(recalled) == values[:, ::-1]))
+  assert accuracy > 0.95, accuracy
+
+
+def test_unknown_names_and_empty_directories_raise(tmp_path):
+  with pytest.raises(FileNotFoundError, match=re.escape("not a shipped rule (one of")):
+    load_rule("no-such-rule")
+  with pytest.raises(FileNotFoundError, match="holds no checkpoints"):
+    load_rule(str(tmp_path))
+
+
+def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  ckpt._manager.save(  # an orbax checkpoint that is not a learned_rules run
+    1,
+    args=checkpointing.ocp.args.Composite(
+      state=checkpointing.ocp.args.StandardSave({"w": np.zeros(3)}),
+      config=checkpointing.ocp.args.JsonSave({"model": "resnet"}),
+    ),
+  )
+  ckpt.close()
+  with pytest.raises(RuleLoadError, match="not a learned_rules rule"):
+    load_rule(str(tmp_path))
+
+
+def test_a_checkpoint_with_another_state_layout_is_refused(trained, tmp_path):
+  _, workdir, _ = trained
+  cfg = load_rule(workdir).config
+  cfg.rule.hidden = cfg.rule.hidden + 3  # a config whose theta has other shapes than the saved one
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  _, _, state = meta_train.load_run(workdir)
+  ckpt.save(3, state, cfg)
+  ckpt.close()
+  with pytest.raises(RuleLoadError, match="does not match the train-state layout"):
+    load_rule(str(tmp_path))
+
+
+def test_saved_rules_of_another_layout_or_format_are_refused(trained, tmp_path):
+  _, workdir, _ = trained
+  prefix = str(tmp_path / "rule")
+  save_rule(load_rule(workdir), prefix)
+  with open(prefix + ".json") as f:
+    meta = json.load(f)
+  meta["config"]["rule"]["hidden"] += 3
+  with open(prefix + ".json", "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(RuleLoadError, match=r"does not match its config's rule layout.*shapes"):
+    load_rule(prefix)
+  meta["format"] = pretrained.FORMAT_VERSION + 1
+  with open(prefix + ".json", "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(RuleLoadError, match="format"):
+    load_rule(prefix)
+  meta["format"] = pretrained.FORMAT_VERSION
+  meta["config"]["net"]["topology"] = "ring"
+  with open(prefix + ".json", "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(RuleLoadError, match="net.topology"):
+    load_rule(prefix)
