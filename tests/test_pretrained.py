@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -151,3 +153,26 @@ def test_saved_rules_of_another_layout_or_format_are_refused(trained, tmp_path):
     json.dump(meta, f)
   with pytest.raises(RuleLoadError, match="net.topology"):
     load_rule(prefix)
+
+
+def test_export_rule_command_writes_a_loadable_rule(trained, tmp_path, repo_root):
+  _, workdir, _ = trained
+  run = lambda *args: subprocess.run(  # noqa: E731
+    [sys.executable, "-m", "experiments.export_rule", *args],
+    cwd=repo_root,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  proc = run(f"--workdir={workdir}", "--name=tiny-rule", f"--out_dir={tmp_path}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rule = load_rule(str(tmp_path / "tiny-rule"))
+  assert [r["K"] for r in rule.info["recall_vs_k"]] == list(rule.config.eval.k_values)
+  assert set(rule.info["capacity"]) == {"0.99", "0.95"} and rule.info["held_out_episodes"] == 4
+  assert "capacity K@0.99" in proc.stdout
+  bad = run(f"--workdir={workdir}", "--name=no/slashes", f"--out_dir={tmp_path}")
+  assert bad.returncode != 0 and "--name" in bad.stderr
+  missing = run(f"--workdir={tmp_path / 'nothing'}", "--name=x", f"--out_dir={tmp_path}")
+  assert missing.returncode != 0 and "no rule" in missing.stderr
