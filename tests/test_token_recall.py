@@ -1,0 +1,199 @@
+"""Tests of `experiments.token_recall`: the tiny run end to end, the frozen rule, the sequence sampler, the
+LSTM host's padding, and config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import token_recall
+from experiments.configs import token_recall as token_recall_configs
+from learned_rules import trained_baselines
+from learned_rules.config import ConfigError
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("token_recall"))
+  figures = os.path.join(workdir, "figures")
+  return workdir, figures, token_recall.run(token_recall_configs.get_config("tiny"), workdir, figures)
+
+
+def test_tiny_run_writes_results_and_figure(tiny_run):
+  workdir, figures, out = tiny_run
+  cfg = token_recall_configs.get_config("tiny")
+  with open(os.path.join(workdir, "token_recall.json")) as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(out))
+  assert set(saved) >= {"config", "rule", "chance", "eval_lengths", "hosts", "machine", "wall_seconds"}
+  assert saved["config"]["task"]["num_keys"] == cfg.task.num_keys
+  assert saved["eval_lengths"] == list(cfg.task.eval_lengths)
+  assert saved["chance"] == pytest.approx(1 / cfg.task.num_values)
+  lstm = [name for name in saved["hosts"] if name.startswith("lstm")]
+  assert "plastic" in saved["hosts"] and len(lstm) == 2  # the matched LSTM, at 1x and 2x the steps
+  for name, host in saved["hosts"].items():
+    assert set(host["accuracy"]) == {str(length) for length in cfg.task.eval_lengths}, name
+    for length, accuracy in host["accuracy"].items():
+      assert 0.0 <= accuracy <= 1.0, (name, length)
+      assert accuracy * cfg.eval.num_sequences == pytest.approx(round(accuracy * cfg.eval.num_sequences))
+    m = host["step_multiple"]
+    assert host["num_steps"] == m * cfg.train.num_steps and host["batch_size"] == cfg.train.batch_size
+    assert [h["step"] for h in host["history"]] == [2 * m, 4 * m]
+    assert host["params"] > 0
+  plastic, matched = saved["hosts"]["plastic"], saved["hosts"][lstm[0]]
+  assert plastic["rule_params"] == saved["rule"]["params"] > 0
+  assert plastic["rule_unchanged"] is True
+  # The matched LSTM host: the smallest H with at least the plastic host's parameters, rule included.
+  assert matched["matched"] is True and matched["rule_params"] == 0
+  assert matched["params"] >= plastic["params"] + plastic["rule_params"]
+  assert lstm == [f"lstm{matched['hidden']}", f"lstm{matched['hidden']}x2"]
+  assert saved["hosts"][lstm[1]]["params"] == matched["params"]
+  for folder in (workdir, figures):
+    assert os.path.getsize(os.path.join(folder, token_recall.FIGURE)) > 1000
+
+
+def _tiny_plastic():
+  cfg = token_recall_configs.get_config("tiny")
+  memory, info = token_recall.load_memory(cfg)
+  codes = token_recall._codes(cfg, memory.topology.n_in, memory.topology.n_out)
+  host = token_recall.PlasticHost(memory, codes, cfg.task.num_values)
+  return cfg, memory, info, host, token_recall._init(host, cfg.seed)
+
+
+def test_the_rule_stays_frozen_and_gradients_reach_the_encoders():
+  cfg, memory, info, host, variables = _tiny_plastic()
+  assert set(variables) == {"params", "rule", "memory"}
+  assert set(variables["params"]) == {"codes", "decoder"}  # no theta among the trained parameters
+  for got, want in zip(jax.tree.leaves(variables["rule"]), jax.tree.leaves(memory.theta), strict=True):
+    np.testing.assert_array_equal(got, want)  # the loaded rule
+  before = jax.device_get(variables)
+
+  trained, record = token_recall.train_host("plastic", host, variables, cfg, log=lambda text: None)
+  assert token_recall._rule_unchanged(before["rule"], trained["rule"])
+  for a, b in zip(jax.tree.leaves(before["rule"]), jax.tree.leaves(trained["rule"]), strict=True):
+    np.testing.assert_array_equal(a, b)
+  changed = jax.tree.map(
+    lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), before["params"], trained["params"]
+  )
+  assert changed["codes"]["key_embed"]["embedding"] and changed["decoder"]["kernel"]
+  assert trained_baselines.param_count(trained["params"]) == trained_baselines.param_count(before["params"])
+
+  # The key encoder learns only through the memory: its gradient is nonzero, the rule's is zero.
+  rng = np.random.default_rng(0)
+  seqs = token_recall.sample_sequences(rng, 3, 2, cfg.task.num_keys, cfg.task.num_values)
+  batch = token_recall._batch(host, seqs, 2)
+  logits_fn = token_recall._logits_fn(host)
+
+  def loss(variables):
+    return jnp.sum(logits_fn(variables, batch)[jnp.arange(3), batch.target])
+
+  grads = jax.grad(loss)(before)
+  assert float(jnp.abs(grads["params"]["codes"]["key_embed"]["embedding"]).sum()) > 0
+  assert all(float(jnp.abs(g).sum()) == 0 for g in jax.tree.leaves(grads["rule"]))
+  assert not token_recall._rule_unchanged(before["rule"], jax.tree.map(lambda a: a + 1, before["rule"]))
+
+
+@pytest.mark.parametrize("length", [1, 3, 6])
+def test_sampler_queries_one_of_the_keys_and_targets_its_value(length):
+  num_keys, num_values, batch = 6, 4, 200
+  s = token_recall.sample_sequences(np.random.default_rng(length), batch, length, num_keys, num_values)
+  assert s.keys.shape == s.values.shape == (batch, length)
+  assert s.query.shape == s.target.shape == s.query_index.shape == (batch,)
+  for row in range(batch):
+    keys, values = list(s.keys[row]), list(s.values[row])
+    assert len(set(keys)) == length  # distinct keys
+    assert all(0 <= k < num_keys for k in keys) and all(0 <= v < num_values for v in values)
+    assert s.query[row] in keys
+    assert s.query[row] == keys[s.query_index[row]]
+    assert s.target[row] == values[keys.index(s.query[row])]
+  assert set(s.query_index) == set(range(length))  # every position gets asked
+  with pytest.raises(ValueError, match="length 7"):
+    token_recall.sample_sequences(np.random.default_rng(0), 1, 7, num_keys, num_values)
+
+
+def test_padded_lstm_host_computes_what_the_unpadded_one_does():
+  cfg = token_recall_configs.get_config("tiny")
+  codes = token_recall._codes(cfg, 4, 4)
+  host = token_recall.LSTMHost(5, codes, cfg.task.num_values)
+  variables = token_recall._init(host, 0)
+  logits_fn = token_recall._logits_fn(host)
+  s = token_recall.sample_sequences(np.random.default_rng(1), 4, 2, cfg.task.num_keys, cfg.task.num_values)
+  padded = token_recall._batch(host, s, 5)
+  assert padded.keys.shape == (4, 5) and list(padded.length) == [2] * 4
+  exact = jax.vmap(lambda k, v, q: host.apply(variables, k, v, q))(*(jnp.asarray(a) for a in s[:3]))
+  np.testing.assert_allclose(logits_fn(variables, padded), exact, rtol=1e-5, atol=1e-6)
+  # Other tokens in the padding slots change nothing either.
+  noisy = padded._replace(keys=padded.keys.at[:, 2:].set(1), values=padded.values.at[:, 2:].set(3))
+  np.testing.assert_allclose(logits_fn(variables, noisy), exact, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("rule", "no-such-rule"),
+    ("random_rule", "no-such-variant"),
+    ("task.num_keys", 1),
+    ("task.train_lengths", (3, 2)),
+    ("task.train_lengths", (1, 2, 3)),
+    ("task.eval_lengths", (1, 7)),
+    ("host.code", "relu"),
+    ("host.code_scale", 0.0),
+    ("lstm.hidden_sizes", (-1,)),
+    ("train.num_steps", 0),
+    ("train.learning_rate", -1.0),
+    ("eval.num_sequences", 12),
+  ],
+)
+def test_invalid_config_names_the_field_before_writing_anything(tmp_path, field, value):
+  cfg = token_recall_configs.get_config("tiny")
+  group, _, name = field.rpartition(".")
+  (cfg[group] if group else cfg)[name] = value
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ConfigError, match=f"^{field}: ") as error:
+    token_recall.run(cfg, workdir)
+  assert error.value.field == field
+  assert not os.path.exists(workdir)
+
+
+def test_command_line_exits_non_zero_on_an_invalid_config(repo_root, tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.token_recall",
+      "--config=experiments/configs/token_recall.py:tiny",
+      "--config.host.code=relu",
+      f"--workdir={workdir}",
+    ],
+    cwd=repo_root,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "error: host.code: unknown value 'relu'" in proc.stderr
+  assert not os.path.exists(workdir)
+
+
+def test_sign_codes_are_plus_minus_one_with_tanh_gradients():
+  codes = token_recall.TokenCodes(5, 3, 4, 2, code="sign")
+  tokens = jnp.arange(3)
+  variables = codes.init(jax.random.PRNGKey(0), tokens, tokens, tokens[0])
+  k, v, q = codes.apply(variables, tokens, tokens, tokens[0])
+  assert k.shape == (3, 4) and v.shape == (3, 2) and q.shape == (4,)
+  for code in (k, v, q):
+    assert set(np.unique(np.asarray(code))) <= {-1.0, 1.0}
+  grads = jax.grad(lambda p: jnp.sum(codes.apply({"params": p}, tokens, tokens, tokens[0])[0]))(
+    variables["params"]
+  )
+  assert float(jnp.abs(grads["key_embed"]["embedding"]).sum()) > 0
