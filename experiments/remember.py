@@ -18,10 +18,11 @@ import os
 import sys
 import time
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from learned_rules import checkpointing, meta_train
+from learned_rules import checkpointing, meta_train, sharding
 from learned_rules import config as config_lib
 from learned_rules import metrics as metrics_lib
 
@@ -37,6 +38,18 @@ _WORKDIR = flags.DEFINE_string(
   "Run directory (checkpoints, metrics.jsonl, summary.json). "
   "Default: runs/remember-<protocol>-<topology>-K<K>-seed<seed> (lag<max_lag> for streaming).",
 )
+
+
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Join a multi-process run (jax.distributed.initialize) before anything else: every process runs this "
+  "same command; the coordinator, process count and id come from the flags below, or are discovered "
+  "on a TPU pod or under SLURM. Only process 0 writes logs, metrics and the summary.",
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (--distributed).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, from 0 (--distributed).")
 
 
 def default_workdir(cfg) -> str:
@@ -94,10 +107,11 @@ def run(cfg, workdir: str) -> dict:
     rows.append(("same network, synapse updates off", off["bit_accuracy"]))
   rows.append(("chance", chance_bit_accuracy()))
   summary["wall_seconds"] = time.perf_counter() - start
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  print(format_table(rows, task_label(cfg)))
-  print(f"wall time {summary['wall_seconds']:.0f} s; summary in {workdir}/summary.json")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    print(format_table(rows, task_label(cfg)))
+    print(f"wall time {summary['wall_seconds']:.0f} s; summary in {workdir}/summary.json")
   return summary
 
 
@@ -105,6 +119,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   metrics_lib.quiet_library_logs()
+  if _DISTRIBUTED.value:
+    try:
+      sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
   cfg = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(cfg)
   try:

@@ -24,7 +24,14 @@ RESUMABLE_FIELDS = (
   "train.max_to_keep",
   "eval",
   "baseline_synapses_off",
+  "mesh",  # a run resumes on any mesh: checkpoints restore onto the new shardings
 )
+
+
+def _abstract(x):
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  return np.zeros(np.shape(x), np.asarray(x).dtype)
 
 
 class IncompatibleCheckpointError(RuntimeError):
@@ -100,21 +107,29 @@ class Checkpointer:
       )
 
   def save(self, step: int, train_state, cfg) -> None:
-    host_state = jax.device_get(train_state)
+    """Saves synchronously; a sharded state is written by every process, each its own shards."""
     self._manager.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(host_state), config=ocp.args.JsonSave(config_to_dict(cfg))
+        state=ocp.args.StandardSave(train_state), config=ocp.args.JsonSave(config_to_dict(cfg))
       ),
       force=True,
     )
     self._manager.wait_until_finished()
 
   def restore(self, like, step: int | None = None):
-    """Restores the train state with the structure, shapes and dtypes of `like`."""
+    """Restores the train state with the structure, shapes, dtypes and shardings of `like` (jax
+    arrays keep theirs: a checkpoint written on one mesh restores onto any other, or one device)."""
     step = self.latest_step() if step is None else step
-    abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), like)
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    abstract = jax.tree.map(_abstract, like)
+    try:
+      restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+      )
+    except ValueError as e:  # orbax refuses some mismatches itself (e.g. onto a sharded target)
+      raise IncompatibleCheckpointError(
+        f"{self.directory} step {step} holds a state of another layout than this config's: {e}"
+      ) from e
     # Orbax restores the saved shapes whatever the target's: a state of another layout must not pass.
     wrong = [
       f"{jax.tree_util.keystr(path)}: saved {np.shape(x)}, expected {np.shape(ref)}"
@@ -129,7 +144,9 @@ class Checkpointer:
         + ("; ".join(wrong[:5]) or "another tree structure")
       )
     return jax.tree.map(
-      lambda x, ref: jax.numpy.asarray(x, dtype=np.asarray(ref).dtype), restored["state"], like
+      lambda x, ref: x if isinstance(ref, jax.Array) else jax.numpy.asarray(x, dtype=np.asarray(ref).dtype),
+      restored["state"],
+      like,
     )
 
   def close(self) -> None:

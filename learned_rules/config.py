@@ -145,6 +145,14 @@ def _validate_train(cfg) -> None:
   _int_sequence(cfg, "eval.k_values", allow_empty=False)
 
 
+def mesh_shape(cfg) -> tuple[int, int]:
+  """`(mesh.batch, mesh.neurons)`, validated. The block is optional (a rule's config, or a run from
+  before it existed): without it, every device splits the batch, `(0, 1)`."""
+  if "mesh" not in cfg:
+    return 0, 1
+  return _int(cfg, "mesh.batch", 0), _int(cfg, "mesh.neurons", 1)
+
+
 def validate(cfg) -> None:
   """Raises `ConfigError` naming the first invalid field of `cfg`; returns None if it is valid."""
   _int(cfg, "seed", 0)
@@ -153,6 +161,7 @@ def validate(cfg) -> None:
   _validate_rule(cfg)
   _validate_task(cfg)
   _validate_train(cfg)
+  mesh_shape(cfg)
 
 
 def rule_spec(cfg, topo: network.Topology) -> rules.RuleSpec:

@@ -7,7 +7,7 @@ held-out episodes. Everything it calls in the library is pure.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import os
 import time
@@ -18,7 +18,7 @@ import ml_collections
 import optax
 from absl import logging
 
-from learned_rules import checkpointing, network, rules, unroll
+from learned_rules import checkpointing, network, rules, sharding, unroll
 from learned_rules import config as config_lib
 from learned_rules import evaluate as evaluate_lib
 from learned_rules import metrics as metrics_lib
@@ -52,8 +52,7 @@ def step_key(seed: int) -> jax.Array:
   return jax.random.fold_in(train_key(seed), 1)
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "optimizer", "batch"))
-def init_train_state(
+def _init_train_state(
   key: jax.Array,
   topo: network.Topology,
   problem: unroll.Problem,
@@ -73,13 +72,37 @@ def init_train_state(
   )
 
 
+_STATIC = ("problem", "optimizer", "batch")
+init_train_state = jax.jit(_init_train_state, static_argnames=_STATIC)
+init_train_state.__doc__ = "The initial `TrainState` of a run (theta from `key`, fresh streams)."
+
+
+def state_shardings(topo, problem: unroll.Problem, optimizer, batch: int):
+  """Shardings of the train state on `problem.mesh` (`sharding.train_state_shardings`)."""
+  abstract = jax.eval_shape(lambda: init_train_state(train_key(0), topo, problem, optimizer, batch))
+  return sharding.train_state_shardings(abstract, problem.mesh)
+
+
+def init_sharded_train_state(key, topo, problem: unroll.Problem, optimizer, batch: int) -> TrainState:
+  """`init_train_state` made directly in its shardings on `problem.mesh` (each device, and each
+  process of a multi-host run, computes only its own part)."""
+  shardings = state_shardings(topo, problem, optimizer, batch)
+  init = jax.jit(_init_train_state, static_argnames=_STATIC, out_shardings=shardings)
+  return init(key, topo, problem, optimizer, batch)
+
+
 def make_meta_step(
-  problem: unroll.Problem, optimizer: optax.GradientTransformation, batch: int, key: jax.Array
+  problem: unroll.Problem,
+  optimizer: optax.GradientTransformation,
+  batch: int,
+  key: jax.Array,
+  shardings=None,
 ):
   """Returns `meta_step(train_state, topo) -> (train_state, metrics)`, jitted, state donated.
 
   Episodes of step `s` are drawn from `fold_in(key, s)`, so a resumed run sees the same episodes as
-  an uninterrupted one.
+  an uninterrupted one. `shardings` (`state_shardings`, on `problem.mesh`) fixes the shardings of the
+  train state going in and out; the metrics come out replicated.
   """
 
   def meta_step(state: TrainState, topo: network.Topology):
@@ -97,7 +120,10 @@ def make_meta_step(
     new_state = TrainState(step=state.step + 1, theta=theta, opt_state=opt_state, carry=carry)
     return new_state, metrics
 
-  return jax.jit(meta_step, donate_argnums=0)
+  if shardings is None:
+    return jax.jit(meta_step, donate_argnums=0)
+  rep = sharding.replicated(problem.mesh)
+  return jax.jit(meta_step, in_shardings=(shardings, rep), out_shardings=(shardings, rep), donate_argnums=0)
 
 
 def _write_config(workdir: str, cfg) -> None:
@@ -114,21 +140,40 @@ def setup(cfg):
   return topo, problem, optimizer
 
 
+def make_mesh(cfg) -> jax.sharding.Mesh:
+  """The `(batch, neurons)` device mesh of `cfg.mesh` over every device of every process.
+
+  Raises `config.ConfigError` if it does not fit the devices or does not split the batch.
+  """
+  try:
+    mesh = sharding.make_mesh(*config_lib.mesh_shape(cfg))
+  except ValueError as e:
+    field, _, message = str(e).partition(": ")
+    raise config_lib.ConfigError(field, message) from e
+  error = sharding.batch_size_error(cfg.train.batch_size, mesh)
+  if error:
+    raise config_lib.ConfigError("train.batch_size", f"{error}; set mesh.batch to a divisor of it")
+  return mesh
+
+
 def _latest_or_initial_state(cfg, ckpt, topo, problem, optimizer) -> TrainState:
-  """The latest checkpoint's train state, or the initial one if `ckpt` holds none."""
-  state = init_train_state(train_key(cfg.seed), topo, problem, optimizer, cfg.train.batch_size)
+  """The latest checkpoint's train state, or the initial one if `ckpt` holds none; on
+  `problem.mesh`'s shardings when it has one (a checkpoint restores onto any mesh)."""
+  init = init_train_state if problem.mesh is None else init_sharded_train_state
+  state = init(train_key(cfg.seed), topo, problem, optimizer, cfg.train.batch_size)
   return state if ckpt.latest_step() is None else ckpt.restore(state)
 
 
 def _train_loop(cfg, workdir, ckpt, state: TrainState, meta_step, topo, label: str) -> TrainState:
   """Meta steps up to `cfg.train.num_steps`, with metrics, progress and checkpoints."""
+  main = jax.process_index() == 0  # only the first process of a multi-host run logs
   writer = metrics_lib.MetricsWriter(workdir)
   num_steps = cfg.train.num_steps
   progress = metrics_lib.Progress(num_steps, int(state.step), label)
   for step in range(int(state.step), num_steps):
     state, step_metrics = meta_step(state, topo)
     done = step + 1
-    if done % cfg.train.log_every == 0 or done == num_steps:
+    if main and (done % cfg.train.log_every == 0 or done == num_steps):
       scalars = jax.device_get(step_metrics)  # the only host sync of the loop
       writer.write(done, **scalars)
       progress.update(done, scalars["loss"], scalars["bit_accuracy"])
@@ -167,24 +212,35 @@ def train_and_evaluate(cfg, workdir: str, label: str = "", evaluate: bool = True
   """
   start = time.perf_counter()
   topo, problem, optimizer = setup(cfg)
+  mesh = make_mesh(cfg)
+  main = jax.process_index() == 0
+  sharded = dataclasses.replace(problem, mesh=mesh)
+  mesh_topo = jax.device_put(topo, sharding.replicated(mesh))
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpointing.Checkpointer(workdir, cfg.train.max_to_keep)
   try:
     ckpt.check_compatible(cfg)
-    _write_config(workdir, cfg)
-    state = _latest_or_initial_state(cfg, ckpt, topo, problem, optimizer)
+    if main:
+      _write_config(workdir, cfg)
+    state = _latest_or_initial_state(cfg, ckpt, mesh_topo, sharded, optimizer)
     if ckpt.latest_step() is not None:
       logging.info("%sresumed from step %d in %s", label, int(state.step), ckpt.directory)
-    meta_step = make_meta_step(problem, optimizer, cfg.train.batch_size, step_key(cfg.seed))
-    state = _train_loop(cfg, workdir, ckpt, state, meta_step, topo, label)
+    logging.info("%s%s", label, sharding.describe(mesh))
+    shardings = state_shardings(mesh_topo, sharded, optimizer, cfg.train.batch_size)
+    meta_step = make_meta_step(sharded, optimizer, cfg.train.batch_size, step_key(cfg.seed), shardings)
+    state = _train_loop(cfg, workdir, ckpt, state, meta_step, mesh_topo, label)
   finally:
     ckpt.close()
 
   if not evaluate:
     return {"meta_steps": int(state.step), "wall_seconds": time.perf_counter() - start}
+  # Held-out evaluation on each process's own default device (theta is replicated, so every process
+  # has it whole and computes the same numbers).
+  theta = jax.device_get(state.theta)
   results = evaluate_lib.evaluate(
-    state.theta, topo, problem, evaluate_lib.eval_key(cfg.seed), cfg.eval.num_episodes
+    theta, topo, problem, evaluate_lib.eval_key(cfg.seed), cfg.eval.num_episodes
   )
   results.update(meta_steps=int(state.step), wall_seconds=time.perf_counter() - start)
-  metrics_lib.MetricsWriter(workdir).write(int(state.step), **{f"eval_{k}": v for k, v in results.items()})
+  if main:
+    metrics_lib.MetricsWriter(workdir).write(int(state.step), **{f"eval_{k}": v for k, v in results.items()})
   return results

@@ -14,7 +14,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from learned_rules import network, rules, tasks
+from learned_rules import network, rules, sharding, tasks
 
 # What the meta-gradient keeps from the forward pass of an unroll (docs/PERFORMANCE.md measures each):
 #   none     everything autodiff saves: the carried states plus the per-neuron values of every step (the
@@ -37,6 +37,9 @@ class Problem:
   loss: str = "mse"
   fast_synapse: bool = True  # split-first-layer synapse update (same numbers, faster)
   remat: str = DEFAULT_REMAT  # what the meta-gradient stores per step; one of REMAT_POLICIES
+  # The device mesh the batch and the synapses are split over (`sharding.py`), or None: no sharding
+  # constraints (one device, or whatever the inputs' shardings give).
+  mesh: jax.sharding.Mesh | None = None
 
   def __post_init__(self):
     if self.remat not in REMAT_POLICIES:
@@ -72,7 +75,8 @@ def unroll(
 
   def body(state, x):
     state, out = network.network_step(theta, topo, problem.rule, state, x, problem.fast_synapse)
-    return state, out.readout
+    # Under `_batched_unroll`'s vmap the batch axis is added to these specs (`spmd_axis_name`).
+    return sharding.constrain_net_state(state, problem.mesh, batched=False), out.readout
 
   if problem.remat == "none":
     return jax.lax.scan(body, net_state, xs)
@@ -121,13 +125,21 @@ def recall_metrics(readout: jax.Array, episode: tasks.Episode) -> dict[str, jax.
 def init_batch_states(theta, topo, problem: Problem, key: jax.Array, batch: int) -> network.NetState:
   """`[B, ...]` initial network states, each with its own noise."""
   keys = jax.random.split(key, batch)
-  return jax.vmap(network.init_net_state, in_axes=(None, None, 0, None))(
+  states = jax.vmap(network.init_net_state, in_axes=(None, None, 0, None))(
     theta, topo, keys, problem.init_noise
   )
+  return sharding.constrain_net_state(states, problem.mesh)
+
+
+def _split_batch(problem: Problem, tree):
+  """`tree` (leaves `[B, ...]`) split over the mesh's batch axis."""
+  return sharding.constrain(tree, problem.mesh, lambda _: sharding.P(sharding.BATCH))
 
 
 def _batched_unroll(theta, topo, problem, states, episodes):
-  return jax.vmap(unroll, in_axes=(None, None, None, 0, 0))(theta, topo, problem, states, episodes.x)
+  axis = sharding.BATCH if problem.mesh is not None else None
+  run = jax.vmap(unroll, in_axes=(None, None, None, 0, 0), spmd_axis_name=axis)
+  return run(theta, topo, problem, states, _split_batch(problem, episodes).x)
 
 
 def episode_objective(
@@ -139,6 +151,7 @@ def episode_objective(
   """
   k_ep, k_state = jax.random.split(key)
   episodes = jax.vmap(tasks.sample_episode, in_axes=(0, None))(jax.random.split(k_ep, batch), problem.task)
+  episodes = _split_batch(problem, episodes)  # each device draws only its own episodes
   states = init_batch_states(theta, topo, problem, k_state, batch)
   _, readout = _batched_unroll(theta, topo, problem, states, episodes)
   loss = readout_loss(readout, episodes, problem.loss)
@@ -152,7 +165,9 @@ def init_stream_carry(theta, topo, problem: Problem, key: jax.Array, batch: int)
   positions = jax.vmap(tasks.init_stream_position, in_axes=(0, None, 0))(
     jax.random.split(k_stream, batch), problem.task, phases
   )
-  return StreamCarry(init_batch_states(theta, topo, problem, k_state, batch), positions)
+  return StreamCarry(
+    init_batch_states(theta, topo, problem, k_state, batch), _split_batch(problem, positions)
+  )
 
 
 def stream_objective(
@@ -166,4 +181,5 @@ def stream_objective(
   states, readout = _batched_unroll(theta, topo, problem, carry.net_state, episodes)
   loss = readout_loss(readout, episodes, problem.loss)
   metrics = {"loss": loss, **recall_metrics(readout, episodes)}
-  return loss, (metrics, StreamCarry(jax.lax.stop_gradient(states), positions))
+  carry = StreamCarry(jax.lax.stop_gradient(states), _split_batch(problem, positions))
+  return loss, (metrics, carry)

@@ -1,6 +1,7 @@
 """Shared fixtures, and the settings that keep the suite within a few minutes on 2 CPU cores.
 
-Compilation dominates the suite's time, so before JAX starts:
+Before JAX starts, the host platform is split into 8 CPU devices (`tests/test_sharding.py` builds
+meshes on them; every other test runs on the first). Compilation dominates the suite's time, so also:
 
 - XLA's CPU backend optimisation is turned down (`--xla_backend_optimization_level=0`): the tiny
   networks here run in microseconds either way, and their programs compile several times faster.
@@ -18,6 +19,11 @@ import os
 import shutil
 import tempfile
 
+# Eight CPU devices, for the sharding tests (tests/test_sharding.py); everything else runs on one.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  ).strip()
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 _OWN_CACHE = None

@@ -174,9 +174,7 @@ def test_checkpointer_round_trip(tmp_path, make_cfg):
   chex.assert_trees_all_equal_dtypes(restored, state)
   chex.assert_trees_all_equal(ckpt.restore(like, step=2), jax.tree.map(lambda x: x * 2, state))
   # A target of other shapes is refused, not filled with the saved ones.
-  with pytest.raises(
-    checkpointing.IncompatibleCheckpointError, match=r"\['w'\]: saved \(2, 3\), expected \(3, 2\)"
-  ):
+  with pytest.raises(checkpointing.IncompatibleCheckpointError, match=r"another layout.*\(3, 2\)"):
     ckpt.restore({**like, "w": jax.numpy.zeros((3, 2))})
   ckpt.close()
   kept = sorted(os.listdir(tmp_path / "checkpoints"))

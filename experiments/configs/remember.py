@@ -11,7 +11,7 @@ then the same network meta-trained with synapse updates off, on CPU in a few min
 
 Variants (`:name`, combinable with `,`, e.g. `:tiny,auto`): `tiny` (seconds, for tests), `auto`
 (completion from a corrupted cue), `streaming` (never-reset stream, truncated windows), `layered`,
-`layered_feedback`, `sparse`.
+`layered_feedback`, `sparse`, `mesh2d` (a 2-D device mesh: batch x neurons).
 """
 
 import ml_collections
@@ -73,6 +73,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.train.checkpoint_every = 50
   cfg.train.max_to_keep = 2
 
+  # The device mesh (learned_rules/sharding.py): `batch` devices split the episodes of a meta step
+  # (0: every device that `neurons` leaves), `neurons` devices split each network's synapses.
+  cfg.mesh = ml_collections.ConfigDict()
+  cfg.mesh.batch = 0
+  cfg.mesh.neurons = 1
+
   cfg.eval = ml_collections.ConfigDict()
   cfg.eval.num_episodes = 512
   cfg.eval.k_values = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32)
@@ -95,6 +101,14 @@ def _tiny(cfg):
   cfg.train.checkpoint_every = 2
   cfg.eval.num_episodes = 4
   cfg.eval.k_values = (1, 2, 3)
+  cfg.mesh.batch = 1  # its 2 episodes fit one device, whatever the machine has
+
+
+def _mesh2d(cfg):
+  """A 2-D mesh: each network's synapses split over 2 devices, the batch over the rest; a network of
+  256 neurons (65,280 synapses). Set `mesh.neurons` to how many devices one network needs."""
+  cfg.net.num_hidden = 224
+  cfg.mesh.neurons = 2
 
 
 def _auto(cfg):
@@ -120,4 +134,5 @@ _VARIANTS = {
   "layered": _topology("layered"),
   "layered_feedback": _topology("layered_feedback"),
   "sparse": _topology("sparse"),
+  "mesh2d": _mesh2d,
 }

@@ -1,0 +1,210 @@
+"""Meta-training sharded over a device mesh (`learned_rules/sharding.py`), on the 8 CPU devices of
+`conftest.py`: the same numbers as one device, the declared shardings, checkpoints across meshes, and
+two processes joined by `jax.distributed`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from experiments.configs import remember
+from learned_rules import checkpointing, meta_train, metrics, sharding
+from learned_rules import config as config_lib
+
+BATCH = 8
+STEPS = 2
+
+
+def _config(variant: str = "tiny"):
+  cfg = remember.get_config(variant)
+  cfg.train.batch_size = BATCH
+  return cfg
+
+
+def _steps(cfg, mesh=None, steps: int = STEPS):
+  """`steps` meta steps of `cfg`, unsharded (`mesh` None) or as the trainer runs them on `mesh`."""
+  topo, problem, optimizer = meta_train.setup(cfg)
+  key, step_key = meta_train.train_key(cfg.seed), meta_train.step_key(cfg.seed)
+  if mesh is None:
+    state = meta_train.init_train_state(key, topo, problem, optimizer, BATCH)
+    meta_step = meta_train.make_meta_step(problem, optimizer, BATCH, step_key)
+  else:
+    problem = dataclasses.replace(problem, mesh=mesh)
+    topo = jax.device_put(topo, sharding.replicated(mesh))
+    state = meta_train.init_sharded_train_state(key, topo, problem, optimizer, BATCH)
+    shardings = meta_train.state_shardings(topo, problem, optimizer, BATCH)
+    meta_step = meta_train.make_meta_step(problem, optimizer, BATCH, step_key, shardings)
+  for _ in range(steps):
+    state, step_metrics = meta_step(state, topo)
+  return state, step_metrics
+
+
+@pytest.fixture(scope="module")
+def streaming_runs():
+  """The streaming protocol (its carried network state is sharded too): one device, and 8 devices
+  as (batch 8 x neurons 1) and (batch 2 x neurons 4)."""
+  cfg = _config("tiny,streaming")
+  return {
+    shape: _steps(cfg, None if shape is None else sharding.make_mesh(*shape))
+    for shape in (None, (8, 1), (2, 4))
+  }
+
+
+def _assert_same(a, b, trees_close):
+  state_a, metrics_a = a
+  state_b, metrics_b = b
+  trees_close(state_b.theta, state_a.theta, rtol=1e-5, atol=1e-6)
+  trees_close(state_b.opt_state, state_a.opt_state, rtol=1e-5, atol=1e-6)
+  trees_close(metrics_b, metrics_a, rtol=1e-5, atol=1e-6)
+
+
+def test_eight_devices_are_there():
+  assert jax.device_count() == 8  # conftest.py's --xla_force_host_platform_device_count
+
+
+def test_data_parallel_step_equals_one_device(trees_close):
+  cfg = _config()
+  mesh = sharding.make_mesh()
+  assert dict(mesh.shape) == {"batch": 8, "neurons": 1}
+  _assert_same(_steps(cfg), _steps(cfg, mesh), trees_close)
+
+
+def test_sharded_streams_equal_one_device_and_carry_their_shardings(streaming_runs, trees_close):
+  for shape in ((8, 1), (2, 4)):
+    _assert_same(streaming_runs[None], streaming_runs[shape], trees_close)
+    state, step_metrics = streaming_runs[shape]
+    trees_close(state.carry, streaming_runs[None][0].carry, rtol=1e-5, atol=1e-6)
+    mesh = jax.tree.leaves(state.theta)[0].sharding.mesh
+    assert dict(mesh.shape) == {"batch": shape[0], "neurons": shape[1]}
+    replicated = NamedSharding(mesh, P())
+    for leaf in jax.tree.leaves((state.theta, state.opt_state, state.step, step_metrics)):
+      assert leaf.sharding.is_equivalent_to(replicated, leaf.ndim)
+    for block in state.carry.net_state.synapses:  # [B, post, pre, Ds]: batch and post neurons split
+      assert block.sharding.is_equivalent_to(NamedSharding(mesh, P("batch", "neurons")), block.ndim)
+      assert block.addressable_shards[0].data.shape == (
+        BATCH // shape[0],
+        block.shape[1] // shape[1],
+        *block.shape[2:],
+      )
+    bodies = state.carry.net_state.bodies
+    assert bodies.sharding.is_equivalent_to(NamedSharding(mesh, P("batch")), bodies.ndim)
+
+
+def test_neuron_sharded_step_equals_unsharded(trees_close):
+  """Episodes (nothing carried): synapses split over 4 devices along the post neurons."""
+  cfg = _config()
+  _assert_same(_steps(cfg), _steps(cfg, sharding.make_mesh(2, 4)), trees_close)
+
+
+def test_checkpoint_of_8_devices_restores_onto_one_device_and_a_2x4_mesh(
+  streaming_runs, tmp_path, trees_close
+):
+  cfg = _config("tiny,streaming")
+  saved, _ = streaming_runs[(8, 1)]
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  ckpt.save(STEPS, saved, cfg)
+
+  topo, problem, optimizer = meta_train.setup(cfg)
+  key = meta_train.train_key(cfg.seed)
+  one = ckpt.restore(meta_train.init_train_state(key, topo, problem, optimizer, BATCH))
+  trees_close(one, saved)
+  assert all(len(leaf.devices()) == 1 for leaf in jax.tree.leaves(one))
+
+  mesh = sharding.make_mesh(2, 4)
+  problem = dataclasses.replace(problem, mesh=mesh)
+  topo = jax.device_put(topo, sharding.replicated(mesh))
+  onto = ckpt.restore(meta_train.init_sharded_train_state(key, topo, problem, optimizer, BATCH))
+  ckpt.close()
+  trees_close(onto, saved)
+  expected = meta_train.state_shardings(topo, problem, optimizer, BATCH)
+  for leaf, want in zip(jax.tree.leaves(onto), jax.tree.leaves(expected), strict=True):
+    assert leaf.sharding.is_equivalent_to(want, leaf.ndim)
+
+
+def test_meshes_that_do_not_fit_are_config_errors():
+  cfg = _config()
+  cfg.mesh.neurons = 3
+  with pytest.raises(config_lib.ConfigError, match="mesh.neurons: 3 does not divide the 8 devices"):
+    meta_train.make_mesh(cfg)
+  cfg.mesh.neurons, cfg.mesh.batch = 2, 8
+  with pytest.raises(config_lib.ConfigError, match=r"mesh.batch x mesh.neurons: 8 x 2 does not fit the 8"):
+    meta_train.make_mesh(cfg)
+  cfg.mesh.batch = 2  # a smaller mesh takes the first devices
+  assert meta_train.make_mesh(cfg).devices.flatten().tolist() == jax.devices()[:4]
+  cfg.mesh.batch, cfg.train.batch_size = 0, 6
+  with pytest.raises(config_lib.ConfigError, match="train.batch_size: 6 episodes do not split over the 4"):
+    meta_train.make_mesh(cfg)
+  cfg.mesh.batch = -1
+  with pytest.raises(config_lib.ConfigError, match="mesh.batch"):
+    config_lib.validate(cfg)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(repo_root, tmp_path):
+  """Two processes of 2 CPU devices each, joined by jax.distributed on 127.0.0.1 (gloo collectives),
+  run two meta steps over a (4 x 1) mesh: process 0 logs the single-process numbers, and the
+  checkpoint both wrote restores to the single-process parameters."""
+  args = [
+    "--config=experiments/configs/remember.py:tiny",
+    f"--config.train.batch_size={4}",
+    f"--config.train.num_steps={STEPS}",
+    "--config.train.log_every=1",
+    "--config.mesh.batch=0",
+    "--config.baseline_synapses_off=False",
+  ]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+    "--xla_force_host_platform_device_count=8", "--xla_force_host_platform_device_count=2"
+  )
+  port = _free_port()
+  multi = str(tmp_path / "multi")
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable, "-m", "experiments.remember", *args, f"--workdir={multi}", "--distributed",
+        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+      ],
+      cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    for i in range(2)
+  ]  # fmt: skip
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, f"stdout:\n{out[-2000:]}\nstderr:\n{err[-3000:]}"
+  assert "mesh batch=4 x neurons=1 over 4 cpu device(s) in 2 process(es)" in outputs[0][1]
+  assert "Held-out recall" in outputs[0][0] and "Held-out recall" not in outputs[1][0]  # process 0 only
+
+  single = str(tmp_path / "single")
+  one = subprocess.run(
+    [sys.executable, "-m", "experiments.remember", *args, "--config.mesh.batch=1", f"--workdir={single}"],
+    cwd=repo_root, env=env, capture_output=True, text=True, timeout=300, check=False,
+  )  # fmt: skip
+  assert one.returncode == 0, one.stderr[-3000:]
+  got = metrics.read_metrics(os.path.join(multi, "metrics.jsonl"))
+  want = metrics.read_metrics(os.path.join(single, "metrics.jsonl"))
+  assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2, 2]
+  for g, w in zip(got, want, strict=True):
+    assert g.keys() == w.keys()
+    for name in set(g) - {"eval_wall_seconds"}:
+      assert g[name] == pytest.approx(w[name], rel=1e-5, abs=1e-6), name
+  _, _, multi_state = meta_train.load_run(multi)
+  _, _, single_state = meta_train.load_run(single)
+  for a, b in zip(jax.tree.leaves(multi_state.theta), jax.tree.leaves(single_state.theta), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  with open(os.path.join(multi, "summary.json")) as f:
+    assert json.load(f)["meta_steps"] == STEPS
