@@ -1,0 +1,134 @@
+r"""What a learned synapse rule does: its increment against pre and post activity (`learned_rules.probe`).
+
+  python -m experiments.probe_rule                                   # the shipped `hetero` rule
+  python -m experiments.probe_rule --rule=runs/remember-auto-full-K8-seed0 --out_dir=/tmp/probe
+  python -m experiments.probe_rule --out_dir=docs/figures/probe      # the docs' figure
+
+For every pair of neuron types, prints how the variance of one synapse update over a grid of pre and
+post inputs splits into a post-only, a pre-only, a Hebbian (post x pre) and a residual part, for the
+rule and, as a reference, for the untrained rule it started from (the same run's initial theta).
+Writes `<out_dir>/probe.json` and `<out_dir>/probe.png`: the increment of the input -> output synapse
+(the one that stores a key -> value pair) beside the Hebbian outer product, and the shares of every
+type pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from learned_rules import meta_train, network, pretrained, probe, rules  # noqa: E402
+
+_RULE = flags.DEFINE_string("rule", "hetero", "A shipped rule's name, a run directory or a saved rule.")
+_OUT_DIR = flags.DEFINE_string(
+  "out_dir", None, "Where to write probe.json and probe.png (default runs/probe-<rule>)."
+)
+
+TYPE_NAMES = {network.INPUT_TYPE: "input", network.OUTPUT_TYPE: "output"}
+
+
+def type_name(t: int) -> str:
+  return TYPE_NAMES.get(t, "hidden" if t == network.HIDDEN_TYPE else f"hidden{t - network.HIDDEN_TYPE + 1}")
+
+
+def probe_all(theta, spec: rules.RuleSpec) -> dict[str, probe.Probe]:
+  pairs = [(post, pre) for post in range(spec.num_types) for pre in range(spec.num_types)]
+  return {f"{type_name(pre)}->{type_name(post)}": probe.probe(theta, spec, post, pre) for post, pre in pairs}
+
+
+def plot(learned: dict, untrained: dict, path: str, title: str) -> None:
+  key = f"{type_name(network.INPUT_TYPE)}->{type_name(network.OUTPUT_TYPE)}"
+  p = learned[key]
+  var = p.delta.reshape(-1, p.delta.shape[-1]).var(axis=0)
+  channel = int(np.argmax(p.shares["hebbian"] * var))
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=80, gridspec_kw={"width_ratios": [1, 1, 1.6]})
+  extent = (p.xs[0], p.xs[-1], p.xs[0], p.xs[-1])
+  image = p.delta[:, :, channel]
+  bound = float(np.abs(image).max()) or 1.0
+  axes[0].imshow(image, origin="lower", extent=extent, cmap="RdBu_r", vmin=-bound, vmax=bound)
+  axes[0].set(
+    xlabel="pre input x_pre", ylabel="post input x_post", title=f"{key}: increment, channel {channel}"
+  )
+  hebb = np.outer(p.xs, p.xs)
+  axes[1].imshow(np.sign(p.coefficients[channel, 3]) * hebb, origin="lower", extent=extent, cmap="RdBu_r")
+  axes[1].set(xlabel="pre input x_pre", title="Hebbian x_post * x_pre (same sign)")
+  names = list(learned)
+  ys = np.arange(len(names))
+  colors = {"post": "tab:blue", "pre": "tab:orange", "hebbian": "tab:green", "residual": "tab:gray"}
+  for offset, probes, hatch in ((-0.2, learned, None), (0.2, untrained, "//")):
+    left = np.zeros(len(names))
+    for term in probe.TERMS:
+      share = np.array([_weighted(probes[n], term) for n in names])
+      axes[2].barh(ys + offset, share, 0.38, left=left, color=colors[term], hatch=hatch,
+                   label=term if offset < 0 else None, edgecolor="white")  # fmt: skip
+      left += share
+  axes[2].set(yticks=ys, yticklabels=names, xlim=(0, 1), xlabel="share of the increment's variance")
+  axes[2].set_title("learned (solid) and untrained (hatched)")
+  axes[2].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def _weighted(p: probe.Probe, term: str) -> float:
+  var = p.delta.reshape(-1, p.delta.shape[-1]).var(axis=0)
+  return float((p.shares[term] * var).sum() / max(var.sum(), 1e-30))
+
+
+def run(rule_name: str, out_dir: str | None = None) -> list[dict]:
+  """Probes rule `rule_name` (`load_rule`) and its untrained start; prints the table, writes
+  `<out_dir>/probe.json` and `probe.png`, and returns the records."""
+  rule = pretrained.load_rule(rule_name)
+  name = os.path.basename(os.path.normpath(rule_name))
+  out_dir = out_dir or os.path.join("runs", f"probe-{name}")
+  os.makedirs(out_dir, exist_ok=True)
+  spec = rule.spec
+  initial = rules.init_theta(jax.random.split(meta_train.train_key(rule.config.seed))[0], spec)
+  learned, untrained = probe_all(rule.theta, spec), probe_all(initial, spec)
+  print(f"{name}: {rule.meta_steps} meta steps; shares of one synapse update's variance over a 21 x 21 grid")
+  print(f"{'pre->post':<18}{'':>10}" + "".join(f"{t:>10}" for t in probe.TERMS) + f"{'std':>10}")
+  records = []
+  for pair in learned:
+    for label, probes in (("learned", learned), ("untrained", untrained)):
+      p = probes[pair]
+      row = {t: _weighted(p, t) for t in probe.TERMS}
+      std = float(np.sqrt(p.delta.reshape(-1, p.delta.shape[-1]).var(axis=0).sum()))
+      records.append({"pair": pair, "rule": label, **row, "std": std})
+      print(
+        f"{pair if label == 'learned' else '':<18}{label:>10}"
+        + "".join(f"{row[t]:>10.3f}" for t in probe.TERMS)
+        + f"{std:>10.4f}"
+      )
+  with open(os.path.join(out_dir, "probe.json"), "w") as f:
+    json.dump({"rule": rule_name, "meta_steps": rule.meta_steps, "records": records}, f, indent=2)
+  plot(
+    learned,
+    untrained,
+    os.path.join(out_dir, "probe.png"),
+    f"rule {name}: one synapse update against pre and post input",
+  )
+  print(f"wrote {out_dir}/probe.json, {out_dir}/probe.png")
+  return records
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    run(_RULE.value, _OUT_DIR.value)
+  except (FileNotFoundError, pretrained.RuleLoadError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)
