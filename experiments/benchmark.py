@@ -64,6 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import flagutil
 from learned_rules import metrics as metrics_lib
 from learned_rules import network, rules, tasks, unroll
 
@@ -77,24 +78,42 @@ FLOPS_CONVENTION = (
 # For programs compiled only for their memory analysis (`memory_vs_T`).
 MEMORY_ONLY_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
-_QUICK = flags.DEFINE_bool("quick", False, "Smaller sizes: the whole run in at most about 3 minutes.")
-_TINY = flags.DEFINE_bool("tiny", False, "Smoke-test sizes (seconds): what tests/test_benchmark.py runs.")
-_OUT = flags.DEFINE_string("out", "runs/benchmark.json", "Where to write the JSON results.")
-_CASES = flags.DEFINE_list("cases", [], "Case names to run (default: every case of the mode).")
-_SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), f"Sections to run, among {SECTIONS}.")
-_REPEATS = flags.DEFINE_integer("repeats", None, "Timed calls per program (default 3; --quick 2; --tiny 1).")
-_REMAT_POLICIES = flags.DEFINE_list(
-  "remat_policies", [], "Remat policies to time and sweep (default: all of unroll.REMAT_POLICIES)."
+_QUICK = flagutil.define(
+  flags.DEFINE_bool, "quick", False, "Smaller sizes: the whole run in at most about 3 minutes."
 )
-_COMPILE_THREADS = flags.DEFINE_integer(
-  "compile_threads", None, "Programs compiled at once, before they are timed one by one (default: CPU count)."
+_TINY = flagutil.define(
+  flags.DEFINE_bool, "tiny", False, "Smoke-test sizes (seconds): what tests/test_benchmark.py runs."
 )
-_CHUNK_SYNAPSES = flags.DEFINE_integer(
+_OUT = flagutil.define(flags.DEFINE_string, "out", "runs/benchmark.json", "Where to write the JSON results.")
+_CASES = flagutil.define(
+  flags.DEFINE_list, "cases", [], "Case names to run (default: every case of the mode)."
+)
+_SECTIONS = flagutil.define(
+  flags.DEFINE_list, "sections", list(SECTIONS), f"Sections to run, among {SECTIONS}."
+)
+_REPEATS = flagutil.define(
+  flags.DEFINE_integer, "repeats", None, "Timed calls per program (default 3; --quick 2; --tiny 1)."
+)
+_REMAT_POLICIES = flagutil.define(
+  flags.DEFINE_list,
+  "remat_policies",
+  [],
+  "Remat policies to time and sweep (default: all of unroll.REMAT_POLICIES).",
+)
+_COMPILE_THREADS = flagutil.define(
+  flags.DEFINE_integer,
+  "compile_threads",
+  None,
+  "Programs compiled at once, before they are timed one by one (default: CPU count).",
+)
+_CHUNK_SYNAPSES = flagutil.define(
+  flags.DEFINE_integer,
   "chunk_synapses",
   None,
   "Synapses per chunk of the library's synapse update (0: whole blocks); default rules.CHUNK_SYNAPSES.",
 )
-_MAX_RUN_GB = flags.DEFINE_float(
+_MAX_RUN_GB = flagutil.define(
+  flags.DEFINE_float,
   "max_run_gb",
   None,
   "Compile but do not run programs whose compiled peak exceeds this (default: 60% of RAM).",

@@ -36,26 +36,22 @@ from absl import app, flags  # noqa: E402
 from flax import serialization  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from experiments import flagutil  # noqa: E402
 from experiments.configs import capacity as capacity_configs  # noqa: E402
 from learned_rules import baselines, checkpointing, meta_train, network, trained_baselines  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
 from learned_rules import evaluate as evaluate_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
 
-
-def _flag(define, name: str, *args, **kwargs) -> flags.FlagHolder:
-  """Defines flag `name`, or reuses it when another experiment module imported into the same process
-  (the test suite) defined it first; only one `main` runs per process, so they never disagree."""
-  if name in flags.FLAGS:
-    return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
-  return define(name, *args, **kwargs)
-
-
-_CONFIG = _flag(config_flags.DEFINE_config_file, "config", "experiments/configs/capacity.py", "Study config.")
-_WORKDIR = _flag(
+_CONFIG = flagutil.define(
+  config_flags.DEFINE_config_file, "config", "experiments/configs/capacity.py", "Study config."
+)
+_WORKDIR = flagutil.define(
   flags.DEFINE_string, "workdir", "", "Study folder (default runs/capacity, or runs/capacity-quick)."
 )
-_QUICK = _flag(flags.DEFINE_bool, "quick", False, "Reduced resolution: the config's `quick` variant on top.")
+_QUICK = flagutil.define(
+  flags.DEFINE_bool, "quick", False, "Reduced resolution: the config's `quick` variant on top."
+)
 
 LINEAR_BASELINES = ("hebbian", "pseudo_inverse")
 BASELINES = (*LINEAR_BASELINES, "synapses_off", "recurrent", "online_backprop")

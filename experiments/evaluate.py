@@ -22,17 +22,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from experiments import flagutil  # noqa: E402
 from learned_rules import checkpointing, meta_train  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
 from learned_rules import evaluate as evaluate_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string(
-  "workdir", None, "Run directory written by experiments.remember.", required=True
+_WORKDIR = flagutil.define(
+  flags.DEFINE_string, "workdir", None, "Run directory written by experiments.remember.", required=True
 )
-_K_VALUES = flags.DEFINE_list("k_values", None, "K values to evaluate (default: the config's).")
-_NUM_EPISODES = flags.DEFINE_integer("num_episodes", None, "Held-out episodes per K.")
-_FIGURE_DIR = flags.DEFINE_string("figure_dir", None, "Where to write the PNGs (default: the workdir).")
+_K_VALUES = flagutil.define(
+  flags.DEFINE_list, "k_values", None, "K values to evaluate (default: the config's)."
+)
+_NUM_EPISODES = flagutil.define(flags.DEFINE_integer, "num_episodes", None, "Held-out episodes per K.")
+_FIGURE_DIR = flagutil.define(
+  flags.DEFINE_string, "figure_dir", None, "Where to write the PNGs (default: the workdir)."
+)
 
 
 def plot(records: list[dict], caps: dict, path: str, title: str) -> None:

@@ -16,17 +16,23 @@ import sys
 
 from absl import app, flags
 
+from experiments import flagutil
 from learned_rules import evaluate as evaluate_lib
 from learned_rules import metrics as metrics_lib
 from learned_rules import pretrained
 
-_WORKDIR = flags.DEFINE_string(
-  "workdir", None, "Run directory written by experiments.remember.", required=True
+_WORKDIR = flagutil.define(
+  flags.DEFINE_string, "workdir", None, "Run directory written by experiments.remember.", required=True
 )
-_NAME = flags.DEFINE_string("name", None, "Name of the saved rule (letters, digits, - and _).", required=True)
-_OUT_DIR = flags.DEFINE_string("out_dir", pretrained.PRETRAINED_DIR, "Where to write it.")
-_TRAINED_BY = flags.DEFINE_string(
-  "trained_by", "python -m experiments.remember", "The command that trained the run, for the record."
+_NAME = flagutil.define(
+  flags.DEFINE_string, "name", None, "Name of the saved rule (letters, digits, - and _).", required=True
+)
+_OUT_DIR = flagutil.define(flags.DEFINE_string, "out_dir", pretrained.PRETRAINED_DIR, "Where to write it.")
+_TRAINED_BY = flagutil.define(
+  flags.DEFINE_string,
+  "trained_by",
+  "python -m experiments.remember",
+  "The command that trained the run, for the record.",
 )
 
 

@@ -19,14 +19,20 @@ import time
 
 from absl import app, flags
 
+from experiments import flagutil  # noqa: E402
 from learned_rules import evaluate as evaluate_lib
 from learned_rules import network, pretrained
 
-_RULE = flags.DEFINE_string("rule", "hetero", "A shipped rule's name, a run directory or a saved rule.")
-_OUT_DIR = flags.DEFINE_string(
-  "out_dir", None, "Where to write generalisation.json (default runs/generalisation-<rule>)."
+_RULE = flagutil.define(
+  flags.DEFINE_string, "rule", "hetero", "A shipped rule's name, a run directory or a saved rule."
 )
-_NUM_EPISODES = flags.DEFINE_integer("num_episodes", 256, "Held-out episodes per setting.")
+_OUT_DIR = flagutil.define(
+  flags.DEFINE_string,
+  "out_dir",
+  None,
+  "Where to write generalisation.json (default runs/generalisation-<rule>).",
+)
+_NUM_EPISODES = flagutil.define(flags.DEFINE_integer, "num_episodes", 256, "Held-out episodes per setting.")
 
 
 def _four_times_neurons(cfg):

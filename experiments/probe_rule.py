@@ -26,11 +26,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from experiments import flagutil  # noqa: E402
 from learned_rules import meta_train, network, pretrained, probe, rules  # noqa: E402
 
-_RULE = flags.DEFINE_string("rule", "hetero", "A shipped rule's name, a run directory or a saved rule.")
-_OUT_DIR = flags.DEFINE_string(
-  "out_dir", None, "Where to write probe.json and probe.png (default runs/probe-<rule>)."
+_RULE = flagutil.define(
+  flags.DEFINE_string, "rule", "hetero", "A shipped rule's name, a run directory or a saved rule."
+)
+_OUT_DIR = flagutil.define(
+  flags.DEFINE_string, "out_dir", None, "Where to write probe.json and probe.png (default runs/probe-<rule>)."
 )
 
 TYPE_NAMES = {network.INPUT_TYPE: "input", network.OUTPUT_TYPE: "output"}

@@ -22,17 +22,20 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import flagutil
 from learned_rules import checkpointing, meta_train, sharding
 from learned_rules import config as config_lib
 from learned_rules import metrics as metrics_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = flagutil.define(
+  config_flags.DEFINE_config_file,
   "config",
   os.path.join(os.path.dirname(__file__), "configs", "remember.py"),
   "Experiment config file[:variant].",
   lock_config=True,
 )
-_WORKDIR = flags.DEFINE_string(
+_WORKDIR = flagutil.define(
+  flags.DEFINE_string,
   "workdir",
   None,
   "Run directory (checkpoints, metrics.jsonl, summary.json). "
@@ -40,16 +43,23 @@ _WORKDIR = flags.DEFINE_string(
 )
 
 
-_DISTRIBUTED = flags.DEFINE_bool(
+_DISTRIBUTED = flagutil.define(
+  flags.DEFINE_bool,
   "distributed",
   False,
   "Join a multi-process run (jax.distributed.initialize) before anything else: every process runs this "
   "same command; the coordinator, process count and id come from the flags below, or are discovered "
   "on a TPU pod or under SLURM. Only process 0 writes logs, metrics and the summary.",
 )
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (--distributed).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, from 0 (--distributed).")
+_COORDINATOR = flagutil.define(
+  flags.DEFINE_string, "coordinator_address", None, "host:port of process 0 (--distributed)."
+)
+_NUM_PROCESSES = flagutil.define(
+  flags.DEFINE_integer, "num_processes", None, "Processes in the run (--distributed)."
+)
+_PROCESS_ID = flagutil.define(
+  flags.DEFINE_integer, "process_id", None, "This process's index, from 0 (--distributed)."
+)
 
 
 def default_workdir(cfg) -> str:

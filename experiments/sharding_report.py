@@ -21,15 +21,21 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import flagutil
 from learned_rules import meta_train, sharding
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = flagutil.define(
+  config_flags.DEFINE_config_file,
   "config",
   os.path.join(os.path.dirname(__file__), "configs", "remember.py") + ":mesh2d",
   "Experiment config file[:variant] (its mesh block is ignored: every mesh is tried).",
 )
-_BATCH = flags.DEFINE_integer("batch", 8, "Episodes per meta step (divisible by every mesh's batch axis).")
-_STEPS = flags.DEFINE_integer("steps", 3, "Timed meta steps per mesh (0: memory and collectives only).")
+_BATCH = flagutil.define(
+  flags.DEFINE_integer, "batch", 8, "Episodes per meta step (divisible by every mesh's batch axis)."
+)
+_STEPS = flagutil.define(
+  flags.DEFINE_integer, "steps", 3, "Timed meta steps per mesh (0: memory and collectives only)."
+)
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 

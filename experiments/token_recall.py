@@ -49,6 +49,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from experiments import flagutil  # noqa: E402
 from experiments.configs import remember as remember_configs  # noqa: E402
 from experiments.configs import token_recall as token_recall_configs  # noqa: E402
 from learned_rules import PlasticMemory, load_rule, network, pretrained, rules, trained_baselines  # noqa: E402
@@ -56,21 +57,16 @@ from learned_rules import config as config_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
 from learned_rules.config import ConfigError  # noqa: E402
 
-
-def _flag(define, name: str, *args, **kwargs) -> flags.FlagHolder:
-  """Defines flag `name`, or reuses it when another experiment module imported into the same process
-  (the test suite) defined it first; only one `main` runs per process."""
-  if name in flags.FLAGS:
-    return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
-  return define(name, *args, **kwargs)
-
-
-_CONFIG = _flag(
+_CONFIG = flagutil.define(
   config_flags.DEFINE_config_file, "config", "experiments/configs/token_recall.py", "Experiment config."
 )
-_WORKDIR = _flag(flags.DEFINE_string, "workdir", "", "Output folder (default runs/token_recall[-quick]).")
-_QUICK = _flag(flags.DEFINE_bool, "quick", False, "The config's `quick` variant on top (about 5 min).")
-_FIGURE_DIR = _flag(
+_WORKDIR = flagutil.define(
+  flags.DEFINE_string, "workdir", "", "Output folder (default runs/token_recall[-quick])."
+)
+_QUICK = flagutil.define(
+  flags.DEFINE_bool, "quick", False, "The config's `quick` variant on top (about 5 min)."
+)
+_FIGURE_DIR = flagutil.define(
   flags.DEFINE_string, "figure_dir", None, "Also write the PNG here (e.g. docs/figures/...)."
 )
 
