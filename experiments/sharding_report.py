@@ -13,7 +13,6 @@ memory and collectives are the real partitioning, their timings are not a speed-
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -47,17 +46,10 @@ def meshes(num_devices: int) -> list[tuple[int, int] | None]:
 
 def measure(cfg, shape, batch: int, steps: int) -> dict:
   topo, problem, optimizer = meta_train.setup(cfg)
-  key, step_key = meta_train.train_key(cfg.seed), meta_train.step_key(cfg.seed)
-  if shape is None:
-    state = meta_train.init_train_state(key, topo, problem, optimizer, batch)
-    meta_step = meta_train.make_meta_step(problem, optimizer, batch, step_key)
-  else:
-    mesh = sharding.make_mesh(*shape)
-    problem = dataclasses.replace(problem, mesh=mesh)
-    topo = jax.device_put(topo, sharding.replicated(mesh))
-    state = meta_train.init_sharded_train_state(key, topo, problem, optimizer, batch)
-    shardings = meta_train.state_shardings(topo, problem, optimizer, batch)
-    meta_step = meta_train.make_meta_step(problem, optimizer, batch, step_key, shardings)
+  if shape is not None:
+    topo, problem = meta_train.on_mesh(topo, problem, sharding.make_mesh(*shape))
+  state = meta_train.initial_train_state(topo, problem, optimizer, batch, cfg.seed)
+  meta_step = meta_train.make_run_meta_step(topo, problem, optimizer, batch, cfg.seed)
   compiled = meta_step.lower(state, topo).compile()
   text = compiled.as_text()
   out = {

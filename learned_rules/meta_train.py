@@ -156,11 +156,28 @@ def make_mesh(cfg) -> jax.sharding.Mesh:
   return mesh
 
 
+def on_mesh(topo: network.Topology, problem: unroll.Problem, mesh: jax.sharding.Mesh):
+  """`(topo, problem)` of a run on `mesh`: the topology replicated over it, the problem split over it."""
+  return jax.device_put(topo, sharding.replicated(mesh)), dataclasses.replace(problem, mesh=mesh)
+
+
+def initial_train_state(topo, problem: unroll.Problem, optimizer, batch: int, seed: int) -> TrainState:
+  """A run's initial train state, made in its shardings when `problem` has a mesh (`on_mesh`)."""
+  init = init_train_state if problem.mesh is None else init_sharded_train_state
+  return init(train_key(seed), topo, problem, optimizer, batch)
+
+
+def make_run_meta_step(topo, problem: unroll.Problem, optimizer, batch: int, seed: int):
+  """The meta step a run trains with: `make_meta_step` on the run's step key, with the train state's
+  shardings fixed when `problem` has a mesh."""
+  shardings = None if problem.mesh is None else state_shardings(topo, problem, optimizer, batch)
+  return make_meta_step(problem, optimizer, batch, step_key(seed), shardings)
+
+
 def _latest_or_initial_state(cfg, ckpt, topo, problem, optimizer) -> TrainState:
   """The latest checkpoint's train state, or the initial one if `ckpt` holds none; on
   `problem.mesh`'s shardings when it has one (a checkpoint restores onto any mesh)."""
-  init = init_train_state if problem.mesh is None else init_sharded_train_state
-  state = init(train_key(cfg.seed), topo, problem, optimizer, cfg.train.batch_size)
+  state = initial_train_state(topo, problem, optimizer, cfg.train.batch_size, cfg.seed)
   return state if ckpt.latest_step() is None else ckpt.restore(state)
 
 
@@ -214,8 +231,7 @@ def train_and_evaluate(cfg, workdir: str, label: str = "", evaluate: bool = True
   topo, problem, optimizer = setup(cfg)
   mesh = make_mesh(cfg)
   main = jax.process_index() == 0
-  sharded = dataclasses.replace(problem, mesh=mesh)
-  mesh_topo = jax.device_put(topo, sharding.replicated(mesh))
+  mesh_topo, sharded = on_mesh(topo, problem, mesh)
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpointing.Checkpointer(workdir, cfg.train.max_to_keep)
   try:
@@ -226,8 +242,7 @@ def train_and_evaluate(cfg, workdir: str, label: str = "", evaluate: bool = True
     if ckpt.latest_step() is not None:
       logging.info("%sresumed from step %d in %s", label, int(state.step), ckpt.directory)
     logging.info("%s%s", label, sharding.describe(mesh))
-    shardings = state_shardings(mesh_topo, sharded, optimizer, cfg.train.batch_size)
-    meta_step = make_meta_step(sharded, optimizer, cfg.train.batch_size, step_key(cfg.seed), shardings)
+    meta_step = make_run_meta_step(mesh_topo, sharded, optimizer, cfg.train.batch_size, cfg.seed)
     state = _train_loop(cfg, workdir, ckpt, state, meta_step, mesh_topo, label)
   finally:
     ckpt.close()

@@ -4,7 +4,6 @@ two processes joined by `jax.distributed`."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
@@ -34,16 +33,10 @@ def _config(variant: str = "tiny"):
 def _steps(cfg, mesh=None, steps: int = STEPS):
   """`steps` meta steps of `cfg`, unsharded (`mesh` None) or as the trainer runs them on `mesh`."""
   topo, problem, optimizer = meta_train.setup(cfg)
-  key, step_key = meta_train.train_key(cfg.seed), meta_train.step_key(cfg.seed)
-  if mesh is None:
-    state = meta_train.init_train_state(key, topo, problem, optimizer, BATCH)
-    meta_step = meta_train.make_meta_step(problem, optimizer, BATCH, step_key)
-  else:
-    problem = dataclasses.replace(problem, mesh=mesh)
-    topo = jax.device_put(topo, sharding.replicated(mesh))
-    state = meta_train.init_sharded_train_state(key, topo, problem, optimizer, BATCH)
-    shardings = meta_train.state_shardings(topo, problem, optimizer, BATCH)
-    meta_step = meta_train.make_meta_step(problem, optimizer, BATCH, step_key, shardings)
+  if mesh is not None:
+    topo, problem = meta_train.on_mesh(topo, problem, mesh)
+  state = meta_train.initial_train_state(topo, problem, optimizer, BATCH, cfg.seed)
+  meta_step = meta_train.make_run_meta_step(topo, problem, optimizer, BATCH, cfg.seed)
   for _ in range(steps):
     state, step_metrics = meta_step(state, topo)
   return state, step_metrics
@@ -115,15 +108,13 @@ def test_checkpoint_of_8_devices_restores_onto_one_device_and_a_2x4_mesh(
   ckpt.save(STEPS, saved, cfg)
 
   topo, problem, optimizer = meta_train.setup(cfg)
-  key = meta_train.train_key(cfg.seed)
-  one = ckpt.restore(meta_train.init_train_state(key, topo, problem, optimizer, BATCH))
+  one = ckpt.restore(meta_train.initial_train_state(topo, problem, optimizer, BATCH, cfg.seed))
   trees_close(one, saved)
   assert all(len(leaf.devices()) == 1 for leaf in jax.tree.leaves(one))
 
   mesh = sharding.make_mesh(2, 4)
-  problem = dataclasses.replace(problem, mesh=mesh)
-  topo = jax.device_put(topo, sharding.replicated(mesh))
-  onto = ckpt.restore(meta_train.init_sharded_train_state(key, topo, problem, optimizer, BATCH))
+  topo, problem = meta_train.on_mesh(topo, problem, mesh)
+  onto = ckpt.restore(meta_train.initial_train_state(topo, problem, optimizer, BATCH, cfg.seed))
   ckpt.close()
   trees_close(onto, saved)
   expected = meta_train.state_shardings(topo, problem, optimizer, BATCH)
