@@ -51,8 +51,7 @@ def probe_all(theta, spec: rules.RuleSpec) -> dict[str, probe.Probe]:
 def plot(learned: dict, untrained: dict, path: str, title: str) -> None:
   key = f"{type_name(network.INPUT_TYPE)}->{type_name(network.OUTPUT_TYPE)}"
   p = learned[key]
-  var = p.delta.reshape(-1, p.delta.shape[-1]).var(axis=0)
-  channel = int(np.argmax(p.shares["hebbian"] * var))
+  channel = int(np.argmax(p.shares["hebbian"] * p.channel_variance))
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=80, gridspec_kw={"width_ratios": [1, 1, 1.6]})
   extent = (p.xs[0], p.xs[-1], p.xs[0], p.xs[-1])
   image = p.delta[:, :, channel]
@@ -70,7 +69,7 @@ def plot(learned: dict, untrained: dict, path: str, title: str) -> None:
   for offset, probes, hatch in ((-0.2, learned, None), (0.2, untrained, "//")):
     left = np.zeros(len(names))
     for term in probe.TERMS:
-      share = np.array([_weighted(probes[n], term) for n in names])
+      share = np.array([probes[n].share(term) for n in names])
       axes[2].barh(ys + offset, share, 0.38, left=left, color=colors[term], hatch=hatch,
                    label=term if offset < 0 else None, edgecolor="white")  # fmt: skip
       left += share
@@ -81,11 +80,6 @@ def plot(learned: dict, untrained: dict, path: str, title: str) -> None:
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
-
-
-def _weighted(p: probe.Probe, term: str) -> float:
-  var = p.delta.reshape(-1, p.delta.shape[-1]).var(axis=0)
-  return float((p.shares[term] * var).sum() / max(var.sum(), 1e-30))
 
 
 def run(rule_name: str, out_dir: str | None = None) -> list[dict]:
@@ -104,13 +98,12 @@ def run(rule_name: str, out_dir: str | None = None) -> list[dict]:
   for pair in learned:
     for label, probes in (("learned", learned), ("untrained", untrained)):
       p = probes[pair]
-      row = {t: _weighted(p, t) for t in probe.TERMS}
-      std = float(np.sqrt(p.delta.reshape(-1, p.delta.shape[-1]).var(axis=0).sum()))
-      records.append({"pair": pair, "rule": label, **row, "std": std})
+      row = {t: p.share(t) for t in probe.TERMS}
+      records.append({"pair": pair, "rule": label, **row, "std": p.std})
       print(
         f"{pair if label == 'learned' else '':<18}{label:>10}"
         + "".join(f"{row[t]:>10.3f}" for t in probe.TERMS)
-        + f"{std:>10.4f}"
+        + f"{p.std:>10.4f}"
       )
   with open(os.path.join(out_dir, "probe.json"), "w") as f:
     json.dump({"rule": rule_name, "meta_steps": rule.meta_steps, "records": records}, f, indent=2)

@@ -47,10 +47,19 @@ class Probe:
   coefficients: np.ndarray
 
   @property
-  def hebbian_share(self) -> float:
-    """Share of the increment's total variance (all channels) in the `x_post * x_pre` term."""
-    var = self.delta.reshape(-1, self.delta.shape[-1]).var(axis=0)
-    return float((self.shares["hebbian"] * var).sum() / max(var.sum(), 1e-30))
+  def channel_variance(self) -> np.ndarray:
+    """`[Ds]` each channel's variance over the grid."""
+    return self.delta.reshape(-1, self.delta.shape[-1]).var(axis=0)
+
+  @property
+  def std(self) -> float:
+    """Size of the increment: the square root of its total variance over the grid (all channels)."""
+    return float(np.sqrt(self.channel_variance.sum()))
+
+  def share(self, term: str) -> float:
+    """Share of the increment's total variance (all channels) that `term` of `TERMS` explains."""
+    var = self.channel_variance
+    return float((self.shares[term] * var).sum() / max(var.sum(), 1e-30))
 
 
 def synapse_increment(
