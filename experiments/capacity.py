@@ -63,20 +63,13 @@ def _names(text: str) -> list[str]:
   return [n for n in (s.strip() for s in text.split(",")) if n]
 
 
-def _set(cfg: ml_collections.ConfigDict, field: str, value) -> None:
-  group, key = field.split(".")
-  cfg[group][key] = value
-
-
 def network_config(study, name: str) -> ml_collections.ConfigDict:
   """The `remember` config of one network of the study: `study.base` with the network's overrides."""
   if name not in capacity_configs.NETWORKS:
     raise config_lib.ConfigError(
       "networks", f"unknown network {name!r}; one of {list(capacity_configs.NETWORKS)}"
     )
-  cfg = ml_collections.ConfigDict(study.base.to_dict())
-  for field, value in capacity_configs.NETWORKS[name].items():
-    _set(cfg, field, value)
+  cfg = config_lib.with_overrides(study.base, capacity_configs.NETWORKS[name])
   cfg.eval.k_values = tuple(study.k_values)
   cfg.eval.num_episodes = study.num_episodes
   return cfg
@@ -104,7 +97,7 @@ def with_setting(cfg, axis: str, value) -> ml_collections.ConfigDict:
     cfg.net.num_inputs = cfg.net.num_outputs = value
     cfg.net.num_hidden = total - 2 * value
   else:
-    _set(cfg, capacity_configs.AXES[axis], value)
+    cfg = config_lib.with_overrides(cfg, {capacity_configs.AXES[axis]: value})
   return cfg
 
 

@@ -11,7 +11,6 @@ against the in-distribution value, and writes `<out_dir>/generalisation.json`.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
@@ -20,6 +19,7 @@ import time
 from absl import app, flags
 
 from experiments import flagutil  # noqa: E402
+from learned_rules import config as config_lib
 from learned_rules import evaluate as evaluate_lib
 from learned_rules import network, pretrained
 
@@ -65,18 +65,6 @@ SETTINGS = {
 }
 
 
-def moved(cfg, overrides: dict):
-  cfg = copy.deepcopy(cfg)
-  with cfg.unlocked():
-    for field, value in overrides.items():
-      *parents, leaf = field.split(".")
-      node = cfg
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return cfg
-
-
 def run(rule_name: str, num_episodes: int, out_dir: str | None = None) -> list[dict]:
   """Evaluates rule `rule_name` in every setting of `SETTINGS`; prints and writes the table."""
   rule = pretrained.load_rule(rule_name)
@@ -87,7 +75,7 @@ def run(rule_name: str, num_episodes: int, out_dir: str | None = None) -> list[d
   for setting, overrides_fn in SETTINGS.items():
     start = time.perf_counter()
     overrides = overrides_fn(rule.config)
-    cfg = moved(rule.config, overrides)
+    cfg = config_lib.with_overrides(rule.config, overrides)
     topo = network.make_topology(cfg.net)
     problem = evaluate_lib.problem_from_config(cfg, topo)
     metrics = evaluate_lib.evaluate(rule.theta, topo, problem, evaluate_lib.eval_key(cfg.seed), num_episodes)

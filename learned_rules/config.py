@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import ml_collections
+
 from learned_rules import network, rules, tasks, unroll
 
 LOSSES = ("mse", "logistic")
@@ -143,6 +145,19 @@ def _validate_train(cfg) -> None:
   _choice(cfg, "train.remat", unroll.REMAT_POLICIES)
   _int(cfg, "eval.num_episodes", 1)
   _int_sequence(cfg, "eval.k_values", allow_empty=False)
+
+
+def with_overrides(cfg, overrides: dict) -> ml_collections.ConfigDict:
+  """A copy of `cfg` with the dotted fields of `overrides` set (`{"net.topology": "sparse"}`); `cfg`
+  itself is left alone."""
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  for field, value in overrides.items():
+    *parents, leaf = field.split(".")
+    node = cfg
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return cfg
 
 
 def mesh_shape(cfg) -> tuple[int, int]:

@@ -17,13 +17,13 @@ def test_settings_move_the_config_as_named():
   cfg = remember.get_config("")
   n = network.make_topology(cfg.net).num_neurons
   for name, overrides in generalisation.SETTINGS.items():
-    moved = generalisation.moved(cfg, overrides(cfg))
+    moved = config_lib.with_overrides(cfg, overrides(cfg))
     config_lib.validate(moved)
     topo = network.make_topology(moved.net)
     assert topo.num_types == 3, name  # the rule's type embeddings still fit
     if name.startswith("4x neurons"):
       assert topo.num_neurons == 4 * n and topo.n_in == cfg.net.num_inputs
-  assert generalisation.moved(cfg, {"task.num_snippets": 3}).task.num_snippets == 3
+  assert config_lib.with_overrides(cfg, {"task.num_snippets": 3}).task.num_snippets == 3
   assert cfg.task.num_snippets == 8  # the rule's own config is left alone
 
 
