@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 # Eight CPU devices, for the sharding tests (tests/test_sharding.py); everything else runs on one.
@@ -60,6 +62,25 @@ N_IN, N_OUT, N_HIDDEN = 3, 2, 4
 @pytest.fixture(scope="session")
 def repo_root() -> str:
   return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def run_module(repo_root):
+  """`run_module(module, *args, timeout=300)`: `python -m module *args` run from the repository root on
+  CPU, its output captured; returns the `subprocess.CompletedProcess` whatever its exit code."""
+
+  def run(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+      [sys.executable, "-m", module, *args],
+      cwd=repo_root,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+    )
+
+  return run
 
 
 @pytest.fixture

@@ -8,27 +8,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
 from learned_rules import metrics
 
 TINY = "--config=experiments/configs/remember.py:tiny"
-TIMEOUT_S = 300
-
-
-def _run(repo_root: str, module: str, *args: str) -> subprocess.CompletedProcess:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  return subprocess.run(
-    [sys.executable, "-m", module, *args],
-    cwd=repo_root,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=TIMEOUT_S,
-    check=False,
-  )
 
 
 def _describe(proc: subprocess.CompletedProcess) -> str:
@@ -36,13 +21,13 @@ def _describe(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(repo_root, tmp_path_factory):
+def tiny_run(run_module, tmp_path_factory):
   """`experiments.remember` on `:tiny`, then `experiments.evaluate` on its workdir."""
   workdir = str(tmp_path_factory.mktemp("cli") / "tiny")
-  remember = _run(repo_root, "experiments.remember", TINY, f"--workdir={workdir}")
+  remember = run_module("experiments.remember", TINY, f"--workdir={workdir}")
   evaluate = None
   if remember.returncode == 0:
-    evaluate = _run(repo_root, "experiments.evaluate", f"--workdir={workdir}", "--k_values=1,2")
+    evaluate = run_module("experiments.evaluate", f"--workdir={workdir}", "--k_values=1,2")
   return workdir, remember, evaluate
 
 
@@ -99,9 +84,9 @@ def test_evaluate_writes_recall_vs_k(tiny_run):
     ("--config.train.learning_rate=-0.1", "train.learning_rate"),
   ],
 )
-def test_invalid_override_fails_fast_and_writes_nothing(repo_root, tmp_path, override, field):
+def test_invalid_override_fails_fast_and_writes_nothing(run_module, tmp_path, override, field):
   workdir = str(tmp_path / "run")
-  proc = _run(repo_root, "experiments.remember", TINY, f"--workdir={workdir}", override)
+  proc = run_module("experiments.remember", TINY, f"--workdir={workdir}", override)
   assert proc.returncode != 0, _describe(proc)
   assert "Traceback" not in proc.stderr, _describe(proc)
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -110,9 +95,9 @@ def test_invalid_override_fails_fast_and_writes_nothing(repo_root, tmp_path, ove
   assert not os.path.exists(workdir)
 
 
-def test_evaluate_on_missing_workdir_fails_and_creates_nothing(repo_root, tmp_path):
+def test_evaluate_on_missing_workdir_fails_and_creates_nothing(run_module, tmp_path):
   workdir = str(tmp_path / "missing")
-  proc = _run(repo_root, "experiments.evaluate", f"--workdir={workdir}")
+  proc = run_module("experiments.evaluate", f"--workdir={workdir}")
   assert proc.returncode != 0, _describe(proc)
   assert any(line.startswith("error: no checkpoint") for line in proc.stderr.splitlines())
   assert not os.path.exists(workdir)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -155,17 +153,9 @@ def test_saved_rules_of_another_layout_or_format_are_refused(trained, tmp_path):
     load_rule(prefix)
 
 
-def test_export_rule_command_writes_a_loadable_rule(trained, tmp_path, repo_root):
+def test_export_rule_command_writes_a_loadable_rule(trained, tmp_path, run_module):
   _, workdir, _ = trained
-  run = lambda *args: subprocess.run(  # noqa: E731
-    [sys.executable, "-m", "experiments.export_rule", *args],
-    cwd=repo_root,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
+  run = lambda *args: run_module("experiments.export_rule", *args)  # noqa: E731
   proc = run(f"--workdir={workdir}", "--name=tiny-rule", f"--out_dir={tmp_path}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   rule = load_rule(str(tmp_path / "tiny-rule"))

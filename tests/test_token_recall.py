@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -162,23 +160,14 @@ def test_invalid_config_names_the_field_before_writing_anything(tmp_path, field,
   assert not os.path.exists(workdir)
 
 
-def test_command_line_exits_non_zero_on_an_invalid_config(repo_root, tmp_path):
+def test_command_line_exits_non_zero_on_an_invalid_config(run_module, tmp_path):
   workdir = str(tmp_path / "run")
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.token_recall",
-      "--config=experiments/configs/token_recall.py:tiny",
-      "--config.host.code=relu",
-      f"--workdir={workdir}",
-    ],
-    cwd=repo_root,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    capture_output=True,
-    text=True,
+  proc = run_module(
+    "experiments.token_recall",
+    "--config=experiments/configs/token_recall.py:tiny",
+    "--config.host.code=relu",
+    f"--workdir={workdir}",
     timeout=120,
-    check=False,
   )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "error: host.code: unknown value 'relu'" in proc.stderr
