@@ -197,3 +197,14 @@ def sample_stream_window(pos: StreamPosition, spec: TaskSpec) -> tuple[Episode, 
   key_bits, teach, target, score = jax.vmap(_stream_step, in_axes=(None, 0, None))(pos, ts, spec)
   episode = Episode(x=_place(spec, key_bits, teach), target=target, score=score)
   return episode, pos.replace(t=pos.t + spec.window)
+
+
+def sample_stream_lags(pos: StreamPosition, spec: TaskSpec) -> jax.Array:
+  """`[W]` int32: the lag `d` (in slots, `1..Dmax`) of the snippet asked for in the slot of each step of
+  the next window, drawn exactly as `_stream_step` draws it. The lag is asked on the slot's query steps
+  only, and scored where `sample_stream_window`'s `score` is 1; it is given at every step, so that
+  scored steps can be grouped by lag (a forgetting curve)."""
+  ts = pos.t + jnp.arange(spec.window, dtype=jnp.int32)
+  slot_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(pos.key, ts // spec.slot_steps)
+  draw = lambda k: jax.random.randint(jax.random.fold_in(k, 1), (), 1, spec.max_lag + 1)  # noqa: E731
+  return jax.vmap(draw)(slot_keys)

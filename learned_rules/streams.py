@@ -1,0 +1,171 @@
+"""Never-reset streams run far past the training window: recall by lag, over stream time, and state norms.
+
+The streaming protocol (docs/DESIGN.md, "The remember-snippets task") meta-trains a rule on truncated
+windows of `W` steps. Here fresh streams run for many windows, never reset, window by window (a
+`lax.scan` over windows of `tasks.sample_stream_window`, so memory does not grow with the stream), and
+every window is summarised by:
+
+- `RecallCounts`: correct and scored readout bits, grouped by the lag `d` (in slots) that each scored
+  step asks for (`tasks.sample_stream_lags`): summed over windows, a forgetting curve;
+- `StateNorms`: the largest absolute body and synapse state over every step of the window, and their
+  root mean square at the window's last step.
+
+A Hebbian memory with decay (the palimpsest, `baselines.hebbian`) runs online on exactly the same
+stream steps (`run_hebbian_streams` with the key given to `run_long_streams`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from learned_rules import network, rules, tasks, unroll
+
+
+class RecallCounts(NamedTuple):
+  """Readout bits of scored steps, summed over streams and steps, by lag: `[..., Dmax]` each, index
+  `d - 1` for lag `d`."""
+
+  correct_by_lag: jax.Array
+  bits_by_lag: jax.Array
+
+
+class StateNorms(NamedTuple):
+  """`[...]` each: the largest |body state| and |synapse state| entry over every step of a window, every
+  neuron (synapse) and every stream, and the root mean square of the bodies (of the synapses that
+  exist) at the window's last step, over the streams."""
+
+  max_body: jax.Array
+  max_synapse: jax.Array
+  rms_body: jax.Array
+  rms_synapse: jax.Array
+
+
+def lag_counts(readout: jax.Array, episodes: tasks.Episode, lags: jax.Array, max_lag: int) -> RecallCounts:
+  """`RecallCounts` `[Dmax]` of readouts `[B, T, n_out]` against windows `[B, ...]` whose steps ask for
+  lags `[B, T]` (`tasks.sample_stream_lags`); unscored steps count nowhere."""
+  correct = jnp.sum((readout * episodes.target > 0).astype(jnp.float32), axis=-1)  # [B, T]
+  by_lag = jax.nn.one_hot(lags - 1, max_lag) * episodes.score[..., None]  # [B, T, Dmax]
+  bits = jnp.full(correct.shape, readout.shape[-1], jnp.float32)
+  return RecallCounts(jnp.einsum("bt,btd->d", correct, by_lag), jnp.einsum("bt,btd->d", bits, by_lag))
+
+
+def accuracy(counts: RecallCounts, axis=None) -> np.ndarray:
+  """Bit accuracy `correct / bits` summed over `axis` (None: everything); NaN where nothing was scored."""
+  correct = np.sum(np.asarray(counts.correct_by_lag, np.float64), axis=axis)
+  bits = np.sum(np.asarray(counts.bits_by_lag, np.float64), axis=axis)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(bits > 0, correct / np.maximum(bits, 1.0), np.nan)
+
+
+def stream_positions(key: jax.Array, spec: tasks.TaskSpec, batch: int) -> tasks.StreamPosition:
+  """`[B]` positions of the streams `unroll.init_stream_carry` starts from `key` (the same streams)."""
+  _, k_stream = jax.random.split(key)  # as unroll.init_stream_carry
+  phases = jnp.asarray(tasks.stream_phases(spec, batch), jnp.int32)
+  return jax.vmap(tasks.init_stream_position, in_axes=(0, None, 0))(
+    jax.random.split(k_stream, batch), spec, phases
+  )
+
+
+def _next_windows(positions: tasks.StreamPosition, spec: tasks.TaskSpec):
+  """The next windows `[B, W, ...]` of every stream, the lags they ask `[B, W]`, the new positions."""
+  episodes, new_positions = jax.vmap(tasks.sample_stream_window, in_axes=(0, None))(positions, spec)
+  return episodes, jax.vmap(tasks.sample_stream_lags, in_axes=(0, None))(positions, spec), new_positions
+
+
+def _run_window(theta, topo, problem: unroll.Problem, states: network.NetState, xs: jax.Array):
+  """Runs `[B]` networks over inputs `[B, W, N]`: final states, readouts `[B, W, n_out]`, and the
+  largest |body| and |synapse| entry over the window's steps."""
+  step = jax.vmap(network.network_step, in_axes=(None, None, None, 0, 0, None))
+
+  def body(state, x):
+    state, out = step(theta, topo, problem.rule, state, x, problem.fast_synapse)
+    max_syn = jnp.max(jnp.stack([jnp.max(jnp.abs(s)) for s in state.synapses]))
+    return state, (out.readout, jnp.max(jnp.abs(state.bodies)), max_syn)
+
+  states, (readout, max_body, max_syn) = jax.lax.scan(body, states, jnp.swapaxes(xs, 0, 1))
+  return states, jnp.swapaxes(readout, 0, 1), jnp.max(max_body), jnp.max(max_syn)
+
+
+def _rms(topo: network.Topology, states: network.NetState) -> tuple[jax.Array, jax.Array]:
+  """RMS of the bodies `[B, N, Db]` and of the existing synapses (masked-out entries are zero)."""
+  sum_sq = sum(jnp.sum(jnp.square(s)) for s in states.synapses)
+  batch, ds = states.bodies.shape[0], states.synapses[0].shape[-1]
+  return jnp.sqrt(jnp.mean(jnp.square(states.bodies))), jnp.sqrt(sum_sq / (batch * jnp.sum(topo.mask) * ds))
+
+
+@functools.partial(jax.jit, static_argnames=("problem", "batch", "num_windows"))
+def run_long_streams(
+  theta: rules.Theta,
+  topo: network.Topology,
+  problem: unroll.Problem,
+  key: jax.Array,
+  batch: int,
+  num_windows: int,
+) -> tuple[RecallCounts, StateNorms]:
+  """Runs `batch` fresh streams of `problem.task` from `key` (`unroll.init_stream_carry`) for
+  `num_windows` windows, never reset. Returns per window `RecallCounts` `[num_windows, Dmax]` and
+  `StateNorms` `[num_windows]`, each summed (maxed) over the streams."""
+  spec = problem.task
+  carry = unroll.init_stream_carry(theta, topo, problem, key, batch)
+
+  def window(carry: unroll.StreamCarry, _):
+    episodes, lags, positions = _next_windows(carry.position, spec)
+    states, readout, max_body, max_syn = _run_window(theta, topo, problem, carry.net_state, episodes.x)
+    counts = lag_counts(readout, episodes, lags, spec.max_lag)
+    norms = StateNorms(max_body, max_syn, *_rms(topo, states))
+    return unroll.StreamCarry(states, positions), (counts, norms)
+
+  _, (counts, norms) = jax.lax.scan(window, carry, None, length=num_windows)
+  return counts, norms
+
+
+def hebbian_window(
+  weights: jax.Array, episode: tasks.Episode, spec: tasks.TaskSpec, decay: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """`baselines.hebbian` online, carrying its weights `[n_out, n_in]` across windows: at every step
+  `W = decay W + teach key^T`, readout `W key`. Returns the weights after the window `[n_out, n_in]` and
+  the readouts `[T, n_out]` (from zero weights, exactly `baselines.hebbian(episode, spec, decay)`)."""
+  keys, teach = episode.x[:, : spec.n_in], episode.x[:, spec.n_in : spec.n_in + spec.n_out]
+
+  def step(w, kt):
+    key_bits, teach_bits = kt
+    w = decay * w + jnp.outer(teach_bits, key_bits)
+    return w, w @ key_bits
+
+  return jax.lax.scan(step, weights, (keys, teach))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "batch", "num_windows"))
+def run_hebbian_streams(
+  spec: tasks.TaskSpec, key: jax.Array, batch: int, num_windows: int, decays: jax.Array
+) -> tuple[RecallCounts, jax.Array]:
+  """The palimpsest on the streams `run_long_streams` runs for the same key, one memory per decay of
+  `decays` `[M]`. Returns per decay and window `RecallCounts` `[M, num_windows, Dmax]` and the largest
+  |weight| at the window's end over the streams `[M, num_windows]`."""
+  per_stream = jax.vmap(hebbian_window, in_axes=(0, 0, None, None))
+  per_decay = jax.vmap(per_stream, in_axes=(0, None, None, 0))
+
+  def window(carry, _):
+    weights, positions = carry
+    episodes, lags, positions = _next_windows(positions, spec)
+    weights, readout = per_decay(weights, episodes, spec, decays)  # [M, B, ...]
+    counts = jax.vmap(lag_counts, in_axes=(0, None, None, None))(readout, episodes, lags, spec.max_lag)
+    return (weights, positions), (counts, jnp.max(jnp.abs(weights), axis=(1, 2, 3)))
+
+  weights = jnp.zeros((decays.shape[0], batch, spec.n_out, spec.n_in))
+  carry = (weights, stream_positions(key, spec, batch))
+  _, (counts, max_weight) = jax.lax.scan(window, carry, None, length=num_windows)
+  swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731  (windows, decays) -> (decays, windows)
+  return RecallCounts(*map(swap, counts)), swap(max_weight)
+
+
+def synapse_bound(theta: rules.Theta) -> float:
+  """What the bounded synapse update `s' = sigmoid(lambda) s + sigmoid(eta) tanh(.)` guarantees from a
+  start inside it: `|s| <= max_c sigmoid(eta_c) / (1 - sigmoid(lambda_c))` over channels `c`."""
+  p = theta["synapse"]
+  return float(jnp.max(jax.nn.sigmoid(p["rate_logit"]) / (1.0 - jax.nn.sigmoid(p["decay_logit"]))))

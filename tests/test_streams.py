@@ -1,0 +1,162 @@
+"""Tests of `learned_rules.streams` and `experiments.streams`: never-reset streams run for many windows."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import streams as streams_exp
+from experiments.configs import remember
+from learned_rules import Rule, baselines, network, rules, save_rule, streams, tasks
+from learned_rules import config as config_lib
+from learned_rules import evaluate as evaluate_lib
+
+# A stream wide enough for a Hebbian memory to recall recent snippets well (n_in = n_out = 16).
+WIDE = tasks.TaskSpec(protocol="streaming", num_neurons=32, n_in=16, n_out=16, max_lag=8, window=24)
+
+
+def _tiny_rule(synapse_updates: bool = True) -> Rule:
+  cfg = remember.get_config("tiny,streaming")
+  cfg.net.synapse_updates = synapse_updates
+  topo = network.make_topology(cfg.net)
+  theta = rules.init_theta(jax.random.PRNGKey(0), config_lib.rule_spec(cfg, topo))
+  return Rule(theta=theta, config=cfg, meta_steps=0, source="test")
+
+
+SIZES = {"num_streams": 2, "num_windows": 30}  # 30 windows of W = 8: 240 steps, never reset
+PROBE_LAG = 6
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """`(folder, results)`: the tiny rule (and its synapses-off twin) saved in `folder` and run in-process
+  by `experiments.streams.run`, with a probe at lags up to 6."""
+  folder = tmp_path_factory.mktemp("streams")
+  save_rule(_tiny_rule(), str(folder / "tiny"))
+  save_rule(_tiny_rule(synapse_updates=False), str(folder / "tiny_off"))
+  out = streams_exp.run(
+    str(folder / "tiny"), str(folder / "out"), SIZES, PROBE_LAG, str(folder / "tiny_off"), str(folder / "fig")
+  )
+  return folder, out
+
+
+@pytest.fixture(scope="module")
+def wide_windows():
+  """`(positions, episodes, lags)` of a window of 3 streams of `WIDE` well into the streams."""
+  positions = streams.stream_positions(jax.random.PRNGKey(1), WIDE, 3)
+  positions = positions.replace(t=positions.t + 100)
+  episodes, lags, _ = streams._next_windows(positions, WIDE)
+  return positions, episodes, lags
+
+
+def test_lags_are_the_ones_the_stream_asks(wide_windows):
+  positions, episodes, lags = wide_windows
+  assert np.all((np.asarray(lags) >= 1) & (np.asarray(lags) <= WIDE.max_lag))
+  # A scored step's target is the value of the snippet `lag` slots back.
+  ts = np.asarray(positions.t)[:, None] + np.arange(WIDE.window)
+  old_slots = jnp.asarray(ts // WIDE.slot_steps - np.asarray(lags))
+  value = lambda key, slot: tasks.sample_snippets(jax.random.fold_in(key, slot), WIDE, 1)[1][0]  # noqa: E731
+  values = jax.vmap(jax.vmap(value, in_axes=(None, 0)))(positions.key, old_slots)  # [B, W, n_out]
+  scored = np.asarray(episodes.score) > 0
+  assert scored.sum() >= 6
+  np.testing.assert_array_equal(np.asarray(episodes.target)[scored], np.asarray(values)[scored])
+  assert len(set(np.asarray(lags).ravel().tolist())) > 1
+  # Binning: every scored step's n_out bits land in its own lag's bin, and nowhere else.
+  readout = jnp.ones(episodes.target.shape)
+  counts = streams.lag_counts(readout, episodes, lags, WIDE.max_lag)
+  expected = [WIDE.n_out * float(jnp.sum(episodes.score * (lags == d))) for d in range(1, WIDE.max_lag + 1)]
+  np.testing.assert_allclose(counts.bits_by_lag, expected)
+  assert float(jnp.sum(counts.correct_by_lag)) == float(
+    jnp.sum((episodes.target > 0) * episodes.score[..., None])
+  )
+
+
+def test_online_hebbian_is_the_closed_form(wide_windows):
+  episode = jax.tree.map(lambda a: a[0], wide_windows[1])
+  _, readout = streams.hebbian_window(jnp.zeros((WIDE.n_out, WIDE.n_in)), episode, WIDE, 0.9)
+  np.testing.assert_allclose(readout, baselines.hebbian(episode, WIDE, 0.9), rtol=1e-5, atol=1e-4)
+
+
+def test_palimpsest_forgets_and_no_decay_forgets_less():
+  counts, max_weight = streams.run_hebbian_streams(
+    WIDE, jax.random.PRNGKey(3), 16, 12, jnp.asarray([0.7, 1.0])
+  )
+  assert counts.bits_by_lag.shape == (2, 12, WIDE.max_lag) and max_weight.shape == (2, 12)
+  curves = [streams.accuracy(jax.tree.map(lambda a, i=i: a[i], counts), axis=0) for i in range(2)]
+  fast, none = curves
+  assert fast[0] > 0.75 and fast[-1] < 0.6  # decay 0.7: recent snippets recalled, old ones gone
+  assert (none[0] - none[-1]) < 0.5 * (fast[0] - fast[-1])
+  assert float(max_weight[1, -1]) > float(max_weight[0, -1])  # without decay the weights keep growing
+
+
+def test_long_stream_runs_many_windows_with_finite_bounded_norms(tiny_run):
+  rule = _tiny_rule()
+  topo, problem = streams_exp._on_protocol(rule, rule.config.task.max_lag)
+  key = jax.random.PRNGKey(4)
+  counts, norms = streams.run_long_streams(rule.theta, topo, problem, key, 2, SIZES["num_windows"])
+  assert counts.correct_by_lag.shape == (SIZES["num_windows"], problem.task.max_lag)
+  for name in streams.StateNorms._fields:
+    values = np.asarray(getattr(norms, name))
+    assert values.shape == (SIZES["num_windows"],) and np.all(np.isfinite(values)), name
+    assert np.all(values > 0), name
+  assert np.all(np.asarray(norms.max_synapse) <= streams.synapse_bound(rule.theta) + 0.5)
+  assert np.all(np.asarray(norms.max_body) <= 1.0 + 0.5)
+  # The same streams as meta-training's evaluation: its first windows score the same bits.
+  first = jax.tree.map(lambda a: a[: evaluate_lib.STREAM_EVAL_WINDOWS], counts)
+  reference = evaluate_lib.eval_batch(rule.theta, topo, key, problem, 2)
+  per_window = np.nan_to_num(streams.accuracy(first, axis=1))  # a window with nothing scored counts 0
+  assert np.mean(per_window) == pytest.approx(float(reference["bit_accuracy"]), abs=1e-5)
+
+
+def test_only_streaming_rules_are_accepted(tiny_run, tmp_path):
+  save_rule(dataclasses.replace(_tiny_rule(), config=remember.get_config("tiny")), str(tmp_path / "h"))
+  with pytest.raises(streams_exp.StreamsError, match="'hetero' protocol, not 'streaming'"):
+    streams_exp.load_streaming_rule(str(tmp_path / "h"))
+  with pytest.raises(streams_exp.StreamsError, match="cannot load"):
+    streams_exp.load_streaming_rule(str(tmp_path / "missing"))
+  folder = str(tiny_run[0])
+  rule = streams_exp.load_streaming_rule(f"{folder}/tiny")
+  with pytest.raises(streams_exp.StreamsError, match="synapse updates on"):
+    streams_exp.synapses_off_rule(folder, rule, f"{folder}/tiny")
+  assert streams_exp.synapses_off_rule(folder, rule, "") is None  # no <rule>/synapses_off run there
+
+
+def test_run_records_every_memory(tiny_run):
+  folder, out = tiny_run
+  assert set(out["protocols"]) == {"train", "probe"}
+  for name, p in out["protocols"].items():
+    assert set(streams_exp.MEMORIES) <= set(p), name
+    assert len(p["learned"]["accuracy_by_lag"]) == p["max_lag"] == (PROBE_LAG if name == "probe" else 4)
+    assert len(p["synapses_off"]["accuracy_by_window"]) == SIZES["num_windows"]
+    assert (
+      len(p["learned"]["norms"]["max_synapse"]) == SIZES["num_windows"] and p["learned"]["norms"]["finite"]
+    )
+    tuning = p["decay_tuning"]
+    assert tuning["chosen"] == p["palimpsest"]["decay"]
+    chosen_accuracy = tuning["accuracy_tuning_streams"][streams_exp.DECAY_GRID.index(tuning["chosen"])]
+    assert chosen_accuracy == max(tuning["accuracy_tuning_streams"])
+    assert p["hebbian_no_decay"]["decay"] == 1.0
+    for m in streams_exp.MEMORIES:
+      assert 0.0 <= p[m]["bit_accuracy"] <= 1.0
+  assert os.path.getsize(folder / "fig" / "streams.png") > 1000
+
+
+def test_command_gives_the_same_results(tiny_run, tmp_path, run_module):
+  folder, out = tiny_run
+  args = [f"--rule={folder}/tiny", f"--synapses_off={folder}/tiny_off", f"--probe_max_lag={PROBE_LAG}"]
+  args += [f"--num_streams={SIZES['num_streams']}", f"--num_windows={SIZES['num_windows']}"]
+  done = run_module("experiments.streams", *args, f"--out_dir={tmp_path}", "--figure_dir=")
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "recall bit accuracy by lag" in done.stdout and "state norms" in done.stdout
+  with open(tmp_path / "results.json") as f:
+    again = json.load(f)
+  for name, p in out["protocols"].items():
+    for m in streams_exp.MEMORIES:
+      assert again["protocols"][name][m]["accuracy_by_lag"] == p[m]["accuracy_by_lag"], (name, m)
+  assert os.path.getsize(tmp_path / "streams.png") > 1000
