@@ -45,6 +45,9 @@ _WORKDIR = flagutil.define(
 _QUICK = flagutil.define(
   flags.DEFINE_bool, "quick", False, "Reduced resolution: the config's `quick` variant on top."
 )
+_PLOT_ONLY = flagutil.define(
+  flags.DEFINE_bool, "plot_only", False, "Only redraw the figure from the workdir's results.json."
+)
 _FIGURE_DIR = flagutil.define(
   flags.DEFINE_string,
   "figure_dir",
@@ -310,10 +313,26 @@ def plot(result: dict, path: str) -> None:
       ax.set_ylabel("bit accuracy")
   for ax in axes[-1]:
     ax.set_xlabel("K, pairs (x, f(x)) shown once")
-  axes[0][1].legend(fontsize=7, loc="lower right")
+  # One legend for all panels, where the recall panel is empty (few pairs, low accuracy).
+  handles, labels = axes[0][1].get_legend_handles_labels()
+  axes[0][0].legend(handles, labels, fontsize=7, loc="lower left")
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def replot(workdir: str, figure_dir: str | None = None) -> None:
+  """Redraws `learning.png` from `<workdir>/results.json` and prints its table (nothing is evaluated)."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    sys.exit(f"error: --plot_only: no {path}; run the study first")
+  with open(path) as f:
+    result = json.load(f)
+  figure_dir = figure_dir or workdir
+  os.makedirs(figure_dir, exist_ok=True)
+  plot(result, os.path.join(figure_dir, "learning.png"))
+  print(format_table(result))
+  print(f"drew {figure_dir}/learning.png from {path}")
 
 
 def main(argv):
@@ -325,8 +344,13 @@ def main(argv):
     learning_configs.apply_variant(cfg, "quick")
   workdir = _WORKDIR.value or os.path.join("runs", "learning-quick" if _QUICK.value else "learning")
   figure_dir = _FIGURE_DIR.value
-  if figure_dir is None and not _QUICK.value and cfg == learning_configs.get_config():
+  if (
+    figure_dir is None and not _QUICK.value and cfg.to_dict() == learning_configs.get_config().to_dict()
+  ):  # `==` also compares locks
     figure_dir = os.path.join("docs", "figures", "learning")
+  if _PLOT_ONLY.value:
+    replot(workdir, figure_dir)
+    return
   try:
     run(cfg, workdir, figure_dir)
   except (config_lib.ConfigError, FileNotFoundError, pretrained.RuleLoadError) as e:
