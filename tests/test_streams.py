@@ -30,20 +30,22 @@ def _tiny_rule(synapse_updates: bool = True) -> Rule:
 
 
 SIZES = {"num_streams": 2, "num_windows": 30}  # 30 windows of W = 8: 240 steps, never reset
-PROBE_LAG = 6
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  """`(folder, results)`: the tiny rule (and its synapses-off twin) saved in `folder` and run in-process
-  by `experiments.streams.run`, with a probe at lags up to 6."""
+def tiny_run(tmp_path_factory, run_module):
+  """`(folder, results.json, stdout)`: the tiny rule (and its synapses-off twin) saved in `folder` and
+  run by the command on its own protocol (no probe: a probe compiles every program again). Requested
+  after `test_long_stream_...`, whose programs it then finds in the tests' compilation cache."""
   folder = tmp_path_factory.mktemp("streams")
   save_rule(_tiny_rule(), str(folder / "tiny"))
   save_rule(_tiny_rule(synapse_updates=False), str(folder / "tiny_off"))
-  out = streams_exp.run(
-    str(folder / "tiny"), str(folder / "out"), SIZES, PROBE_LAG, str(folder / "tiny_off"), str(folder / "fig")
-  )
-  return folder, out
+  args = [f"--rule={folder}/tiny", f"--synapses_off={folder}/tiny_off", "--probe_max_lag=4"]
+  args += [f"--num_streams={SIZES['num_streams']}", f"--num_windows={SIZES['num_windows']}"]
+  done = run_module("experiments.streams", *args, f"--out_dir={folder}/out", f"--figure_dir={folder}/fig")
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(folder / "out" / "results.json") as f:
+    return folder, json.load(f), done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,7 @@ def test_palimpsest_forgets_and_no_decay_forgets_less():
   assert float(max_weight[1, -1]) > float(max_weight[0, -1])  # without decay the weights keep growing
 
 
-def test_long_stream_runs_many_windows_with_finite_bounded_norms(tiny_run):
+def test_long_stream_runs_many_windows_with_finite_bounded_norms():
   rule = _tiny_rule()
   topo, problem = streams_exp._on_protocol(rule, rule.config.task.max_lag)
   key = jax.random.PRNGKey(4)
@@ -127,36 +129,27 @@ def test_only_streaming_rules_are_accepted(tiny_run, tmp_path):
   assert streams_exp.synapses_off_rule(folder, rule, "") is None  # no <rule>/synapses_off run there
 
 
-def test_run_records_every_memory(tiny_run):
-  folder, out = tiny_run
-  assert set(out["protocols"]) == {"train", "probe"}
-  for name, p in out["protocols"].items():
-    assert set(streams_exp.MEMORIES) <= set(p), name
-    assert len(p["learned"]["accuracy_by_lag"]) == p["max_lag"] == (PROBE_LAG if name == "probe" else 4)
-    assert len(p["synapses_off"]["accuracy_by_window"]) == SIZES["num_windows"]
-    assert (
-      len(p["learned"]["norms"]["max_synapse"]) == SIZES["num_windows"] and p["learned"]["norms"]["finite"]
-    )
-    tuning = p["decay_tuning"]
-    assert tuning["chosen"] == p["palimpsest"]["decay"]
-    chosen_accuracy = tuning["accuracy_tuning_streams"][streams_exp.DECAY_GRID.index(tuning["chosen"])]
-    assert chosen_accuracy == max(tuning["accuracy_tuning_streams"])
-    assert p["hebbian_no_decay"]["decay"] == 1.0
-    for m in streams_exp.MEMORIES:
-      assert 0.0 <= p[m]["bit_accuracy"] <= 1.0
+def test_command_records_every_memory(tiny_run, tmp_path):
+  folder, out, stdout = tiny_run
+  assert "recall bit accuracy by lag" in stdout and "state norms" in stdout
+  assert set(out["protocols"]) == {"train"}  # the probe's Dmax 4 is the rule's own
+  p = out["protocols"]["train"]
+  assert set(streams_exp.MEMORIES) <= set(p) and len(p["learned"]["accuracy_by_lag"]) == p["max_lag"] == 4
+  assert len(p["synapses_off"]["accuracy_by_window"]) == SIZES["num_windows"]
+  assert len(p["learned"]["norms"]["max_synapse"]) == SIZES["num_windows"] and p["learned"]["norms"]["finite"]
+  tuning = p["decay_tuning"]
+  assert tuning["chosen"] == p["palimpsest"]["decay"] and p["hebbian_no_decay"]["decay"] == 1.0
+  assert tuning["accuracy_tuning_streams"][streams_exp.DECAY_GRID.index(tuning["chosen"])] == max(
+    tuning["accuracy_tuning_streams"]
+  )
+  for m in streams_exp.MEMORIES:
+    assert 0.0 <= p[m]["bit_accuracy"] <= 1.0
   assert os.path.getsize(folder / "fig" / "streams.png") > 1000
-
-
-def test_command_gives_the_same_results(tiny_run, tmp_path, run_module):
-  folder, out = tiny_run
-  args = [f"--rule={folder}/tiny", f"--synapses_off={folder}/tiny_off", f"--probe_max_lag={PROBE_LAG}"]
-  args += [f"--num_streams={SIZES['num_streams']}", f"--num_windows={SIZES['num_windows']}"]
-  done = run_module("experiments.streams", *args, f"--out_dir={tmp_path}", "--figure_dir=")
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert "recall bit accuracy by lag" in done.stdout and "state norms" in done.stdout
-  with open(tmp_path / "results.json") as f:
-    again = json.load(f)
-  for name, p in out["protocols"].items():
-    for m in streams_exp.MEMORIES:
-      assert again["protocols"][name][m]["accuracy_by_lag"] == p[m]["accuracy_by_lag"], (name, m)
-  assert os.path.getsize(tmp_path / "streams.png") > 1000
+  # The figure with a probe protocol too (its records have the train protocol's layout, longer lags).
+  probe = json.loads(json.dumps(p))
+  for m in streams_exp.MEMORIES:
+    probe[m]["accuracy_by_lag"] = probe[m]["accuracy_by_lag"] * 2
+  streams_exp.plot(
+    {**out, "protocols": {"train": p, "probe": {**probe, "max_lag": 8}}}, str(tmp_path / "p.png")
+  )
+  assert os.path.getsize(tmp_path / "p.png") > 1000
