@@ -56,7 +56,7 @@ _FIGURE_DIR = flagutil.define(
   "config than the default one, so that only the full study replaces the committed figure).",
 )
 
-METHODS = ("learned", "online_backprop", "hebbian", "pseudo_inverse")
+METHODS = ("learned", "online_backprop", "hebbian", "hebbian_decay", "pseudo_inverse")
 MEASURES = ("recall", "generalisation")
 # Keys folded into the evaluation key: tuning episodes and ceiling teachers, disjoint from the evaluation's.
 _TUNE_TAG, _CEILING_TAG = 3, 7
@@ -90,6 +90,10 @@ def validate(cfg) -> None:
       raise config_lib.ConfigError(field, "must be >= 1 (num_unseen >= 0)")
   if not cfg.online_backprop.step_sizes or any(s <= 0 for s in cfg.online_backprop.step_sizes):
     raise config_lib.ConfigError("online_backprop.step_sizes", "needs at least one step size, each > 0")
+  if "hebbian_decay" in _names(cfg.baselines) and (
+    not cfg.hebbian_decays or any(not 0 < d <= 1 for d in cfg.hebbian_decays)
+  ):
+    raise config_lib.ConfigError("hebbian_decays", "needs at least one decay, each in (0, 1]")
   if cfg.online_backprop.tune_on not in MEASURES:
     raise config_lib.ConfigError("online_backprop.tune_on", f"one of {MEASURES}")
 
@@ -119,6 +123,12 @@ def mean_and_error(values: np.ndarray) -> tuple[float, float]:
   return float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
 
 
+def _hebbian_decay(decay, episode, init_key, spec):
+  """`baselines.hebbian` with a per-step `decay` (a palimpsest), as a `teacher.readout_scores` readout."""
+  del init_key
+  return baselines.hebbian(episode, spec, decay)
+
+
 class _Study:
   """One teacher's evaluation: the rule, the tasks at every K, the episodes' keys, timings."""
 
@@ -131,9 +141,10 @@ class _Study:
       raise config_lib.ConfigError("k_values", f"K {too_many} leaves no unseen {self.specs[0].n_in}-bit key")
     self.timings = {}
 
-  def scorer(self, method: str, step_sizes=None):
+  def scorer(self, method: str, args=None):
     """`eval_fn(key, n)` for `per_episode`: `{measure: [len(K), n]}` of `method` on the `n`
-    held-out teacher episodes of `key` (the same episodes for every method)."""
+    held-out teacher episodes of `key` (the same episodes for every method); `args` `[len(K)]` are
+    the SGD step sizes or the Hebbian decays."""
     readouts = {
       "hebbian": baselines.READOUT_FNS["hebbian"],
       "pseudo_inverse": baselines.READOUT_FNS["pseudo_inverse"],
@@ -141,7 +152,8 @@ class _Study:
     readouts["online_backprop"] = trained_baselines.online_backprop_readout_fn(
       int(self.cfg.online_backprop.hidden)
     )
-    args = jnp.asarray(step_sizes if step_sizes is not None else [0.0] * len(self.specs), jnp.float32)
+    readouts["hebbian_decay"] = _hebbian_decay
+    args = jnp.asarray(args if args is not None else [0.0] * len(self.specs), jnp.float32)
 
     def eval_fn(key, n):
       stored, unseen, lengths, init_keys = teacher.held_out_episodes(key, self.specs, self.teacher, n)
@@ -173,19 +185,44 @@ class _Study:
     best = [max(table, key=lambda lr: table[lr][i]) for i in range(len(self.specs))]
     return best, table
 
+  def match_decay(self, key, learned: dict[str, np.ndarray]) -> tuple[float, dict, dict]:
+    """The Hebbian decay (of `hebbian_decays`) whose recall against K is closest (least squares over K)
+    to the rule's `learned` per-episode recall `[len(K), E]` on the episodes of `key`: a memory that
+    forgets as fast as the rule. Returns it, its per-episode scores, and `{decay: squared distance}`.
+    Matched on recall only, so the generalisation it is compared on was not selected for."""
+    target = learned["recall"].mean(axis=1)
+    fits, distance = {}, {}
+    for decay in self.cfg.hebbian_decays:
+      fits[float(decay)] = per_episode(
+        self.scorer("hebbian_decay", [float(decay)] * len(self.specs)),
+        key,
+        self.cfg.num_episodes,
+        self.cfg.batch,
+      )
+      distance[float(decay)] = float(np.sum((fits[float(decay)]["recall"].mean(axis=1) - target) ** 2))
+    best = min(distance, key=distance.get)
+    return best, fits[best], distance
+
 
 def evaluate_teacher(cfg, rule: pretrained.Rule, kind: str, eval_key: jax.Array) -> dict:
   """Teacher `kind`: tunes the SGD step size (if `online_backprop` is a baseline), evaluates every method
-  on the held-out episodes of `eval_key`; returns its records, tuning table, linear ceiling, timings."""
+  on the held-out episodes of `eval_key` (and matches the Hebbian decay to the rule's recall, if
+  `hebbian_decay` is one); returns its records, tuning tables, linear ceiling, timings."""
   study = _Study(cfg, rule, kind)
-  step_sizes, tuning = None, None
+  step_sizes, tuning = None, {}
   methods = ["learned", *_names(cfg.baselines)]
   if "online_backprop" in methods:
     tune_key = jax.random.fold_in(eval_key, _TUNE_TAG)
     step_sizes, table = study.timed("tune online_backprop", lambda: study.tune(tune_key))
-    tuning = {"best": step_sizes, "table": {str(lr): accs for lr, accs in table.items()}}
+    tuning["online_backprop"] = {"best": step_sizes, "table": {str(lr): accs for lr, accs in table.items()}}
   evaluate = lambda m: per_episode(study.scorer(m, step_sizes), eval_key, cfg.num_episodes, cfg.batch)  # noqa: E731
-  per_method = {m: study.timed(m, lambda m=m: evaluate(m)) for m in methods}
+  per_method = {m: study.timed(m, lambda m=m: evaluate(m)) for m in methods if m != "hebbian_decay"}
+  decay = None
+  if "hebbian_decay" in methods:
+    decay, per_method["hebbian_decay"], distance = study.timed(
+      "hebbian_decay", lambda: study.match_decay(eval_key, per_method["learned"])
+    )
+    tuning["hebbian_decay"] = {"best": decay, "recall_distance": {str(d): v for d, v in distance.items()}}
   records = []
   for method, values in per_method.items():
     for i, spec in enumerate(study.specs):
@@ -198,6 +235,8 @@ def evaluate_teacher(cfg, rule: pretrained.Rule, kind: str, eval_key: jax.Array)
         row["rule_advantage"], row["rule_advantage_se"] = mean_and_error(diff)
       if method == "online_backprop":
         row["step_size"] = step_sizes[i]
+      if method == "hebbian_decay":
+        row["decay"] = decay
       records.append(row)
   c, n_in, n_out = cfg.ceiling, study.specs[0].n_in, study.specs[0].n_out
   ceiling_key = jax.random.fold_in(eval_key, _CEILING_TAG)
@@ -230,7 +269,7 @@ def run(cfg, workdir: str, figure_dir: str | None = None) -> dict:
     "chance": 0.5,
     "records": [r for t in per_teacher.values() for r in t["records"]],
     "linear_ceiling": {kind: t["ceiling"] for kind, t in per_teacher.items()},
-    "online_backprop_tuning": {kind: t["tuning"] for kind, t in per_teacher.items()},
+    "tuning": {kind: t["tuning"] for kind, t in per_teacher.items()},
     "timings": {kind: t["timings"] for kind, t in per_teacher.items()},
     "wall_s": time.perf_counter() - start,
     "cpu_s": time.process_time() - cpu_start,
@@ -257,7 +296,13 @@ def format_table(result: dict) -> str:
   SGD's over the same episodes with its 95% interval (1.96 standard errors); SGD's tuned step size."""
   records = result["records"]
   methods = list(dict.fromkeys(r["method"] for r in records))
-  short = {"learned": "rule", "online_backprop": "sgd", "hebbian": "hebb", "pseudo_inverse": "pinv"}
+  short = {
+    "learned": "rule",
+    "online_backprop": "sgd",
+    "hebbian": "hebb",
+    "hebbian_decay": "hebd",
+    "pseudo_inverse": "pinv",
+  }
   lines = []
   for kind in dict.fromkeys(r["teacher"] for r in records):
     lines.append(
@@ -283,9 +328,16 @@ _LABELS = {
   "learned": "learned rule (hetero, frozen)",
   "online_backprop": "online SGD, step size tuned",
   "hebbian": "Hebbian outer product",
+  "hebbian_decay": "Hebbian, decay matched to the rule's recall",
   "pseudo_inverse": "pseudo-inverse (least squares)",
 }
-_STYLES = {"learned": "o-", "online_backprop": "s--", "hebbian": "^--", "pseudo_inverse": "v--"}
+_STYLES = {
+  "learned": "o-",
+  "online_backprop": "s--",
+  "hebbian": "^--",
+  "hebbian_decay": "d:",
+  "pseudo_inverse": "v--",
+}
 
 
 def plot(result: dict, path: str) -> None:

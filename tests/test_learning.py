@@ -91,7 +91,7 @@ def test_tiny_study_end_to_end(tmp_path):
   with open(tmp_path / "run" / "results.json") as f:
     saved = json.load(f)
   assert os.path.exists(tmp_path / "run" / "learning.png")
-  methods = ("learned", "online_backprop", "hebbian", "pseudo_inverse")
+  methods = learning.METHODS
   keys = {(r["teacher"], r["method"], r["K"]) for r in saved["records"]}
   assert keys == {("mlp", m, k) for m in methods for k in cfg.k_values}
   for r in saved["records"]:
@@ -102,6 +102,10 @@ def test_tiny_study_end_to_end(tmp_path):
       assert r["recall"] == 1.0
     if r["method"] == "online_backprop":
       assert r["step_size"] in cfg.online_backprop.step_sizes
+    if r["method"] == "hebbian_decay":
+      assert (
+        r["decay"] == saved["tuning"]["mlp"]["hebbian_decay"]["best"] and r["decay"] in cfg.hebbian_decays
+      )
     if r["method"] != "learned":  # the rule's generalisation minus this method's, over the same episodes
       learned = next(x for x in saved["records"] if x["method"] == "learned" and x["K"] == r["K"]
                      and x["teacher"] == r["teacher"])  # fmt: skip

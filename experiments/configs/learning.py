@@ -12,7 +12,9 @@ config; then it asks every stored key (recall) and as many unseen keys (generali
 unchanged; the baselines (`baselines`) see the same episodes: `online_backprop` (a fresh
 n_in -> hidden tanh -> n_out net per episode, one SGD step per teaching step, its step size tuned per
 teacher and per K on `tune_episodes` other episodes, for the measure `tune_on`), `hebbian` (outer-product
-memory, no decay) and `pseudo_inverse` (the least-squares linear store). Variants: `tiny` (seconds, for
+memory, no decay), `hebbian_decay` (the same with a per-step decay, the one of `hebbian_decays` whose
+recall against K is closest to the rule's: a memory that forgets as fast) and `pseudo_inverse` (the
+least-squares linear store). Variants: `tiny` (seconds, for
 tests), `quick`.
 """
 
@@ -29,7 +31,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.k_values = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
   cfg.num_episodes = 256  # held-out episodes per (teacher, K)
   cfg.batch = 64  # episodes per evaluation batch
-  cfg.baselines = "online_backprop,hebbian,pseudo_inverse"
+  cfg.baselines = "online_backprop,hebbian,hebbian_decay,pseudo_inverse"
+  # hebbian_decay: the Hebbian memory with the per-step decay of this grid whose recall against K is
+  # closest to the rule's (on the evaluation episodes; matched on recall, compared on generalisation).
+  cfg.hebbian_decays = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
 
   cfg.online_backprop = ml_collections.ConfigDict()
   cfg.online_backprop.hidden = 32  # as the rule's network's hidden neurons
@@ -53,6 +58,7 @@ def _tiny(cfg):
   cfg.num_episodes = 4
   cfg.batch = 4
   cfg.online_backprop.step_sizes = (0.03, 0.3)
+  cfg.hebbian_decays = (0.9, 1.0)
   cfg.online_backprop.tune_episodes = 4
   cfg.ceiling.num_fit = 64
   cfg.ceiling.teachers = 4
