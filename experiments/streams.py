@@ -119,7 +119,7 @@ def _on_protocol(rule: pretrained.Rule, max_lag: int):
 def _memory_record(counts: streams.RecallCounts, **extra) -> dict:
   """Forgetting curve and per-window accuracy of one memory's `[num_windows, Dmax]` counts."""
   return {
-    "bit_accuracy": float(streams.accuracy(counts)),
+    "bit_accuracy": _nan_to_none(streams.accuracy(counts))[0],
     "accuracy_by_lag": _nan_to_none(streams.accuracy(counts, axis=0)),
     "scored_bits_by_lag": _nan_to_none(np.sum(counts.bits_by_lag, axis=0)),
     "accuracy_by_window": _nan_to_none(streams.accuracy(counts, axis=1)),
@@ -128,14 +128,12 @@ def _memory_record(counts: streams.RecallCounts, **extra) -> dict:
 
 
 def _norm_record(norms: streams.StateNorms) -> dict:
+  """Per-window `[num_windows]` norms, the first, last and largest maximum, and whether all are finite."""
   record = {name: _nan_to_none(getattr(norms, name)) for name in streams.StateNorms._fields}
   for name in ("max_body", "max_synapse"):
     values = np.asarray(getattr(norms, name))
-    record[f"{name}_summary"] = {
-      "first_window": float(values[0]),
-      "last_window": float(values[-1]),
-      "max": float(values.max()),
-    }
+    first, last, most = _nan_to_none([values[0], values[-1], values.max()])  # NaN: not finite
+    record[f"{name}_summary"] = {"first_window": first, "last_window": last, "max": most}
   record["finite"] = bool(all(np.all(np.isfinite(np.asarray(v))) for v in norms))
   return record
 
@@ -251,6 +249,10 @@ def _label(name: str, p: dict) -> str:
   return {"learned": "learned rule", "synapses_off": "synapses off"}[name]
 
 
+def _num(value) -> str:
+  return "inf/nan" if value is None else f"{value:.3f}"
+
+
 def format_tables(out: dict) -> str:
   """The forgetting curve of every protocol and the state-norm summary, as text."""
   lines = []
@@ -264,9 +266,9 @@ def format_tables(out: dict) -> str:
     lines.append(f"{'d':>4}{'bits':>9}" + "".join(f"{_label(m, p):>26}" for m in memories))
     for d in range(p["max_lag"]):
       row = [p[m]["accuracy_by_lag"][d] for m in memories]
-      cells = "".join(f"{'-' if v is None else f'{v:.3f}':>26}" for v in row)
+      cells = "".join(f"{'-' if v is None else _num(v):>26}" for v in row)
       lines.append(f"{d + 1:>4}{p['learned']['scored_bits_by_lag'][d]:>9.0f}{cells}")
-    lines.append(f"{'all':>4}{'':>9}" + "".join(f"{p[m]['bit_accuracy']:>26.3f}" for m in memories))
+    lines.append(f"{'all':>4}{'':>9}" + "".join(f"{_num(p[m]['bit_accuracy']):>26}" for m in memories))
   lines.append("\nstate norms: largest |entry| over every step of a window and every stream")
   lines.append(f"{'protocol':<10}{'memory':<14}{'state':<9}{'first window':>14}{'last window':>13}{'max':>9}")
   for name, p in out["protocols"].items():
@@ -274,7 +276,7 @@ def format_tables(out: dict) -> str:
       for state in ("body", "synapse") if m in p else ():
         s = p[m]["norms"][f"max_{state}_summary"]
         lines.append(
-          f"{name:<10}{m:<14}{state:<9}{s['first_window']:>14.3f}{s['last_window']:>13.3f}{s['max']:>9.3f}"
+          f"{name:<10}{m:<14}{state:<9}{_num(s['first_window']):>14}{_num(s['last_window']):>13}{_num(s['max']):>9}"
         )
   lines.append(
     f"(the bounded synapse update allows |synapse| <= {out['synapse_bound']:.3f}; bodies are gated tanh)"
