@@ -8,6 +8,10 @@ Trains the learned rule in `--workdir` and, unless `--config.baseline_synapses_o
 network with synapse updates off in `<workdir>/synapses_off` (its own run, same budget). Rerunning with
 the same workdir resumes both. Ends with a table of held-out recall bit accuracy and writes
 `<workdir>/summary.json`.
+
+Exit status: 0 done; 2 a bad config, workdir or checkpoint (one `error:` line, nothing trained); 1 too many
+non-finite meta steps in a row (the last checkpoint intact); 143 stopped by SIGTERM after saving a
+checkpoint (rerun the same command to resume). See docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import sys
 import time
 
@@ -139,9 +144,20 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(cfg)
   try:
     run(cfg, workdir)
-  except (config_lib.ConfigError, checkpointing.IncompatibleCheckpointError) as e:
+  except (
+    config_lib.ConfigError,
+    checkpointing.IncompatibleCheckpointError,
+    checkpointing.DamagedCheckpointError,
+    checkpointing.WorkdirError,
+  ) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except meta_train.NonFiniteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except meta_train.Preempted as e:
+    print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":
