@@ -141,9 +141,14 @@ def main(argv):
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value or default_workdir(cfg)
+  run_or_exit(cfg, _WORKDIR.value or default_workdir(cfg))
+
+
+def run_or_exit(cfg, workdir: str) -> dict:
+  """`run`, with every failure a user can act on turned into one line on stderr and the exit status of
+  the module docstring (no traceback)."""
   try:
-    run(cfg, workdir)
+    return run(cfg, workdir)
   except (
     config_lib.ConfigError,
     checkpointing.IncompatibleCheckpointError,
