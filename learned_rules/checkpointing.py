@@ -249,17 +249,27 @@ class Checkpointer:
       )
 
   def save(self, step: int, train_state, cfg) -> None:
-    """Saves synchronously; a sharded state is written by every process, each its own shards."""
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(train_state),
-        config=ocp.args.JsonSave(config_to_dict(cfg)),
-        environment=ocp.args.JsonSave(environment()),
-      ),
-      force=True,
-    )
-    self._manager.wait_until_finished()
+    """Saves synchronously; a sharded state is written by every process, each its own shards.
+
+    Raises `WorkdirError` if the disk is full or the directory unwritable: the step is then left
+    uncommitted (never listed) and the checkpoints before it are intact.
+    """
+    try:
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(train_state),
+          config=ocp.args.JsonSave(config_to_dict(cfg)),
+          environment=ocp.args.JsonSave(environment()),
+        ),
+        force=True,
+      )
+      self._manager.wait_until_finished()
+    except OSError as e:
+      raise WorkdirError(
+        f"could not save step {step} in {self.directory}: {e.strerror or e}; the run stopped, its last "
+        f"checkpoint (step {self.latest_step()}) is intact: free some space and rerun to resume"
+      ) from e
 
   def restore(self, like, step: int | None = None):
     """Restores the train state with the structure, shapes, dtypes and shardings of `like` (jax
