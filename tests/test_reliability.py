@@ -534,3 +534,20 @@ def test_a_full_workdir_is_reported_before_training(make_cfg, tmp_path, monkeypa
   with pytest.raises(checkpointing.WorkdirError, match=r"MiB free, the run's checkpoints need about"):
     meta_train.train_and_evaluate(make_cfg("tiny"), str(tmp_path / "run"))
   assert os.listdir(tmp_path / "run") == []  # the directory only: no checkpoints, config or metrics
+
+
+def test_a_save_that_fails_for_lack_of_space_is_reported(tmp_path, make_cfg, monkeypatch):
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  state = {"w": jax.numpy.ones((3,))}
+  ckpt.save(1, state, make_cfg("tiny"))
+
+  def full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(ckpt._manager, "save", full)
+  with pytest.raises(
+    checkpointing.WorkdirError, match=r"could not save step 2 .* last checkpoint \(step 1\) is intact"
+  ):
+    ckpt.save(2, state, make_cfg("tiny"))
+  assert ckpt.all_steps() == [1]
+  ckpt.close()
