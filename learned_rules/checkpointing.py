@@ -226,6 +226,14 @@ class Checkpointer:
     except Exception:  # noqa: BLE001
       return None
 
+  def environment_changes(self, step: int) -> list[str]:
+    """`environment_differences` between the environment that wrote `step` and this one; a checkpoint
+    from before environments were recorded reports `["environment: not recorded"]`."""
+    saved = self.saved_environment(step)
+    if saved is None:
+      return ["environment: not recorded"]
+    return environment_differences(saved, environment())
+
   def newest_config(self) -> tuple[int | None, dict | None]:
     """`(step, config)` of the newest checkpoint whose config reads (older ones are warned about)."""
     for step in reversed(self.all_steps()):

@@ -335,22 +335,6 @@ def load_run(workdir: str):
     ckpt.close()
 
 
-def _warn_if_environment_changed(ckpt, step: int, label: str) -> None:
-  saved = ckpt.saved_environment(step)
-  if saved is None:
-    logging.warning("%scheckpoint step %d records no environment (an older run)", label, step)
-    return
-  diffs = checkpointing.environment_differences(saved, checkpointing.environment())
-  if diffs:
-    logging.warning(
-      "%sresuming step %d under another environment than the one that wrote it (%s): the rest of the run "
-      "may differ in its last bits from an uninterrupted one",
-      label,
-      step,
-      "; ".join(diffs),
-    )
-
-
 def train_and_evaluate(cfg, workdir: str, label: str = "", evaluate: bool = True) -> dict:
   """Meta-trains `cfg` in `workdir` (resuming if it holds a checkpoint) and evaluates the result.
 
@@ -377,7 +361,15 @@ def train_and_evaluate(cfg, workdir: str, label: str = "", evaluate: bool = True
     state, resumed_step = _latest_or_initial_state(cfg, ckpt, mesh_topo, sharded, optimizer, set_aside=main)
     if resumed_step is not None:
       logging.info("%sresumed from step %d in %s", label, resumed_step, ckpt.directory)
-      _warn_if_environment_changed(ckpt, resumed_step, label)
+      changes = ckpt.environment_changes(resumed_step)
+      if changes:
+        logging.warning(
+          "%sresuming step %d under another environment than the one that wrote it (%s): the rest of the "
+          "run may differ in its last bits from an uninterrupted one",
+          label,
+          resumed_step,
+          "; ".join(changes),
+        )
     if main:
       _write_config(workdir, cfg)
     logging.info("%s%s", label, sharding.describe(mesh))

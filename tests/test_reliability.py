@@ -282,10 +282,20 @@ def test_the_command_stops_on_nonfinite_steps_with_exit_status_1(tmp_path):
   assert _steps(str(tmp_path / "run")) == [2]
 
 
+def _logged_steps(workdir: str) -> list[int]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line)["step"] for line in f if line.endswith("\n") and '"loss"' in line]
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_times_loses_nothing_beyond_the_last_checkpoint(run_module, tmp_path):
-  """12 meta steps, a checkpoint every 3; killed after step 4 (between checkpoints), then at random
-  times until a run finishes. Each restart resumes from the last checkpoint; the end is bit-exact."""
+def test_sigkill_at_random_points_loses_nothing_beyond_the_last_checkpoint(tmp_path):
+  """12 meta steps, a checkpoint every 3, a log record every step. Killed after step 4 (between
+  checkpoints), then five times more, each at a random moment (0 to 0.3 s) after a random meta step
+  has been logged (so sometimes within a save), then run to the end: every restart resumes from the
+  last checkpoint, and the end is bit-exact."""
   flags = ("--config.train.num_steps=12", "--config.train.checkpoint_every=3", "--config.train.log_every=1")
   cfg = remember.get_config("tiny")
   cfg.train.num_steps, cfg.train.checkpoint_every, cfg.train.log_every = 12, 3, 1
@@ -297,17 +307,25 @@ def test_sigkill_at_random_times_loses_nothing_beyond_the_last_checkpoint(run_mo
   proc.wait()
   assert _steps(workdir)[-1] == 3  # lost: step 4 only, the work since the last checkpoint
   rng, kills = random.Random(0), []
-  for attempt in range(8):
-    proc = _start(workdir, str(tmp_path / f"random{attempt}"), {}, *flags)
-    try:
-      proc.wait(timeout=rng.uniform(4.0, 20.0))
+  for attempt in range(5):
+    resume_from = _steps(workdir)[-1]
+    if resume_from >= 11:
       break
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
-      kills.append(_steps(workdir))
-  assert proc.returncode == 0, _log(str(tmp_path / f"random{attempt}"))[-3000:]
-  print("checkpoint steps after each random kill:", kills)
+    target, delay = rng.randint(resume_from + 1, 11), rng.uniform(0.0, 0.3)
+    seen = len(_logged_steps(workdir))
+    proc = _start(workdir, str(tmp_path / f"random{attempt}"), {}, *flags)
+    while not [s for s in _logged_steps(workdir)[seen:] if s >= target] and proc.poll() is None:
+      time.sleep(0.01)
+    time.sleep(delay)
+    proc.kill()
+    proc.wait()
+    logged = _logged_steps(workdir)[seen:]
+    kills.append(dict(resumed=resume_from, killed_after=max(logged, default=None), delay=round(delay, 3)))
+    kills[-1]["checkpoints"] = _steps(workdir)
+    assert logged and logged[0] == resume_from + 1, kills  # each restart resumed from its last checkpoint
+  proc = _start(workdir, str(tmp_path / "last"), {}, *flags)
+  assert proc.wait(timeout=300) == 0, _log(str(tmp_path / "last"))[-3000:]
+  print("random kills:", *kills, sep="\n  ")
   chex.assert_trees_all_equal(_final_state(workdir), _final_state(str(tmp_path / "reference")))
 
 
@@ -322,21 +340,40 @@ def _poisoned_config(limit: int):
 
 
 @pytest.fixture
-def poisoned(monkeypatch):
-  """Meta step 3 gets NaN gradients, meta step 4 a NaN loss (finite gradients)."""
-  objective = fault_harness.poison(meta_train.objective_and_grads, grad_steps=[3], loss_steps=[4])
-  monkeypatch.setattr(meta_train, "objective_and_grads", objective)
+def nan_topology_at_steps_3_and_4(monkeypatch):
+  """Meta steps 3 and 4 get a topology whose fan-in is NaN: the run's own jitted step (the same
+  compiled program as a clean run's, so nothing is compiled again) computes a NaN loss and NaN
+  gradients from it."""
+  make = meta_train.make_run_meta_step
+
+  def make_poisoned(*args, **kwargs):
+    meta_step = make(*args, **kwargs)
+
+    def step(state, topo):
+      if int(state.step) + 1 in (3, 4):
+        topo = topo.replace(fan_in=topo.fan_in * np.float32(np.nan))
+      return meta_step(state, topo)
+
+    return step
+
+  monkeypatch.setattr(meta_train, "make_run_meta_step", make_poisoned)
 
 
-def test_nonfinite_steps_are_skipped_counted_and_logged(poisoned, tmp_path, caplog):
+def _checkpoints_of(cfg, workdir: str, steps) -> dict:
+  ckpt = checkpointing.Checkpointer(workdir, create=False)
+  topo, problem, optimizer = meta_train.setup(cfg)
+  like = meta_train.initial_train_state(topo, problem, optimizer, cfg.train.batch_size, cfg.seed)
+  try:
+    return {step: ckpt.restore(like, step) for step in steps}
+  finally:
+    ckpt.close()
+
+
+def test_nonfinite_steps_are_skipped_counted_and_logged(nan_topology_at_steps_3_and_4, tmp_path, caplog):
   cfg = _poisoned_config(limit=3)
   with caplog.at_level("WARNING"):
     meta_train.train_and_evaluate(cfg, str(tmp_path), evaluate=False)
-  ckpt = checkpointing.Checkpointer(str(tmp_path), create=False)
-  topo, problem, optimizer = meta_train.setup(cfg)
-  like = meta_train.initial_train_state(topo, problem, optimizer, cfg.train.batch_size, cfg.seed)
-  at = {step: ckpt.restore(like, step) for step in (2, 4, 6)}
-  ckpt.close()
+  at = _checkpoints_of(cfg, str(tmp_path), (2, 4, 6))
   # Steps 3 and 4 changed nothing but the step and the counts; training went on after them.
   chex.assert_trees_all_equal((at[4].theta, at[4].opt_state), (at[2].theta, at[2].opt_state))
   assert not np.array_equal(at[6].theta["body"]["w1"], at[4].theta["body"]["w1"])
@@ -345,13 +382,12 @@ def test_nonfinite_steps_are_skipped_counted_and_logged(poisoned, tmp_path, capl
   log = {r["step"]: r for r in _train_records(str(tmp_path))}
   assert [log[s]["nonfinite"] for s in range(1, 7)] == [0, 0, 1, 1, 0, 0]
   assert [log[s]["nonfinite_streak"] for s in range(1, 7)] == [0, 0, 1, 2, 0, 0]
-  assert np.isnan(log[3]["grad_norm"]) and np.isfinite(log[3]["loss"])
-  assert np.isnan(log[4]["loss"]) and np.isfinite(log[4]["grad_norm"])
+  assert np.isnan(log[3]["loss"]) and np.isfinite(log[5]["loss"])
   assert "step 3: non-finite loss or gradient; update skipped (1 in a row, 1 in all)" in caplog.text
   assert "step 4: non-finite loss or gradient; update skipped (2 in a row, 2 in all)" in caplog.text
 
 
-def test_too_many_nonfinite_steps_in_a_row_stop_the_run(poisoned, tmp_path):
+def test_too_many_nonfinite_steps_in_a_row_stop_the_run(nan_topology_at_steps_3_and_4, tmp_path):
   cfg = _poisoned_config(limit=2)
   with pytest.raises(meta_train.NonFiniteError, match=r"^step 4: 2 meta steps in a row \(steps 3 to 4\)"):
     meta_train.train_and_evaluate(cfg, str(tmp_path), evaluate=False)
@@ -359,6 +395,21 @@ def test_too_many_nonfinite_steps_in_a_row_stop_the_run(poisoned, tmp_path):
   state = _final_state(str(tmp_path))  # and the last good checkpoint restores
   assert int(state.step) == 2 and int(state.nonfinite_steps) == 0
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.theta))
+
+
+@pytest.mark.slow
+def test_a_nan_gradient_alone_and_a_nan_loss_alone_are_each_caught(monkeypatch, tmp_path):
+  """`fault_harness.poison` (a new program: slow to compile): step 3 NaN gradients with a finite loss,
+  step 4 a NaN loss with finite gradients; both skipped."""
+  poisoned = fault_harness.poison(meta_train.objective_and_grads, grad_steps=[3], loss_steps=[4])
+  monkeypatch.setattr(meta_train, "objective_and_grads", poisoned)
+  cfg = _poisoned_config(limit=3)
+  meta_train.train_and_evaluate(cfg, str(tmp_path), evaluate=False)
+  at = _checkpoints_of(cfg, str(tmp_path), (2, 4))
+  chex.assert_trees_all_equal((at[4].theta, at[4].opt_state), (at[2].theta, at[2].opt_state))
+  log = {r["step"]: r for r in _train_records(str(tmp_path))}
+  assert np.isnan(log[3]["grad_norm"]) and np.isfinite(log[3]["loss"]) and log[3]["nonfinite"] == 1
+  assert np.isnan(log[4]["loss"]) and np.isfinite(log[4]["grad_norm"]) and log[4]["nonfinite"] == 1
 
 
 def test_long_unrolls_of_a_trained_tiny_rule_stay_finite(clean_runs):
