@@ -15,7 +15,7 @@ from learned_rules import network, rules, tasks, unroll
 # Evaluation keys are folded from the run's seed with this tag; training uses tag 0.
 EVAL_TAG = 1
 STREAM_EVAL_WINDOWS = 4
-STATE_BOUNDS_BATCH = 64  # networks `state_bounds` runs at once, at most
+STATE_BOUNDS_BATCH = 16  # networks `state_bounds` runs (each through 10 episodes), at most
 
 
 @functools.partial(jax.jit, static_argnames=("problem", "batch"))
