@@ -9,9 +9,10 @@ network with synapse updates off in `<workdir>/synapses_off` (its own run, same 
 the same workdir resumes both. Ends with a table of held-out recall bit accuracy and writes
 `<workdir>/summary.json`.
 
-Exit status: 0 done; 2 a bad config, workdir or checkpoint (one `error:` line, nothing trained); 1 too many
-non-finite meta steps in a row (the last checkpoint intact); 143 stopped by SIGTERM after saving a
-checkpoint (rerun the same command to resume). See docs/RELIABILITY.md.
+Exit status: 0 done; 2 a bad config, workdir or checkpoint (refused before training) or a save that failed
+for a full disk (the last checkpoint intact); 1 too many non-finite meta steps in a row (the last
+checkpoint intact); 143 stopped by SIGTERM after saving a checkpoint (rerun the same command to resume).
+Each failure prints one `error:` (or `stopped:`) line. See docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
