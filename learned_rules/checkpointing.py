@@ -6,7 +6,7 @@ fields in `RESUMABLE_FIELDS` (how long to train, how often to log or save, how t
 between the saved and the current config. A checkpoint's train-state layout is checked against the
 expected one before anything is read (`IncompatibleCheckpointError`, naming the fields that differ).
 
-Crash safety (docs/RELIABILITY.md): orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it
+Crash safety (docs/RELIABILITY.md): orbax writes a step into `<step>.orbax-checkpoint-tmp*` and renames it
 when complete, so a save cut short is never listed as a step (and its leftover is removed when a writer
 opens the directory). A listed step that cannot be read back (a truncated or missing file) raises
 `DamagedCheckpointError`; `restore_latest` then falls back to the step before it, with a warning.
@@ -179,7 +179,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 
 class Checkpointer:
-  """Saves and restores `(train_state, config)` under `workdir/checkpoints`."""
+  """Saves and restores `(train_state, config, environment)` under `workdir/checkpoints`."""
 
   def __init__(self, workdir: str, max_to_keep: int = 3, create: bool = True):
     """Opens `workdir/checkpoints`; with `create=False` a missing one raises FileNotFoundError
@@ -188,7 +188,7 @@ class Checkpointer:
     if not create and not os.path.isdir(self.directory):
       raise FileNotFoundError(f"no checkpoints in {self.directory}; run experiments.remember first")
     # Synchronous saves: the meta step donates its state, so a background save must not read it later.
-    # A writer removes the leftovers of saves cut short (`<step>.orbax-checkpoint-tmp-*`); they are
+    # A writer removes the leftovers of saves cut short (`<step>.orbax-checkpoint-tmp*`); they are
     # never listed as steps in any case.
     if create:
       options = ocp.CheckpointManagerOptions(
@@ -235,7 +235,8 @@ class Checkpointer:
     return environment_differences(saved, environment())
 
   def newest_config(self) -> tuple[int | None, dict | None]:
-    """`(step, config)` of the newest checkpoint whose config reads (older ones are warned about)."""
+    """`(step, config)` of the newest checkpoint whose config reads (newer damaged ones are warned about);
+    `(None, None)` if none does."""
     for step in reversed(self.all_steps()):
       try:
         return step, self.saved_config(step)
