@@ -6,6 +6,8 @@ patches installed first, each chosen by an environment variable:
                              into its temporary directory and before the rename that commits it
   FAULT_PAUSE_AFTER_STEP=S   pause after meta step S (S counted from 1, as in the logs)
   FAULT_NAN_STEPS=S1,S2,...  poison meta steps S1, S2, ... inside the jitted step (`poison`)
+  FAULT_STEP_SECONDS=T       sleep T seconds after every meta step (so that kills at random moments
+                             spread over the steps of a run whose steps take milliseconds)
   FAULT_DIR=dir              where a paused process writes `paused` (and waits until `resume` appears)
 
 A paused process can be killed (SIGKILL: a crash at that point) or sent SIGTERM and resumed.
@@ -84,7 +86,25 @@ def _pause_after_step(step: int) -> None:
   meta_train.make_run_meta_step = make_paused
 
 
+def _pace(seconds: float) -> None:
+  make = meta_train.make_run_meta_step
+
+  def make_paced(*args, **kwargs):
+    meta_step = make(*args, **kwargs)
+
+    def paced_step(state, topo):
+      out = meta_step(state, topo)
+      time.sleep(seconds)
+      return out
+
+    return paced_step
+
+  meta_train.make_run_meta_step = make_paced
+
+
 def install_from_environment() -> None:
+  if "FAULT_STEP_SECONDS" in os.environ:
+    _pace(float(os.environ["FAULT_STEP_SECONDS"]))
   if "FAULT_PAUSE_IN_SAVE" in os.environ:
     _pause_in_save(int(os.environ["FAULT_PAUSE_IN_SAVE"]))
   if "FAULT_PAUSE_AFTER_STEP" in os.environ:

@@ -292,13 +292,13 @@ def _logged_steps(workdir: str) -> list[int]:
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_loses_nothing_beyond_the_last_checkpoint(tmp_path):
-  """12 meta steps, a checkpoint every 3, a log record every step. Killed after step 4 (between
+  """24 meta steps, a checkpoint every 3, a log record every step. Killed after step 4 (between
   checkpoints), then five times more, each at a random moment (0 to 0.3 s) after a random meta step
   has been logged (so sometimes within a save), then run to the end: every restart resumes from the
   last checkpoint, and the end is bit-exact."""
-  flags = ("--config.train.num_steps=12", "--config.train.checkpoint_every=3", "--config.train.log_every=1")
+  flags = ("--config.train.num_steps=24", "--config.train.checkpoint_every=3", "--config.train.log_every=1")
   cfg = remember.get_config("tiny")
-  cfg.train.num_steps, cfg.train.checkpoint_every, cfg.train.log_every = 12, 3, 1
+  cfg.train.num_steps, cfg.train.checkpoint_every, cfg.train.log_every = 24, 3, 1
   meta_train.train_and_evaluate(cfg, str(tmp_path / "reference"), evaluate=False)
   workdir = str(tmp_path / "run")
   proc = _start(workdir, str(tmp_path / "mid"), {"FAULT_PAUSE_AFTER_STEP": "4"}, *flags)
@@ -309,18 +309,20 @@ def test_sigkill_at_random_points_loses_nothing_beyond_the_last_checkpoint(tmp_p
   rng, kills = random.Random(0), []
   for attempt in range(5):
     resume_from = _steps(workdir)[-1]
-    if resume_from >= 11:
+    if resume_from >= 23:
       break
-    target, delay = rng.randint(resume_from + 1, 11), rng.uniform(0.0, 0.3)
+    target, delay = rng.randint(resume_from + 1, min(resume_from + 7, 23)), rng.uniform(0.0, 0.3)
     seen = len(_logged_steps(workdir))
-    proc = _start(workdir, str(tmp_path / f"random{attempt}"), {}, *flags)
+    proc = _start(workdir, str(tmp_path / f"random{attempt}"), {"FAULT_STEP_SECONDS": "0.3"}, *flags)
     while not [s for s in _logged_steps(workdir)[seen:] if s >= target] and proc.poll() is None:
       time.sleep(0.01)
     time.sleep(delay)
     proc.kill()
     proc.wait()
     logged = _logged_steps(workdir)[seen:]
-    kills.append(dict(resumed=resume_from, killed_after=max(logged, default=None), delay=round(delay, 3)))
+    kills.append(
+      dict(resumed=resume_from, target=target, killed_after=max(logged, default=None), delay=round(delay, 3))
+    )
     kills[-1]["checkpoints"] = _steps(workdir)
     assert logged and logged[0] == resume_from + 1, kills  # each restart resumed from its last checkpoint
   proc = _start(workdir, str(tmp_path / "last"), {}, *flags)
