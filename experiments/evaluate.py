@@ -84,7 +84,11 @@ def main(argv):
   metrics_lib.quiet_library_logs()
   try:
     cfg, topo, state = meta_train.load_run(_WORKDIR.value)
-  except (FileNotFoundError, checkpointing.IncompatibleCheckpointError) as e:
+  except (
+    FileNotFoundError,
+    checkpointing.IncompatibleCheckpointError,
+    checkpointing.DamagedCheckpointError,
+  ) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except config_lib.ConfigError as e:

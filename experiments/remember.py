@@ -8,6 +8,11 @@ Trains the learned rule in `--workdir` and, unless `--config.baseline_synapses_o
 network with synapse updates off in `<workdir>/synapses_off` (its own run, same budget). Rerunning with
 the same workdir resumes both. Ends with a table of held-out recall bit accuracy and writes
 `<workdir>/summary.json`.
+
+Exit status: 0 done; 2 a bad config, workdir or checkpoint (refused before training) or a save that failed
+for a full disk (the last checkpoint intact); 1 too many non-finite meta steps in a row (the last
+checkpoint intact); 143 stopped by SIGTERM after saving a checkpoint (rerun the same command to resume).
+Each failure prints one `error:` (or `stopped:`) line. See docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import sys
 import time
 
@@ -136,12 +142,28 @@ def main(argv):
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   cfg = _CONFIG.value
-  workdir = _WORKDIR.value or default_workdir(cfg)
+  run_or_exit(cfg, _WORKDIR.value or default_workdir(cfg))
+
+
+def run_or_exit(cfg, workdir: str) -> dict:
+  """`run`, with every failure a user can act on turned into one line on stderr and the exit status of
+  the module docstring (no traceback)."""
   try:
-    run(cfg, workdir)
-  except (config_lib.ConfigError, checkpointing.IncompatibleCheckpointError) as e:
+    return run(cfg, workdir)
+  except (
+    config_lib.ConfigError,
+    checkpointing.IncompatibleCheckpointError,
+    checkpointing.DamagedCheckpointError,
+    checkpointing.WorkdirError,
+  ) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except meta_train.NonFiniteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except meta_train.Preempted as e:
+    print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import ml_collections
 from learned_rules import network, rules, tasks, unroll
 
 LOSSES = ("mse", "logistic")
+# Meta steps in a row with a non-finite loss or gradient (each skipped) before a run stops.
+DEFAULT_MAX_NONFINITE_STEPS = 10
 
 
 class ConfigError(ValueError):
@@ -143,6 +145,7 @@ def _validate_train(cfg) -> None:
   for name in ("log_every", "checkpoint_every", "max_to_keep"):
     _int(cfg, f"train.{name}", 1)
   _choice(cfg, "train.remat", unroll.REMAT_POLICIES)
+  max_nonfinite_steps(cfg)
   _int(cfg, "eval.num_episodes", 1)
   _int_sequence(cfg, "eval.k_values", allow_empty=False)
 
@@ -158,6 +161,14 @@ def with_overrides(cfg, overrides: dict) -> ml_collections.ConfigDict:
       node = node[part]
     node[leaf] = value
   return cfg
+
+
+def max_nonfinite_steps(cfg) -> int:
+  """`train.max_nonfinite_steps`, validated (>= 1). Optional: a config from before it existed (a
+  shipped rule's, an older run's) gets `DEFAULT_MAX_NONFINITE_STEPS`."""
+  if "max_nonfinite_steps" not in _get(cfg, "train"):
+    return DEFAULT_MAX_NONFINITE_STEPS
+  return _int(cfg, "train.max_nonfinite_steps", 1)
 
 
 def mesh_shape(cfg) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from learned_rules import network, rules, tasks, unroll
 # Evaluation keys are folded from the run's seed with this tag; training uses tag 0.
 EVAL_TAG = 1
 STREAM_EVAL_WINDOWS = 4
+STATE_BOUNDS_BATCH = 16  # networks `state_bounds` runs (each through 10 episodes), at most
 
 
 @functools.partial(jax.jit, static_argnames=("problem", "batch"))
@@ -114,6 +115,72 @@ def mean_over_batches(eval_fn, key: jax.Array, num_episodes: int, batch: int = 6
     k: np.average(np.stack([np.asarray(r[k]) for r in results]), axis=0, weights=sizes) for k in results[0]
   }
   return {k: float(v) if v.ndim == 0 else v for k, v in means.items()}
+
+
+def _long_inputs(key: jax.Array, problem: unroll.Problem, batch: int, horizon: int) -> jax.Array:
+  """`[B, horizon * T, N]` inputs: `horizon` fresh episodes back to back (T = episode steps), or the
+  next `horizon` windows (T = W) of fresh streams."""
+  task = problem.task
+  if task.protocol != "streaming":
+    keys = jax.random.split(key, (batch, horizon))
+    x = jax.vmap(jax.vmap(tasks.sample_episode, in_axes=(0, None)), in_axes=(0, None))(keys, task).x
+    return x.reshape(batch, horizon * task.episode_steps, -1)
+  phases = jnp.asarray(tasks.stream_phases(task, batch), jnp.int32)
+  positions = jax.vmap(tasks.init_stream_position, in_axes=(0, None, 0))(
+    jax.random.split(key, batch), task, phases
+  )
+
+  def window(pos, _):
+    episodes, pos = jax.vmap(tasks.sample_stream_window, in_axes=(0, None))(pos, task)
+    return pos, episodes.x
+
+  _, xs = jax.lax.scan(window, positions, None, length=horizon)  # [horizon, B, W, N]
+  return jnp.moveaxis(xs, 0, 1).reshape(batch, horizon * task.window, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("problem", "batch", "horizon"))
+def _state_bounds(theta, topo, key, problem: unroll.Problem, batch: int, horizon: int):
+  k_x, k_state = jax.random.split(key)
+  xs = _long_inputs(k_x, problem, batch, horizon)
+  states = unroll.init_batch_states(theta, topo, problem, k_state, batch)
+  step = jax.vmap(network.network_step, in_axes=(None, None, None, 0, 0, None))
+  largest = lambda tree: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(tree)]))  # noqa: E731
+
+  def body(carry, x):
+    state, max_body, max_synapse = carry
+    state, _ = step(theta, topo, problem.rule, state, x, problem.fast_synapse)
+    # jnp.fmax would skip a NaN; jnp.maximum keeps it, so a state that blew up reports NaN.
+    return (
+      state,
+      jnp.maximum(max_body, largest(state.bodies)),
+      jnp.maximum(max_synapse, largest(state.synapses)),
+    ), None
+
+  start = (states, largest(states.bodies), largest(states.synapses))
+  (_, max_body, max_synapse), _ = jax.lax.scan(body, start, jnp.moveaxis(xs, 1, 0))
+  return {"max_abs_body": max_body, "max_abs_synapse": max_synapse}
+
+
+def state_bounds(
+  theta: rules.Theta,
+  topo: network.Topology,
+  problem: unroll.Problem,
+  key: jax.Array,
+  batch: int,
+  horizon: int = 10,
+) -> dict[str, float]:
+  """The largest absolute body and synapse state (`max_abs_body`, `max_abs_synapse`) of `batch`
+  networks run, without a reset, through `horizon` times the steps of one training episode (`horizon`
+  fresh episodes back to back; for streaming, `horizon` windows of fresh streams), and `horizon_steps`.
+
+  A NaN or inf anywhere in the states comes out as NaN or inf: a rule whose state blows up on long
+  unrolls shows it here (docs/RELIABILITY.md).
+  """
+  bounds = jax.device_get(_state_bounds(theta, topo, key, problem, batch, horizon))
+  return {
+    **{k: float(v) for k, v in bounds.items()},
+    "horizon_steps": float(horizon * problem.task.episode_steps),
+  }
 
 
 def eval_key(seed: int) -> jax.Array:

@@ -45,6 +45,25 @@ from learned_rules import network, rules  # noqa: E402
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_addoption(parser):
+  parser.addoption("--run-slow", action="store_true", help="also run the tests marked slow")
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+    "markers", "slow: longer than the suite's budget allows (minutes); run with --run-slow or RUN_SLOW=1"
+  )
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption("--run-slow") or os.environ.get("RUN_SLOW") == "1":
+    return
+  skip = pytest.mark.skip(reason="slow: run with --run-slow (or RUN_SLOW=1)")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
+
+
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
   if _OWN_CACHE is not None:

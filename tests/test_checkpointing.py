@@ -77,10 +77,13 @@ def test_resumed_run_equals_uninterrupted_run(runs):
 def test_run_writes_config_metrics_and_checkpoints(runs):
   workdir, cfg = runs["whole_dir"], runs["cfg"]
   with open(os.path.join(workdir, "config.json")) as f:
-    assert json.load(f) == checkpointing.config_to_dict(cfg)
+    record = json.load(f)
+  assert record["config"] == checkpointing.config_to_dict(cfg)
+  assert record["environment"] == checkpointing.environment()
+  assert record["environment"]["jax"] == jax.__version__ and record["environment"]["device_kind"]
   records = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert [r["step"] for r in records] == [2, 4, 4]  # log_every = 2, then the evaluation record
-  assert {"eval_bit_accuracy", "eval_loss", "eval_meta_steps"} <= set(records[-1])
+  assert {"eval_bit_accuracy", "eval_loss", "eval_meta_steps", "eval_max_abs_body"} <= set(records[-1])
   ckpt = checkpointing.Checkpointer(workdir)
   try:
     assert ckpt.latest_step() == NUM_STEPS

@@ -55,13 +55,22 @@ def test_meta_training_lowers_the_held_out_loss(run):
 
 def test_meta_step_advances_the_state(run):
   state, history = run["state"], run["history"]
-  assert int(state.step) == META_STEPS
+  assert int(state.step) == META_STEPS and int(state.nonfinite_steps) == int(state.nonfinite_streak) == 0
   assert state.carry is None  # episode protocol: nothing carried between meta steps
   chex.assert_trees_all_equal_shapes(state.theta, run["initial_theta"])
   assert not np.allclose(state.theta["body"]["w1"], run["initial_theta"]["body"]["w1"])
   for metrics in history:
-    assert set(metrics) == {"loss", "bit_accuracy", "perfect_recall", "grad_norm"}
+    assert set(metrics) == {
+      "loss",
+      "bit_accuracy",
+      "perfect_recall",
+      "grad_norm",
+      "nonfinite",
+      "nonfinite_streak",
+      "nonfinite_steps",
+    }
     assert all(np.isfinite(v) for v in metrics.values())
+    assert metrics["nonfinite"] == metrics["nonfinite_steps"] == 0
     assert metrics["grad_norm"] > 0
   # The training loss falls too (means over 5 steps of fresh episodes each).
   losses = [m["loss"] for m in history]

@@ -72,6 +72,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.train.log_every = 20
   cfg.train.checkpoint_every = 50
   cfg.train.max_to_keep = 2
+  # A meta step whose loss or gradient is not finite is skipped (theta unchanged); this many in a row
+  # stop the run with an error, its last checkpoint intact (docs/RELIABILITY.md).
+  cfg.train.max_nonfinite_steps = 10
 
   # The device mesh (learned_rules/sharding.py): `batch` devices split the episodes of a meta step
   # (0: every device that `neurons` leaves), `neurons` devices split each network's synapses.
