@@ -365,10 +365,10 @@ def plot(result: dict, path: str) -> None:
       ax.set_ylabel("bit accuracy")
   for ax in axes[-1]:
     ax.set_xlabel("K, pairs (x, f(x)) shown once")
-  # One legend for all panels, where the recall panel is empty (few pairs, low accuracy).
+  # One legend for all panels, below them.
   handles, labels = axes[0][1].get_legend_handles_labels()
-  axes[0][0].legend(handles, labels, fontsize=7, loc="lower left")
-  fig.tight_layout()
+  fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(path)
   plt.close(fig)
 
