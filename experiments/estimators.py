@@ -235,7 +235,7 @@ def run(study, workdir: str, figure_dir: str) -> dict:
   topo, problem, _ = meta_train.setup(study.base)
   evaluator = Evaluator(study, topo, problem)
   os.makedirs(workdir, exist_ok=True)
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.process_time()
   results = {}
   for spec in est_specs:
     est = estimators.make_estimator(spec, problem, study.horizon)
@@ -263,6 +263,7 @@ def run(study, workdir: str, figure_dir: str) -> dict:
     "summary": summary,
     "results": results,
     "total_wall_s": time.perf_counter() - start,
+    "total_cpu_s": time.process_time() - start_cpu,  # compilation and evaluation included
   }
   _write(workdir, out)
   plot(results, os.path.join(figure_dir, "estimators.png"))
@@ -274,8 +275,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   study = _CONFIG.value
-  if _QUICK.value:
+  if _QUICK.value:  # under the command line's --config.x=... overrides, which are applied again on top
     estimator_configs.apply_variant(study, "quick")
+    study = config_lib.with_overrides(study, config_flags.get_override_values(flags.FLAGS["config"]))
   workdir = _WORKDIR.value or os.path.join("runs", "estimators-quick" if _QUICK.value else "estimators")
   try:
     run(study, workdir, _FIGURE_DIR.value or os.path.join("docs", "figures", "estimators"))

@@ -40,7 +40,7 @@ def test_tiny_study_writes_curves_summary_and_figure(tiny, tiny_run):
   workdir, out = tiny_run
   with open(os.path.join(workdir, "results.json")) as f:
     saved = json.load(f)
-  assert list(saved["results"]) == list(specs) == ["truncated-8", "full", "open_es", "pes-8"]
+  assert list(saved["results"]) == list(specs) == ["truncated_8", "full", "open_es", "pes_8"]
   for name, result in saved["results"].items():
     num_steps = study.estimator[name].num_steps
     assert [run["seed"] for run in result["runs"]] == list(study.seeds)
@@ -91,7 +91,7 @@ def test_full_window_is_back_propagation_through_the_episode(tiny, trees_close):
 
 def test_truncated_streams_restart_every_horizon_over_window_windows(tiny, tiny_run):
   study, specs, topo, problem, theta = tiny
-  spec = specs["truncated-8"]
+  spec = specs["truncated_8"]
   n_windows = study.horizon // spec.window
   est = estimators.make_estimator(spec, problem, study.horizon)
   state = est.init(jax.random.PRNGKey(5), theta, topo)
@@ -110,7 +110,7 @@ def test_truncated_streams_restart_every_horizon_over_window_windows(tiny, tiny_
     np.testing.assert_array_equal(same_key, ~restarted)  # a restarted stream is a new stream
 
 
-@pytest.mark.parametrize("name", ["open_es", "pes-8"])
+@pytest.mark.parametrize("name", ["open_es", "pes_8"])
 def test_es_step_moves_theta_and_keeps_its_shapes(tiny, tiny_run, name):
   study, specs, topo, problem, theta = tiny
   spec = specs[name]
@@ -142,8 +142,8 @@ def test_es_step_moves_theta_and_keeps_its_shapes(tiny, tiny_run, name):
 @pytest.mark.parametrize(
   "field,value,match",
   [
-    ("estimators", "truncated-8,adjoint", "estimators"),
-    ("estimator.truncated-8.window", 5, "window"),
+    ("estimators", "truncated_8,adjoint", "estimators"),
+    ("estimator.truncated_8.window", 5, "window"),
     ("estimator.open_es.population", 3, "population"),
     ("estimator.full.kind", "sgd", "kind"),
   ],
@@ -164,16 +164,18 @@ def test_invalid_study_fails_before_anything_runs(tmp_path, field, value, match)
   assert not os.path.exists(tmp_path / "out")
 
 
-def test_bad_flag_is_a_clear_error(run_module):
+def test_bad_flag_is_a_clear_error_and_quick_keeps_overrides(run_module):
+  # --quick sets every num_steps; the command line's override still wins, and is refused.
   result = run_module(
     "experiments.estimators",
+    "--quick",
     "--config=experiments/configs/estimators.py:tiny",
-    "--config.estimators=nothing",
+    "--config.estimator.full.num_steps=0",
     "--workdir=/nonexistent/never",
     timeout=120,
   )
   assert result.returncode != 0
-  assert "error: estimators" in result.stderr
+  assert "error: estimator.full.num_steps" in result.stderr
 
 
 def test_spec_counts_the_steps_it_simulates():

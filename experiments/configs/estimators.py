@@ -10,10 +10,10 @@ steps from a fresh network state. Every estimator meta-trains the same network f
 theta (per seed) and is evaluated on the same held-out streams.
 
 Estimators (`estimators`, comma-separated names of `estimator.<name>`):
-- `truncated-8`, `truncated-24`: truncated back-propagation, windows of W = 8 and 24 steps;
+- `truncated_8`, `truncated_24`: truncated back-propagation, windows of W = 8 and 24 steps;
 - `full`: back-propagation through the whole episode (W = horizon);
 - `open_es`: OpenAI-ES (evosax) on the whole-episode loss, antithetic, forward passes only;
-- `pes-24`: persistent ES (evosax), windows of 24 steps, unbiased under truncation.
+- `pes_24`: persistent ES (evosax), windows of 24 steps, unbiased under truncation.
 
 Budget: the back-propagation estimators simulate the same number of network steps (`num_steps` x B x W
 is the same for each). The two ES estimators are given about the same training CPU time as `full`
@@ -47,14 +47,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.eval_streams = 128  # held-out streams of `horizon` steps, the same for every estimator
   cfg.eval_points = 10  # evaluations per run, evenly spaced in meta steps (plus one before training)
   cfg.clip_norm = 1.0
-  cfg.estimators = "truncated-8,truncated-24,full,open_es,pes-24"
+  cfg.estimators = "truncated_8,truncated_24,full,open_es,pes_24"
   cfg.estimator = ml_collections.ConfigDict()
   # Equal simulated steps for back-propagation: 200 x 16 x 96 = 800 x 16 x 24 = 2400 x 16 x 8.
-  cfg.estimator["truncated-8"] = _estimator("truncated", 8, 2400)
-  cfg.estimator["truncated-24"] = _estimator("truncated", 24, 800)
+  cfg.estimator["truncated_8"] = _estimator("truncated", 8, 2400)
+  cfg.estimator["truncated_24"] = _estimator("truncated", 24, 800)
   cfg.estimator["full"] = _estimator("truncated", 96, 200)
   cfg.estimator["open_es"] = _estimator("open_es", 96, 300, 1e-2, batch=4, population=16, std=0.01)
-  cfg.estimator["pes-24"] = _estimator("pes", 24, 1200, 1e-2, batch=4, population=16, std=0.01)
+  cfg.estimator["pes_24"] = _estimator("pes", 24, 1200, 1e-2, batch=4, population=16, std=0.01)
   for name in filter(None, variant.split(",")):
     apply_variant(cfg, name)
   return cfg
@@ -68,11 +68,10 @@ def _quick(cfg):
   cfg.eval_streams = 64
   cfg.eval_points = 8
   # 30 x 16 x 96 = 120 x 16 x 24 = 360 x 16 x 8 simulated steps.
-  cfg.estimator["truncated-8"].num_steps = 360
-  cfg.estimator["truncated-24"].num_steps = 120
-  cfg.estimator["full"].num_steps = 30
-  cfg.estimator["open_es"].num_steps = 24
-  cfg.estimator["pes-24"].num_steps = 96
+  steps = {"truncated_8": 360, "truncated_24": 120, "full": 30, "open_es": 24, "pes_24": 96}
+  for name, num_steps in steps.items():
+    if name in cfg.estimator:
+      cfg.estimator[name].num_steps = num_steps
 
 
 def _tiny(cfg):
@@ -83,12 +82,12 @@ def _tiny(cfg):
   cfg.horizon = 16
   cfg.eval_streams = 4
   cfg.eval_points = 2
-  cfg.estimators = "truncated-8,full,open_es,pes-8"
+  cfg.estimators = "truncated_8,full,open_es,pes_8"
   cfg.estimator = ml_collections.ConfigDict()
-  cfg.estimator["truncated-8"] = _estimator("truncated", 8, 4, batch=2)
+  cfg.estimator["truncated_8"] = _estimator("truncated", 8, 4, batch=2)
   cfg.estimator["full"] = _estimator("truncated", 16, 2, batch=2)
   cfg.estimator["open_es"] = _estimator("open_es", 16, 2, 1e-2, batch=2, population=4, std=0.01)
-  cfg.estimator["pes-8"] = _estimator("pes", 8, 4, 1e-2, batch=2, population=4, std=0.01)
+  cfg.estimator["pes_8"] = _estimator("pes", 8, 4, 1e-2, batch=2, population=4, std=0.01)
 
 
 def apply_variant(cfg: ml_collections.ConfigDict, name: str) -> None:
