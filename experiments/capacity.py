@@ -531,7 +531,7 @@ def main(argv):
   metrics_lib.quiet_library_logs()
   study = _CONFIG.value
   if _QUICK.value:
-    capacity_configs.apply_variant(study, "quick")
+    study = flagutil.with_variant(study, capacity_configs.apply_variant, "quick")
   workdir = _WORKDIR.value or os.path.join("runs", "capacity-quick" if _QUICK.value else "capacity")
   try:
     run(study, workdir)

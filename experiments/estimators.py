@@ -275,9 +275,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   study = _CONFIG.value
-  if _QUICK.value:  # under the command line's --config.x=... overrides, which are applied again on top
-    estimator_configs.apply_variant(study, "quick")
-    study = config_lib.with_overrides(study, config_flags.get_override_values(flags.FLAGS["config"]))
+  if _QUICK.value:
+    study = flagutil.with_variant(study, estimator_configs.apply_variant, "quick")
   workdir = _WORKDIR.value or os.path.join("runs", "estimators-quick" if _QUICK.value else "estimators")
   try:
     run(study, workdir, _FIGURE_DIR.value or os.path.join("docs", "figures", "estimators"))

@@ -393,7 +393,7 @@ def main(argv):
   metrics_lib.quiet_library_logs()
   cfg = _CONFIG.value
   if _QUICK.value:
-    learning_configs.apply_variant(cfg, "quick")
+    cfg = flagutil.with_variant(cfg, learning_configs.apply_variant, "quick")
   workdir = _WORKDIR.value or os.path.join("runs", "learning-quick" if _QUICK.value else "learning")
   figure_dir = _FIGURE_DIR.value
   if (

@@ -26,7 +26,6 @@ runs/streams or runs/streams-quick) and `streams.png` (`streams-quick.png`) into
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -42,9 +41,8 @@ import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from experiments import flagutil  # noqa: E402
+from experiments import figures, flagutil  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
 from learned_rules import evaluate as evaluate_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
@@ -361,11 +359,7 @@ def plot(out: dict, path: str) -> None:
   _plot_time(ax_t, out["protocols"]["train"])
   _plot_norms(ax_n, out)
   fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  plt.close(fig)
-  buffer.seek(0)
-  Image.open(buffer).convert("RGB").quantize(64).save(path, optimize=True)
+  figures.save_small_png(fig, path)
 
 
 def main(argv):

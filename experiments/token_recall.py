@@ -27,7 +27,6 @@ per-host per-L accuracy) and `<workdir>/accuracy_vs_length.png` (also into `--fi
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -47,9 +46,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from experiments import flagutil  # noqa: E402
+from experiments import figures, flagutil  # noqa: E402
 from experiments.configs import remember as remember_configs  # noqa: E402
 from experiments.configs import token_recall as token_recall_configs  # noqa: E402
 from learned_rules import PlasticMemory, load_rule, network, pretrained, rules, trained_baselines  # noqa: E402
@@ -555,11 +553,7 @@ def plot(out: dict, path: str) -> None:
     title_fontsize=7,
   )
   fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  plt.close(fig)
-  buffer.seek(0)
-  Image.open(buffer).convert("RGB").quantize(64).save(path, optimize=True)
+  figures.save_small_png(fig, path)
 
 
 def main(argv):
@@ -568,7 +562,7 @@ def main(argv):
   metrics_lib.quiet_library_logs()
   cfg = _CONFIG.value
   if _QUICK.value:
-    token_recall_configs.apply_variant(cfg, "quick")
+    cfg = flagutil.with_variant(cfg, token_recall_configs.apply_variant, "quick")
   workdir = _WORKDIR.value or os.path.join("runs", "token_recall-quick" if _QUICK.value else "token_recall")
   try:
     run(cfg, workdir, _FIGURE_DIR.value or None)

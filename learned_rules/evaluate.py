@@ -66,23 +66,30 @@ def eval_batch_over_k(
   return _eval_padded(theta, topo, episodes, lengths, k_state, first)
 
 
+def readouts_for(theta, topo, problem: unroll.Problem, states: network.NetState, xs: jax.Array, length):
+  """Readouts `[B, T, n_out]` of networks in `states` (`[B, ...]`) run on inputs `xs` `[B, T, N]` for
+  their first `length` steps only (a traced trip count: a padded episode costs its own steps, and
+  another length no compilation); the readouts of later steps are 0."""
+  step = jax.vmap(network.network_step, in_axes=(None, None, None, 0, 0, None))
+
+  def body(t, carry):
+    state, readout = carry
+    state, out = step(theta, topo, problem.rule, state, xs[:, t], problem.fast_synapse)
+    return state, readout.at[:, t].set(out.readout)
+
+  readout = jnp.zeros((*xs.shape[:2], topo.n_out), xs.dtype)
+  return jax.lax.fori_loop(0, length, body, (states, readout))[1]
+
+
 @functools.partial(jax.jit, static_argnames=("problem",))
 def _eval_padded(theta, topo, episodes: tasks.Episode, lengths: jax.Array, k_state: jax.Array, problem):
   """Metrics of padded episodes `[K, B, T, ...]`, each group run for its own `lengths[k]` steps (a
   loop with a run-time trip count: padding costs no steps, and a new K no compilation)."""
   states = unroll.init_batch_states(theta, topo, problem, k_state, episodes.score.shape[1])
-  step = jax.vmap(network.network_step, in_axes=(None, None, None, 0, 0, None))
 
   def one_k(args):
     episode, length = args
-
-    def body(t, carry):
-      state, readout = carry
-      state, out = step(theta, topo, problem.rule, state, episode.x[:, t], problem.fast_synapse)
-      return state, readout.at[:, t].set(out.readout)
-
-    readout = jnp.zeros(episode.target.shape, episode.target.dtype)
-    _, readout = jax.lax.fori_loop(0, length, body, (states, readout))
+    readout = readouts_for(theta, topo, problem, states, episode.x, length)
     loss = unroll.readout_loss(readout, episode, problem.loss)
     return {"loss": loss, **unroll.recall_metrics(readout, episode)}
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from learned_rules import evaluate as evaluate_lib
 from learned_rules import network, tasks, unroll
 
 TEACHERS = ("linear", "mlp")
@@ -204,18 +205,10 @@ def network_scores(
   states = jax.vmap(network.init_net_state, in_axes=(None, None, 0, None))(
     theta, topo, init_keys, problem.init_noise
   )
-  step = jax.vmap(network.network_step, in_axes=(None, None, None, 0, 0, None))
 
   def one_group(args):
     stored_g, unseen_g, length = args
-
-    def body(t, carry):
-      state, readout = carry
-      state, out = step(theta, topo, problem.rule, state, stored_g.x[:, t], problem.fast_synapse)
-      return state, readout.at[:, t].set(out.readout)
-
-    readout = jnp.zeros(stored_g.target.shape, stored_g.target.dtype)
-    _, readout = jax.lax.fori_loop(0, length, body, (states, readout))
+    readout = evaluate_lib.readouts_for(theta, topo, problem, states, stored_g.x, length)
     return jax.vmap(scores)(readout, stored_g, unseen_g)
 
   return jax.lax.map(one_group, (stored, unseen, lengths))

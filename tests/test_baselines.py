@@ -77,7 +77,7 @@ def _capacity(name: str, n: int, threshold: float, episodes: int) -> int:
   return low
 
 
-@pytest.mark.parametrize("n", [64, 256])
+@pytest.mark.parametrize("n", [64, pytest.param(256, marks=pytest.mark.slow)])
 def test_hebbian_capacity_matches_theory(n):
   """0.99 capacity of one-step Hopfield recall from half a cue: theory about 0.092 n (baselines.py)."""
   k = _capacity("hebbian", n, 0.99, episodes=128)

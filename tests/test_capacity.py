@@ -27,6 +27,7 @@ def tiny_run(tmp_path_factory):
   return workdir, capacity.run(_tiny_study(), workdir)
 
 
+@pytest.mark.slow  # the tiny study trains and evaluates every rule: about a minute
 def test_every_study_writes_its_records_and_figure(tiny_run):
   workdir, records = tiny_run
   assert {r["study"] for r in records} == set(capacity_configs.STUDIES)
@@ -58,6 +59,7 @@ def test_every_study_writes_its_records_and_figure(tiny_run):
     assert os.path.isdir(os.path.join(workdir, run, "checkpoints"))  # resumable meta-training runs
 
 
+@pytest.mark.slow  # the tiny study trains and evaluates every rule: about a minute
 def test_a_finished_study_is_read_back_without_evaluating_again(tiny_run, monkeypatch):
   workdir, records = tiny_run
 

@@ -164,6 +164,7 @@ def _two_processes(repo_root, env, args, workdir):
   return outputs
 
 
+@pytest.mark.slow  # two OS processes, each compiling its own programs: about a minute
 def test_two_processes_match_one(repo_root, tmp_path):
   """Two processes of 2 CPU devices each, joined by jax.distributed on 127.0.0.1 (gloo collectives),
   run two meta steps over a (4 x 1) mesh, then resume from the checkpoint both wrote for a third:
