@@ -50,7 +50,7 @@ from ml_collections import config_flags  # noqa: E402
 from experiments import figures, flagutil  # noqa: E402
 from experiments.configs import remember as remember_configs  # noqa: E402
 from experiments.configs import token_recall as token_recall_configs  # noqa: E402
-from learned_rules import PlasticMemory, load_rule, network, pretrained, rules, trained_baselines  # noqa: E402
+from learned_rules import PlasticMemory, load_rule, meta_train, network, pretrained, rules, trained_baselines  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
 from learned_rules.config import ConfigError  # noqa: E402
@@ -362,7 +362,7 @@ def train_host(
   JSON-ready record."""
   t, tr = cfg.task, cfg.train
   num_steps, log_every = step_multiple * tr.num_steps, step_multiple * tr.log_every
-  optimizer = optax.chain(optax.clip_by_global_norm(tr.clip_norm), optax.adam(tr.learning_rate))
+  optimizer = meta_train.make_optimizer(tr.learning_rate, tr.clip_norm)
   train_step = _train_step_fn(module, optimizer)
   params = variables["params"]
   others = {k: v for k, v in variables.items() if k != "params"}

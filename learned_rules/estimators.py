@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from learned_rules import network, rules, tasks, unroll
+from learned_rules import meta_train, network, rules, tasks, unroll
 
 KINDS = ("truncated", "open_es", "pes")
 
@@ -100,10 +100,7 @@ def fresh_streams(theta, topo, problem: unroll.Problem, key: jax.Array, batch: i
   """`batch` new streams from fresh network states; stream `b` at global step `start[b]` (`[B]` int, or
   a scalar for all), so nothing shown before it is ever asked for."""
   k_state, k_stream = jax.random.split(key)
-  starts = jnp.broadcast_to(jnp.asarray(start, jnp.int32), (batch,))
-  positions = jax.vmap(tasks.init_stream_position, in_axes=(0, None, 0))(
-    jax.random.split(k_stream, batch), problem.task, starts
-  )
+  positions = tasks.init_stream_positions(k_stream, problem.task, batch, start)
   return unroll.StreamCarry(unroll.init_batch_states(theta, topo, problem, k_state, batch), positions)
 
 
@@ -157,7 +154,7 @@ class TruncatedState(NamedTuple):
 
 def _make_truncated(spec: EstimatorSpec, problem: unroll.Problem, horizon: int) -> Estimator:
   problem = window_problem(problem, spec.window)
-  optimizer = optax.chain(optax.clip_by_global_norm(spec.clip_norm), optax.adam(spec.learning_rate))
+  optimizer = _optimizer(spec)
 
   def init(key, theta, topo):
     k_carry, k_steps = jax.random.split(key)
@@ -189,13 +186,14 @@ class ESState(NamedTuple):
   key: jax.Array
 
 
-def _es_optimizer(spec: EstimatorSpec):
-  return optax.chain(optax.clip_by_global_norm(spec.clip_norm), optax.adam(spec.learning_rate))
+def _optimizer(spec: EstimatorSpec) -> optax.GradientTransformation:
+  """The trainer's optimizer (`meta_train.make_optimizer`) at this estimator's settings."""
+  return meta_train.make_optimizer(spec.learning_rate, spec.clip_norm)
 
 
 def _make_open_es(spec: EstimatorSpec, problem: unroll.Problem, horizon: int, template) -> Estimator:
   es = evosax.algorithms.Open_ES(
-    spec.population, template, optimizer=_es_optimizer(spec), std_schedule=optax.constant_schedule(spec.std)
+    spec.population, template, optimizer=_optimizer(spec), std_schedule=optax.constant_schedule(spec.std)
   )
   params = es.default_params
 
@@ -218,7 +216,7 @@ def _make_open_es(spec: EstimatorSpec, problem: unroll.Problem, horizon: int, te
 
 def _make_pes(spec: EstimatorSpec, problem: unroll.Problem, horizon: int, template) -> Estimator:
   es = evosax.algorithms.PersistentES(
-    spec.population, template, optimizer=_es_optimizer(spec), std_schedule=optax.constant_schedule(spec.std)
+    spec.population, template, optimizer=_optimizer(spec), std_schedule=optax.constant_schedule(spec.std)
   )
   params = es.default_params.replace(T=horizon, K=spec.window)
   problem = window_problem(problem, spec.window)

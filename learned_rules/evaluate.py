@@ -132,10 +132,7 @@ def _long_inputs(key: jax.Array, problem: unroll.Problem, batch: int, horizon: i
     keys = jax.random.split(key, (batch, horizon))
     x = jax.vmap(jax.vmap(tasks.sample_episode, in_axes=(0, None)), in_axes=(0, None))(keys, task).x
     return x.reshape(batch, horizon * task.episode_steps, -1)
-  phases = jnp.asarray(tasks.stream_phases(task, batch), jnp.int32)
-  positions = jax.vmap(tasks.init_stream_position, in_axes=(0, None, 0))(
-    jax.random.split(key, batch), task, phases
-  )
+  positions = tasks.init_stream_positions(key, task, batch)
 
   def window(pos, _):
     episodes, pos = jax.vmap(tasks.sample_stream_window, in_axes=(0, None))(pos, task)
@@ -151,19 +148,15 @@ def _state_bounds(theta, topo, key, problem: unroll.Problem, batch: int, horizon
   xs = _long_inputs(k_x, problem, batch, horizon)
   states = unroll.init_batch_states(theta, topo, problem, k_state, batch)
   step = jax.vmap(network.network_step, in_axes=(None, None, None, 0, 0, None))
-  largest = lambda tree: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(tree)]))  # noqa: E731
 
   def body(carry, x):
     state, max_body, max_synapse = carry
     state, _ = step(theta, topo, problem.rule, state, x, problem.fast_synapse)
+    body_now, synapse_now = network.max_abs_state(state)
     # jnp.fmax would skip a NaN; jnp.maximum keeps it, so a state that blew up reports NaN.
-    return (
-      state,
-      jnp.maximum(max_body, largest(state.bodies)),
-      jnp.maximum(max_synapse, largest(state.synapses)),
-    ), None
+    return (state, jnp.maximum(max_body, body_now), jnp.maximum(max_synapse, synapse_now)), None
 
-  start = (states, largest(states.bodies), largest(states.synapses))
+  start = (states, *network.max_abs_state(states))
   (_, max_body, max_synapse), _ = jax.lax.scan(body, start, jnp.moveaxis(xs, 1, 0))
   return {"max_abs_body": max_body, "max_abs_synapse": max_synapse}
 

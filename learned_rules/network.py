@@ -110,6 +110,13 @@ class NetState:
   synapses: tuple
 
 
+def max_abs_state(state: NetState) -> tuple[jax.Array, jax.Array]:
+  """The largest absolute body entry and synapse entry `[]` of `state` (one network or a batch); NaN if
+  any entry is NaN, so a state that blew up shows it."""
+  largest = lambda arrays: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in arrays]))  # noqa: E731
+  return largest([state.bodies]), largest(state.synapses)
+
+
 class StepOutput(NamedTuple):
   readout: jax.Array  # [n_out] readouts of the output neurons after the step
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_rules import network, rules, tasks, unroll
+from learned_rules import baselines, network, rules, tasks, unroll
 
 
 class RecallCounts(NamedTuple):
@@ -65,10 +65,7 @@ def accuracy(counts: RecallCounts, axis=None) -> np.ndarray:
 def stream_positions(key: jax.Array, spec: tasks.TaskSpec, batch: int) -> tasks.StreamPosition:
   """`[B]` positions of the streams `unroll.init_stream_carry` starts from `key` (the same streams)."""
   _, k_stream = jax.random.split(key)  # as unroll.init_stream_carry
-  phases = jnp.asarray(tasks.stream_phases(spec, batch), jnp.int32)
-  return jax.vmap(tasks.init_stream_position, in_axes=(0, None, 0))(
-    jax.random.split(k_stream, batch), spec, phases
-  )
+  return tasks.init_stream_positions(k_stream, spec, batch)
 
 
 def _next_windows(positions: tasks.StreamPosition, spec: tasks.TaskSpec):
@@ -84,8 +81,7 @@ def _run_window(theta, topo, problem: unroll.Problem, states: network.NetState, 
 
   def body(state, x):
     state, out = step(theta, topo, problem.rule, state, x, problem.fast_synapse)
-    max_syn = jnp.max(jnp.stack([jnp.max(jnp.abs(s)) for s in state.synapses]))
-    return state, (out.readout, jnp.max(jnp.abs(state.bodies)), max_syn)
+    return state, (out.readout, *network.max_abs_state(state))
 
   states, (readout, max_body, max_syn) = jax.lax.scan(body, states, jnp.swapaxes(xs, 0, 1))
   return states, jnp.swapaxes(readout, 0, 1), jnp.max(max_body), jnp.max(max_syn)
@@ -130,7 +126,7 @@ def hebbian_window(
   """`baselines.hebbian` online, carrying its weights `[n_out, n_in]` across windows: at every step
   `W = decay W + teach key^T`, readout `W key`. Returns the weights after the window `[n_out, n_in]` and
   the readouts `[T, n_out]` (from zero weights, exactly `baselines.hebbian(episode, spec, decay)`)."""
-  keys, teach = episode.x[:, : spec.n_in], episode.x[:, spec.n_in : spec.n_in + spec.n_out]
+  keys, teach = baselines.split_input(episode, spec)
 
   def step(w, kt):
     key_bits, teach_bits = kt

@@ -167,6 +167,14 @@ def init_stream_position(key: jax.Array, spec: TaskSpec, phase: int) -> StreamPo
   return StreamPosition(key=key, t=t, first_slot=(t + spec.slot_steps - 1) // spec.slot_steps)
 
 
+def init_stream_positions(key: jax.Array, spec: TaskSpec, batch: int, starts=None) -> StreamPosition:
+  """`[B]` new streams, one key each split from `key`: stream `b` starts at global step `starts[b]`
+  (`[B]` ints, or one for all; default `stream_phases`, staggered over one window)."""
+  starts = stream_phases(spec, batch) if starts is None else starts
+  starts = jnp.broadcast_to(jnp.asarray(starts, jnp.int32), (batch,))
+  return jax.vmap(init_stream_position, in_axes=(0, None, 0))(jax.random.split(key, batch), spec, starts)
+
+
 def stream_phases(spec: TaskSpec, batch: int) -> list[int]:
   """Start steps that stagger `batch` streams evenly over one window, so every window position of
   the protocol is trained at every meta step (learned_optimization's staggered truncations)."""

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from learned_rules import baselines, metrics, tasks, unroll
+from learned_rules import baselines, meta_train, metrics, tasks, unroll
 from learned_rules import evaluate as evaluate_lib
 
 CELLS = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}
@@ -138,7 +138,7 @@ def train_recurrent(
   """
   k_init, k_data = jax.random.split(key)
   params = init_recurrent(k_init, spec.n_in, spec.n_out, hidden, cell)
-  optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+  optimizer = meta_train.make_optimizer(learning_rate, clip_norm)
 
   def loss_fn(params, step):
     readout, episodes = _recurrent_batch(

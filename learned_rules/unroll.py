@@ -161,10 +161,7 @@ def episode_objective(
 def init_stream_carry(theta, topo, problem: Problem, key: jax.Array, batch: int) -> StreamCarry:
   """A batch of fresh streams, staggered in phase over one window."""
   k_state, k_stream = jax.random.split(key)
-  phases = jnp.asarray(tasks.stream_phases(problem.task, batch), jnp.int32)
-  positions = jax.vmap(tasks.init_stream_position, in_axes=(0, None, 0))(
-    jax.random.split(k_stream, batch), problem.task, phases
-  )
+  positions = tasks.init_stream_positions(k_stream, problem.task, batch)
   return StreamCarry(
     init_batch_states(theta, topo, problem, k_state, batch), _split_batch(problem, positions)
   )
