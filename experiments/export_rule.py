@@ -7,6 +7,7 @@ Restores the run's latest checkpoint, measures its held-out recall against K (th
 `eval.k_values` and `eval.num_episodes`), and writes `<out_dir>/<name>.msgpack` (theta) and
 `<out_dir>/<name>.json` (config, meta steps, recall, and the commands that made it). The default
 `out_dir` is the package's own `learned_rules/pretrained/`, whose rules `load_rule(name)` finds.
+A `net.trained_synapses` run (fixed trained weights, no learned rule) is refused.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def main(argv):
     rule = pretrained.load_rule(_WORKDIR.value)
   except (FileNotFoundError, pretrained.RuleLoadError) as e:
     sys.exit(str(e))
+  if rule.topology.trained_synapses:
+    sys.exit(
+      f"{_WORKDIR.value} is a net.trained_synapses run: a trained network with fixed per-synapse weights, "
+      "no learned rule to export; load_rule(<its run directory>) reads it as it is"
+    )
   cfg = rule.config
   key = evaluate_lib.eval_key(cfg.seed)
   k_values = [int(k) for k in cfg.eval.k_values]

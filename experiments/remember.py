@@ -6,8 +6,10 @@ r"""Meta-train update rules to remember snippets, then report held-out recall.
 
 Trains the learned rule in `--workdir` and, unless `--config.baseline_synapses_off=False`, the same
 network with synapse updates off in `<workdir>/synapses_off` (its own run, same budget). Rerunning with
-the same workdir resumes both. Ends with a table of held-out recall bit accuracy and writes
-`<workdir>/summary.json`.
+the same workdir resumes both. Ends with a table of held-out recall bit accuracy, beside the key-blind
+floor (the best answer that ignores the cue, on the same episodes) and chance, and writes
+`<workdir>/summary.json`. The `routing` variant (`net.trained_synapses`) trains a network with synapse
+updates off whose fixed per-synapse weights are meta-trained, and no twin.
 
 Exit status: 0 done; 2 a bad config, workdir or checkpoint (refused before training) or a save that failed
 for a full disk (the last checkpoint intact); 1 too many non-finite meta steps in a row (the last
@@ -29,7 +31,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import flagutil
-from learned_rules import checkpointing, meta_train, sharding
+from learned_rules import baselines, checkpointing, meta_train, network, sharding
 from learned_rules import config as config_lib
 from learned_rules import metrics as metrics_lib
 
@@ -86,6 +88,11 @@ def synapses_off_config(cfg):
   return off
 
 
+def run_name(cfg) -> str:
+  """What the run of `cfg` trains: a learned rule, or (`net.trained_synapses`) fixed trained weights."""
+  return "trained synapses, updates off" if config_lib.trained_synapses(cfg) else "learned rule"
+
+
 def task_label(cfg) -> str:
   t = cfg.task
   if t.protocol == "streaming":
@@ -104,7 +111,8 @@ def run(cfg, workdir: str) -> dict:
   start = time.perf_counter()
   # Fail before any compilation, and before anything is written, on an invalid config.
   config_lib.validate(cfg)
-  learned = meta_train.train_and_evaluate(cfg, workdir, label="learned rule: ")
+  name = run_name(cfg)
+  learned = meta_train.train_and_evaluate(cfg, workdir, label=f"{name}: ")
   summary = {
     "bit_accuracy": learned["bit_accuracy"],
     "perfect_recall": learned["perfect_recall"],
@@ -114,13 +122,17 @@ def run(cfg, workdir: str) -> dict:
     "topology": cfg.net.topology,
     "meta_steps": learned["meta_steps"],
   }
-  rows = [("learned rule", learned["bit_accuracy"])]
+  rows = [(name, learned["bit_accuracy"])]
   if cfg.baseline_synapses_off and cfg.net.synapse_updates:
     off = meta_train.train_and_evaluate(
       synapses_off_config(cfg), os.path.join(workdir, "synapses_off"), label="synapses off: "
     )
     summary["bit_accuracy_synapses_off"] = off["bit_accuracy"]
     rows.append(("same network, synapse updates off", off["bit_accuracy"]))
+  floor = baselines.key_blind_floor(cfg, network.make_topology(cfg.net))
+  summary["key_blind_bit_accuracy"] = floor
+  if floor is not None:  # the best answer that ignores the cue, on the same held-out episodes
+    rows.append(("key-blind floor (ignores the cue)", floor))
   rows.append(("chance", chance_bit_accuracy()))
   summary["wall_seconds"] = time.perf_counter() - start
   if jax.process_index() == 0:

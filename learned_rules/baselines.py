@@ -4,13 +4,19 @@ Each baseline reads an `Episode` the way the network does: at every step, the ke
 neurons and the teaching bits on the output neurons (`tasks.TaskSpec` says how many of each), and it
 returns readouts `[T, n_out]` scored by `unroll.recall_metrics` exactly like the network's.
 
+- `key_blind`: the best answer that ignores the cue, `sign` of the sum of the values taught so far (the
+  per-bit majority of the stored values). A memory that scores no more than it uses the key not at all.
+  Its expected bit accuracy, ties scored half a bit, is 0.750, 0.6875, 0.6367, 0.6128 and 0.5982 at
+  K = 2, 4, 8, 12 and 16 (`key_blind_accuracy`).
 - `hebbian`: the outer-product (correlation-matrix) memory `W += value key^T` at every step with a
-  teaching input; in `auto` the value is the pattern itself and the diagonal is dropped, which is the
-  Hopfield network read out in one step. `decay` < 1 makes it a palimpsest.
+  teaching input, with every synapse the network has: in `auto` the input i -> output i term stays,
+  because a `full` network has that synapse. `decay` < 1 makes it a palimpsest.
+- `hopfield`: the classical Hopfield memory, `hebbian` with W's diagonal dropped (in `auto` only; on
+  `hetero` it is `hebbian`), read out in one step.
 - `pseudo_inverse`: the best linear store, `W = V K^+` over every stored step (the least-squares
   solution the delta rule converges to).
 
-Theory for `hebbian` on `auto` (one-step recall of K random +-1 patterns of n bits from a cue with m
+Theory for `hopfield` on `auto` (one-step recall of K random +-1 patterns of n bits from a cue with m
 bits left): a bit's signal is m, its cross-talk from the other patterns has standard deviation
 sqrt(K m), so the bit error is about `Phi(-sqrt(m / K))`. With half the bits zeroed (m = n / 2), 0.99
 bit accuracy holds up to K = n / (2 x 2.33^2) = 0.092 n; tests/test_baselines.py checks the measured
@@ -20,6 +26,7 @@ capacity against 0.08 n to 0.16 n.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +34,7 @@ import jax.numpy as jnp
 from learned_rules import evaluate as evaluate_lib
 from learned_rules import tasks, unroll
 
-BASELINES = ("hebbian", "pseudo_inverse")
+BASELINES = ("key_blind", "hebbian", "hopfield", "pseudo_inverse")
 
 
 def split_input(episode: tasks.Episode, spec: tasks.TaskSpec) -> tuple[jax.Array, jax.Array]:
@@ -36,19 +43,46 @@ def split_input(episode: tasks.Episode, spec: tasks.TaskSpec) -> tuple[jax.Array
   return x[:, : spec.n_in], x[:, spec.n_in : spec.n_in + spec.n_out]
 
 
-def hebbian(episode: tasks.Episode, spec: tasks.TaskSpec, decay: float = 1.0) -> jax.Array:
+def key_blind(episode: tasks.Episode, spec: tasks.TaskSpec) -> jax.Array:
+  """Readouts `[T, n_out]` of the best answer that ignores the cue: at step t, the sum of the teaching
+  bits of steps 0..t, whose sign is the per-bit majority of the values stored so far (each snippet
+  counts once per presentation step, the same for all). Exactly 0 on a tie, scored half a bit."""
+  _, teach = split_input(episode, spec)
+  return jnp.cumsum(teach, axis=0)
+
+
+def key_blind_accuracy(num_snippets: int) -> float:
+  """Expected bit accuracy of `key_blind` asked for one of K stored random +-1 values, ties half a bit:
+  the asked bit plus the sum of the other K - 1 (a symmetric walk S) has the asked bit's sign when
+  S > -1, and ties when S = -1."""
+  k = num_snippets - 1
+  p = lambda j: math.comb(k, j) / 2**k  # noqa: E731  P(j of the other bits agree); S = 2 j - k
+  return sum(p(j) for j in range(k + 1) if 2 * j - k > -1) + 0.5 * sum(
+    p(j) for j in range(k + 1) if 2 * j - k == -1
+  )
+
+
+def hebbian(
+  episode: tasks.Episode, spec: tasks.TaskSpec, decay: float = 1.0, diagonal: bool = True
+) -> jax.Array:
   """Readouts `[T, n_out]` of the outer-product memory, online: at step t,
-  `W_t = decay W_{t-1} + teach_t key_t^T` and the readout is `W_t key_t` (without `W`'s diagonal in
-  `auto`). Written in closed form, `R = (D o tril(K K^T)) V`, with `D[t, s] = decay^(t - s)`."""
+  `W_t = decay W_{t-1} + teach_t key_t^T` and the readout is `W_t key_t`; `diagonal=False` drops W's
+  diagonal in `auto` (`hopfield`). Written in closed form, `R = (D o tril(K K^T)) V`, with
+  `D[t, s] = decay^(t - s)`."""
   keys, teach = split_input(episode, spec)
   t = keys.shape[0]
   lag = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]
   weight = jnp.where(lag >= 0, jnp.power(decay, jnp.maximum(lag, 0)), 0.0)  # [T, T]
   overlap = weight * (keys @ keys.T)  # [T, T]: decayed key overlaps of past steps
   readout = overlap @ teach
-  if spec.protocol == "auto":  # drop the diagonal of W: sum_s weight[t, s] teach_s o key_s o key_t
+  if spec.protocol == "auto" and not diagonal:  # sum_s weight[t, s] teach_s o key_s o key_t
     readout = readout - (weight @ (teach * keys)) * keys
   return readout
+
+
+def hopfield(episode: tasks.Episode, spec: tasks.TaskSpec) -> jax.Array:
+  """`hebbian` without W's diagonal in `auto`: the classical Hopfield memory read out in one step."""
+  return hebbian(episode, spec, diagonal=False)
 
 
 def pseudo_inverse(episode: tasks.Episode, spec: tasks.TaskSpec) -> jax.Array:
@@ -61,7 +95,12 @@ def pseudo_inverse(episode: tasks.Episode, spec: tasks.TaskSpec) -> jax.Array:
   return keys @ w_t
 
 
-_READOUTS = {"hebbian": hebbian, "pseudo_inverse": pseudo_inverse}
+_READOUTS = {
+  "key_blind": key_blind,
+  "hebbian": hebbian,
+  "hopfield": hopfield,
+  "pseudo_inverse": pseudo_inverse,
+}
 
 
 def sample_episodes(spec: tasks.TaskSpec, key: jax.Array, batch: int) -> tuple[tasks.Episode, jax.Array]:
@@ -88,6 +127,17 @@ def evaluate(name: str, spec: tasks.TaskSpec, key: jax.Array, num_episodes: int,
   """Mean recall metrics of baseline `name` over exactly the held-out episodes `evaluate.evaluate`
   gives the network for the same key (same batches, same keys)."""
   return evaluate_lib.mean_over_batches(lambda k, n: eval_batch(name, spec, k, n), key, num_episodes, batch)
+
+
+def key_blind_floor(cfg, topo, num_episodes: int | None = None) -> float | None:
+  """Bit accuracy of `key_blind` on exactly the held-out episodes `evaluate.evaluate` gives the network
+  of config `cfg` (`evaluate.eval_key(cfg.seed)`, `cfg.eval.num_episodes` of them), or None for the
+  streaming protocol, whose floor depends on the lags asked and is not computed here."""
+  task = evaluate_lib.problem_from_config(cfg, topo).task
+  if task.protocol == "streaming":
+    return None
+  num = cfg.eval.num_episodes if num_episodes is None else num_episodes
+  return evaluate("key_blind", task, evaluate_lib.eval_key(cfg.seed), num)["bit_accuracy"]
 
 
 # Several K in one program. Every baseline here is causal and stores nothing on a step without a

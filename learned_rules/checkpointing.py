@@ -40,6 +40,14 @@ RESUMABLE_FIELDS = (
   "train.max_nonfinite_steps",
 )
 
+# Config fields added after runs were written without them, and the value their absence means: a saved
+# config that lacks one compares as if it held that value (a different value is still a difference).
+OPTIONAL_FIELDS = {
+  "net.trained_synapses": False,
+  "task.score_reachable": True,
+  "task.hold_for_latency": False,
+}
+
 # Libraries whose versions every run records (`environment`); a resumed run warns when they changed.
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections")
 ITEMS = ("state", "config", "environment")
@@ -169,8 +177,9 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-  """Dotted fields whose values differ and that a resumed run may not change."""
-  a, b = _flatten(saved), _flatten(current)
+  """Dotted fields whose values differ and that a resumed run may not change (a field of
+  `OPTIONAL_FIELDS` missing on either side reads as its default)."""
+  a, b = ({**OPTIONAL_FIELDS, **_flatten(c)} for c in (saved, current))
   fields = sorted(set(a) | set(b))
   resumable = lambda f: any(f == p or f.startswith(p + ".") for p in RESUMABLE_FIELDS)  # noqa: E731
   return [

@@ -101,6 +101,19 @@ def _validate_net(cfg) -> None:
   _float(cfg, "net.init_noise", 0.0, float("inf"))
   for name in ("self_connections", "synapse_updates", "body_recurrence"):
     _bool(cfg, f"net.{name}")
+  if trained_synapses(cfg) and _get(cfg, "net.synapse_updates"):
+    raise ConfigError(
+      "net.trained_synapses",
+      "True needs net.synapse_updates=False (the trained weights are the synapses' fixed states)",
+    )
+
+
+def trained_synapses(cfg) -> bool:
+  """`net.trained_synapses`, validated. Optional: a config from before it existed (a shipped rule's, an
+  older run's) means False."""
+  if "trained_synapses" not in _get(cfg, "net"):
+    return False
+  return _bool(cfg, "net.trained_synapses")
 
 
 def _validate_rule(cfg) -> None:
@@ -134,6 +147,49 @@ def _validate_task(cfg) -> None:
   if protocol == "streaming":
     _int(cfg, "task.max_lag", 1)
     _int(cfg, "task.window", 1)
+  for name in LATENCY_FIELDS:
+    if name in _get(cfg, "task"):
+      _bool(cfg, f"task.{name}")
+
+
+# Optional task fields (a config from before they existed reads them as these defaults).
+LATENCY_FIELDS = {"score_reachable": True, "hold_for_latency": False}
+
+
+def _task_flag(cfg, name: str) -> bool:
+  return bool(cfg.task.get(name, LATENCY_FIELDS[name]))
+
+
+def key_latency(cfg) -> int:
+  """Steps L before a key on the inputs of `cfg`'s network can reach its outputs (`network.key_latency`),
+  from the `net` block alone (numpy: nothing is traced or compiled)."""
+  topology = _get(cfg, "net.topology")
+  if topology in ("layered", "layered_feedback"):
+    return len(_get(cfg, "net.hidden_layers"))  # one hop per layer; feedback synapses make no path shorter
+  if topology == "full":
+    return 0
+  n_in, n_out = _get(cfg, "net.num_inputs"), _get(cfg, "net.num_outputs")
+  seed = _get(cfg, "net.mask_seed")
+  topo = network.make_sparse(n_in, n_out, _get(cfg, "net.num_hidden"), _get(cfg, "net.density"), seed)
+  try:
+    return network.key_latency(topo)  # sparse: the drawn mask decides
+  except ValueError as e:
+    raise ConfigError("net.density", f"{e} (net.topology=sparse, net.mask_seed={seed})") from None
+
+
+def _validate_latency(cfg) -> None:
+  """Refuses a task none of whose scored query steps can see its key (docs/DESIGN.md, "Latency")."""
+  latency = key_latency(cfg)
+  r = _get(cfg, "task.query_steps")
+  if r <= latency:
+    where = f"net.topology={_get(cfg, 'net.topology')}"
+    if _get(cfg, "net.topology") in ("layered", "layered_feedback"):
+      where += f" with net.hidden_layers={tuple(_get(cfg, 'net.hidden_layers'))}"
+    raise ConfigError(
+      "task.query_steps",
+      f"{r} query steps, but a key takes {latency + 1} steps to reach the outputs of {where}: no scored "
+      f"step can see the key; set task.query_steps >= {latency + 1}",
+    )
 
 
 def _validate_train(cfg) -> None:
@@ -186,6 +242,7 @@ def validate(cfg) -> None:
   _validate_net(cfg)
   _validate_rule(cfg)
   _validate_task(cfg)
+  _validate_latency(cfg)
   _validate_train(cfg)
   mesh_shape(cfg)
 
@@ -226,4 +283,7 @@ def task_spec(cfg, topo: network.Topology, num_snippets: int | None = None) -> t
     cue_corruption=float(t.cue_corruption),
     max_lag=t.max_lag,
     window=t.window,
+    latency=network.key_latency(topo),
+    score_reachable=_task_flag(cfg, "score_reachable"),
+    hold_for_latency=_task_flag(cfg, "hold_for_latency"),
   )

@@ -32,6 +32,7 @@ from learned_rules import evaluate as evaluate_lib
 from learned_rules import metrics as metrics_lib
 
 TRAIN_TAG = 0
+SYNAPSE_WEIGHTS_TAG = 1  # folded into the theta key for `network.with_synapse_weights`
 # Evaluation runs the network this many times longer than a training episode (or window) and reports
 # the largest state it reaches (docs/RELIABILITY.md).
 STATE_HORIZON = 10
@@ -47,9 +48,10 @@ class Preempted(RuntimeError):
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a resumed run needs: `step` `[]`, `theta`, `opt_state`, the count of skipped
-  (non-finite) meta steps in all and in a row so far (`[]` int32 each), and (streaming only) the
-  carried `[B, ...]` state of the never-reset streams (None for the episode protocols)."""
+  """Everything a resumed run needs: `step` `[]`, `theta` (with `network.SYNAPSE_WEIGHTS` on a
+  `net.trained_synapses` network), `opt_state`, the count of skipped (non-finite) meta steps in all
+  and in a row so far (`[]` int32 each), and (streaming only) the carried `[B, ...]` state of the
+  never-reset streams (None for the episode protocols)."""
 
   step: jax.Array
   theta: rules.Theta
@@ -83,6 +85,8 @@ def _init_train_state(
 ) -> TrainState:
   k_theta, k_stream = jax.random.split(key)
   theta = rules.init_theta(k_theta, problem.rule)
+  # A `trained_synapses` network's per-synapse weights (a key of their own: other runs' theta is as before).
+  theta = network.with_synapse_weights(theta, topo, jax.random.fold_in(k_theta, SYNAPSE_WEIGHTS_TAG))
   carry = None
   if problem.task.protocol == "streaming":
     carry = unroll.init_stream_carry(theta, topo, problem, k_stream, batch)

@@ -74,6 +74,9 @@ class Topology:
     n_in, n_out, num_types: static sizes.
     synapse_updates: static ablation switch; False freezes every synapse at its initial state.
     body_recurrence: static ablation switch; False makes each body update forget the previous body.
+    trained_synapses: static switch (with `synapse_updates` False): every synapse's initial (and so
+      fixed) state is its own meta-parameter, `theta[SYNAPSE_WEIGHTS]`, with no noise: a trained
+      recurrent network of the same wiring (`init_synapse_weights`).
   """
 
   mask: jax.Array
@@ -87,6 +90,7 @@ class Topology:
   num_types: int = flax.struct.field(pytree_node=False)
   synapse_updates: bool = flax.struct.field(pytree_node=False, default=True)
   body_recurrence: bool = flax.struct.field(pytree_node=False, default=True)
+  trained_synapses: bool = flax.struct.field(pytree_node=False, default=False)
 
   @property
   def num_neurons(self) -> int:
@@ -211,7 +215,9 @@ def make_sparse(n_in: int, n_out: int, n_hidden: int, density: float, seed: int 
 def make_topology(net_cfg) -> Topology:
   """Builds the topology named by `net_cfg.topology` from a `config.net` block."""
   ablations = dict(
-    synapse_updates=bool(net_cfg.synapse_updates), body_recurrence=bool(net_cfg.body_recurrence)
+    synapse_updates=bool(net_cfg.synapse_updates),
+    body_recurrence=bool(net_cfg.body_recurrence),
+    trained_synapses=bool(net_cfg.get("trained_synapses", False)),  # optional: older configs lack it
   )
   n_in, n_out = net_cfg.num_inputs, net_cfg.num_outputs
   if net_cfg.topology == "full":
@@ -229,6 +235,36 @@ def make_topology(net_cfg) -> Topology:
   raise ValueError(f"net.topology: unknown topology {net_cfg.topology!r}; one of {TOPOLOGIES}")
 
 
+def key_hops(mask, n_in: int, n_out: int) -> int:
+  """Synapse hops from the input neurons to the farthest output neuron: for every output neuron the
+  shortest directed path from any input neuron, and the largest of those (1 in `full`, the hidden-layer
+  count + 1 in `layered`). `mask` `[N, N]` (`mask[i, j]`: the synapse `j -> i`); raises ValueError if an
+  output neuron cannot be reached at all. Numpy only: `config.validate` calls it before anything runs."""
+  reach = np.asarray(mask) > 0
+  n = reach.shape[0]
+  dist = np.full(n, -1)
+  frontier = np.zeros(n, bool)
+  frontier[:n_in] = True
+  dist[:n_in] = 0
+  hops = 0
+  while frontier.any():
+    hops += 1
+    nxt = reach[:, frontier].any(axis=1) & (dist < 0)
+    dist[nxt] = hops
+    frontier = nxt
+  outputs = dist[n_in : n_in + n_out]
+  if (outputs < 0).any():
+    raise ValueError("no path of synapses from the input neurons to every output neuron")
+  return int(outputs.max())
+
+
+def key_latency(topo: Topology) -> int:
+  """Steps L after which a key shown on the inputs can first affect the readout: `key_hops - 1`. In one
+  `network_step` the messages come from the bodies before the update and the readout from the output
+  bodies after it, so a key shown at step t reaches a neuron k synapses away at step t + k - 1."""
+  return key_hops(np.asarray(topo.mask), topo.n_in, topo.n_out) - 1
+
+
 def _block_pre(topo: Topology, b: int, per_neuron: jax.Array) -> jax.Array:
   """The pre neurons' rows of `per_neuron` `[N, ...]` for block `b`: `[Q, ...]`, or `[P, K, ...]`
   for a fan-in block."""
@@ -243,15 +279,50 @@ def _masked(topo: Topology, b: int, syn: jax.Array) -> jax.Array:
   return syn if mask is None else syn * mask[..., None]
 
 
+# The theta entry of a `trained_synapses` network: one `[P, Q, Ds]` (or `[P, K, Ds]`) array per block.
+SYNAPSE_WEIGHTS = "synapse_weights"
+
+
+def init_synapse_weights(key: jax.Array, topo: Topology, synapse_dim: int) -> tuple:
+  """Initial per-synapse weights of a `trained_synapses` network: one standard normal array per block,
+  `[P, Q, Ds]` (or `[P, K, Ds]` for a fan-in block), shaped like `NetState.synapses`, zero where a
+  block's synapse does not exist. Messages are divided by sqrt(fan-in) (`messages`), so unit variance
+  is a LeCun-like scale."""
+  keys = jax.random.split(key, len(topo.blocks))
+  return tuple(
+    _masked(topo, b, jax.random.normal(keys[b], (block.post_size, block.pre_size, synapse_dim)))
+    for b, block in enumerate(topo.blocks)
+  )
+
+
+def with_synapse_weights(theta: rules.Theta, topo: Topology, key: jax.Array) -> rules.Theta:
+  """`theta` plus `theta[SYNAPSE_WEIGHTS]` (`init_synapse_weights`, drawn from `key`) when `topo` has
+  `trained_synapses`; `theta` itself otherwise. The weights depend on the topology, which
+  `rules.init_theta` does not see."""
+  if not topo.trained_synapses:
+    return theta
+  synapse_dim = theta["init_synapse"].shape[-1]
+  return {**theta, SYNAPSE_WEIGHTS: init_synapse_weights(key, topo, synapse_dim)}
+
+
 def init_net_state(theta: rules.Theta, topo: Topology, key: jax.Array, noise: float) -> NetState:
   """Initial state: learned per-type (per-type-pair) vectors plus Gaussian noise of std `noise`.
 
   The noise breaks the symmetry between neurons of one type, which would otherwise stay identical.
-  Absent synapses (masked-out entries of a block) are zero.
+  Absent synapses (masked-out entries of a block) are zero. With `topo.trained_synapses` the synapses
+  are `theta[SYNAPSE_WEIGHTS]` as they are, without noise (the bodies keep theirs).
   """
   kb, *ks = jax.random.split(key, 1 + len(topo.blocks))
   bodies = theta["init_body"][topo.types]
   bodies = bodies + noise * jax.random.normal(kb, bodies.shape)
+  if topo.trained_synapses:
+    if SYNAPSE_WEIGHTS not in theta:
+      raise ValueError(
+        f"init_net_state: the topology has trained_synapses but theta has no {SYNAPSE_WEIGHTS!r} "
+        "(add them with network.with_synapse_weights, as meta-training does)"
+      )
+    weights = theta[SYNAPSE_WEIGHTS]
+    return NetState(bodies=bodies, synapses=tuple(_masked(topo, b, w) for b, w in enumerate(weights)))
   synapses = []
   for b, block in enumerate(topo.blocks):
     post_types = topo.types[block.post]

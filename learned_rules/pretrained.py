@@ -174,9 +174,23 @@ def _theta_like(like: rules.Theta, raw, where: str) -> rules.Theta:
   return serialization.from_state_dict(like, raw)
 
 
+class RuleSaveError(ValueError):
+  """A rule this format cannot hold (one whose theta depends on its network, not only on its sizes)."""
+
+
 def save_rule(rule: Rule, prefix: str, **info) -> tuple[str, str]:
   """Writes `rule` to `<prefix>.json` and `<prefix>.msgpack` (each written whole, then renamed);
-  `info` (JSON-ready) is recorded beside the config. Returns the two paths."""
+  `info` (JSON-ready) is recorded beside the config. Returns the two paths.
+
+  Raises `RuleSaveError` for a run of `net.trained_synapses` (theta holds one weight per synapse of its
+  network, which a saved rule's layout has no place for); load such a run from its directory instead.
+  """
+  if network.SYNAPSE_WEIGHTS in rule.theta:
+    raise RuleSaveError(
+      f"save_rule: {rule.source} is a net.trained_synapses run (a trained network, no learned rule: theta "
+      f"holds its per-synapse weights, {network.SYNAPSE_WEIGHTS!r}), which a saved rule cannot hold; "
+      "load_rule(<its run directory>) reads it as it is"
+    )
   os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
   meta = {
     "format": FORMAT_VERSION,

@@ -48,7 +48,7 @@ class StateNorms(NamedTuple):
 def lag_counts(readout: jax.Array, episodes: tasks.Episode, lags: jax.Array, max_lag: int) -> RecallCounts:
   """`RecallCounts` `[Dmax]` of readouts `[B, T, n_out]` against windows `[B, ...]` whose steps ask for
   lags `[B, T]` (`tasks.sample_stream_lags`); unscored steps count nowhere."""
-  correct = jnp.sum((readout * episodes.target > 0).astype(jnp.float32), axis=-1)  # [B, T]
+  correct = jnp.sum(unroll.bit_credit(readout, episodes.target), axis=-1)  # [B, T]
   by_lag = jax.nn.one_hot(lags - 1, max_lag) * episodes.score[..., None]  # [B, T, Dmax]
   bits = jnp.full(correct.shape, readout.shape[-1], jnp.float32)
   return RecallCounts(jnp.einsum("bt,btd->d", correct, by_lag), jnp.einsum("bt,btd->d", bits, by_lag))

@@ -11,6 +11,14 @@ task". An episode is the external input of every neuron at every step plus the s
   recall: Q queries, each a stored snippet's cue (key with a fraction of bits zeroed) for R steps,
           scored on the output neurons.
 
+Latency. A key shown at step t reaches a neuron k synapses away only at step t + k - 1, so in a
+network whose outputs are k synapses from its inputs, the first L = k - 1 steps of a query cannot see
+its key (`network.key_latency`; L = 0 in `full` and `sparse`, the hidden-layer count in `layered`).
+`TaskSpec.latency` is L; `score_reachable` scores only the query steps r >= L, and `hold_for_latency`
+shows each snippet's key L steps before its value (the key for L + P steps, the value on the last P),
+so that the value meets its key at the outputs. A task whose scored steps could never see the key is
+refused by `config.validate`.
+
 In `auto` the pattern is both key and value (`n_in == n_out`): recall is completion from a cue.
 """
 
@@ -45,18 +53,36 @@ class TaskSpec:
   cue_corruption: float = 0.0  # fraction of cue bits zeroed at recall
   max_lag: int = 4  # Dmax, streaming only
   window: int = 24  # W, streaming only
+  latency: int = 0  # L: steps before a key shown on the inputs reaches the outputs (network.key_latency)
+  score_reachable: bool = True  # score only query steps r >= L, from which the key can reach the outputs
+  hold_for_latency: bool = False  # show each key L steps before its value (the key for L + P steps)
+
+  @property
+  def lead_steps(self) -> int:
+    """Steps a snippet's key is shown before its value: L with `hold_for_latency`, else 0."""
+    return self.latency if self.hold_for_latency else 0
+
+  @property
+  def show_steps(self) -> int:
+    """Steps a snippet's key is shown while storing: lead + P."""
+    return self.lead_steps + self.present_steps
+
+  @property
+  def first_scored_query_step(self) -> int:
+    """The first step (0-based, of R) of a query that is scored: L with `score_reachable`, else 0."""
+    return self.latency if self.score_reachable else 0
 
   @property
   def slot_steps(self) -> int:
-    """Streaming: steps per snippet slot (show P, gap G, query R)."""
-    return self.present_steps + self.gap_steps + self.query_steps
+    """Streaming: steps per snippet slot (show lead + P, gap G, query R)."""
+    return self.show_steps + self.gap_steps + self.query_steps
 
   @property
   def episode_steps(self) -> int:
     """Time steps T of one episode (the window W for streaming)."""
     if self.protocol == "streaming":
       return self.window
-    store = self.cycles * self.num_snippets * (self.present_steps + self.gap_steps)
+    store = self.cycles * self.num_snippets * (self.show_steps + self.gap_steps)
     return store + self.delay_steps + self.num_queries * self.query_steps
 
 
@@ -98,11 +124,19 @@ def sample_snippets(key: jax.Array, spec: TaskSpec, num: int) -> tuple[jax.Array
   return keys, _random_bits(kv, (num, spec.n_out))
 
 
-def _store_schedule(spec: TaskSpec) -> np.ndarray:
-  """Snippet index shown at each storage/delay step, -1 for blank steps."""
-  one_snippet = lambda k: [k] * spec.present_steps + [-1] * spec.gap_steps  # noqa: E731
+def _store_schedule(spec: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
+  """Snippet index whose key is shown at each storage/delay step (-1 for blank steps), and whether its
+  value is taught there (the last P of its lead + P steps)."""
+  one_snippet = lambda k: [k] * spec.show_steps + [-1] * spec.gap_steps  # noqa: E731
+  teach_one = [False] * spec.lead_steps + [True] * spec.present_steps + [False] * spec.gap_steps
   cycle = [i for k in range(spec.num_snippets) for i in one_snippet(k)]
-  return np.array(cycle * spec.cycles + [-1] * spec.delay_steps, np.int32)
+  taught = teach_one * spec.num_snippets * spec.cycles + [False] * spec.delay_steps
+  return np.array(cycle * spec.cycles + [-1] * spec.delay_steps, np.int32), np.array(taught)
+
+
+def query_score(spec: TaskSpec) -> np.ndarray:
+  """`[R]` 1.0 on the steps of a query that are scored (`first_scored_query_step` on)."""
+  return (np.arange(spec.query_steps) >= spec.first_scored_query_step).astype(np.float32)
 
 
 def _place(spec: TaskSpec, inputs: jax.Array, teach: jax.Array) -> jax.Array:
@@ -116,11 +150,11 @@ def sample_episode(key: jax.Array, spec: TaskSpec) -> Episode:
   """One `hetero` or `auto` episode (see the module docstring for the protocol)."""
   k_snip, k_order, k_cue = jax.random.split(key, 3)
   keys, values = sample_snippets(k_snip, spec, spec.num_snippets)
-  sched = _store_schedule(spec)
+  sched, taught = _store_schedule(spec)
   shown = (sched >= 0)[:, None]
   idx = np.maximum(sched, 0)
   store_in = jnp.where(shown, keys[idx], 0.0)
-  store_teach = jnp.where(shown, values[idx], 0.0)
+  store_teach = jnp.where(taught[:, None], values[idx], 0.0)
 
   order = jax.random.permutation(k_order, spec.num_snippets)[: spec.num_queries]
   cues = corrupt(k_cue, keys[order], spec.cue_corruption)
@@ -131,7 +165,7 @@ def sample_episode(key: jax.Array, spec: TaskSpec) -> Episode:
   inputs = jnp.concatenate([store_in, query_in])
   teach = jnp.concatenate([store_teach, jnp.zeros((n_query, spec.n_out))])
   target = jnp.concatenate([jnp.zeros((len(sched), spec.n_out)), query_target])
-  score = jnp.concatenate([jnp.zeros(len(sched)), jnp.ones(n_query)])
+  score = jnp.concatenate([jnp.zeros(len(sched)), jnp.tile(query_score(spec), spec.num_queries)])
   return Episode(x=_place(spec, inputs, teach), target=target, score=score)
 
 
@@ -190,11 +224,13 @@ def _stream_step(pos: StreamPosition, t: jax.Array, spec: TaskSpec):
   old_slot = slot - lag
   old_keys, old_values = sample_snippets(jax.random.fold_in(pos.key, old_slot), spec, 1)
   cue = corrupt(jax.random.fold_in(slot_key, 2), old_keys[0], spec.cue_corruption)
-  showing = phase < spec.present_steps
-  querying = phase >= spec.present_steps + spec.gap_steps
-  scored = querying & (old_slot >= pos.first_slot)
+  showing = phase < spec.show_steps
+  teaching = (phase >= spec.lead_steps) & showing
+  query_step = phase - spec.show_steps - spec.gap_steps
+  querying = query_step >= 0
+  scored = (query_step >= spec.first_scored_query_step) & (old_slot >= pos.first_slot)
   key_bits = jnp.where(showing, keys[0], jnp.where(querying, cue, 0.0))
-  teach = jnp.where(showing, values[0], 0.0)
+  teach = jnp.where(teaching, values[0], 0.0)
   target = jnp.where(scored, old_values[0], 0.0)
   return key_bits, teach, target, scored.astype(jnp.float32)
 

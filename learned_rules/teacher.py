@@ -98,7 +98,7 @@ def sample_unseen_keys(key: jax.Array, stored: jax.Array, num: int) -> jax.Array
 
 def query_steps(spec: tasks.TaskSpec, teacher: TeacherSpec) -> int:
   """Time steps T of one teacher episode: the `hetero` storage and delay, then K + U queries."""
-  store = spec.cycles * spec.num_snippets * (spec.present_steps + spec.gap_steps) + spec.delay_steps
+  store = spec.cycles * spec.num_snippets * (spec.show_steps + spec.gap_steps) + spec.delay_steps
   return store + (spec.num_snippets + teacher.unseen(spec)) * spec.query_steps
 
 
@@ -118,14 +118,14 @@ def sample_episode(
   order = jax.random.permutation(k_order, len(asked))
   asked, is_unseen = asked[order], is_unseen[order]
 
-  sched = tasks._store_schedule(spec)  # noqa: SLF001  (the hetero schedule itself, not a copy)
+  sched, taught = tasks._store_schedule(spec)  # noqa: SLF001  (the hetero schedule itself, not a copy)
   shown = (sched >= 0)[:, None]
   idx = np.maximum(sched, 0)
   store_in = jnp.where(shown, keys[idx], 0.0)
-  store_teach = jnp.where(shown, apply_teacher(teacher, params, keys)[idx], 0.0)
+  store_teach = jnp.where(taught[:, None], apply_teacher(teacher, params, keys)[idx], 0.0)
   query_in = jnp.repeat(asked, spec.query_steps, axis=0)
   query_unseen = jnp.repeat(is_unseen, spec.query_steps).astype(jnp.float32)
-  n_store, n_query = len(sched), query_in.shape[0]
+  n_store = len(sched)
 
   x = tasks._place(  # noqa: SLF001
     spec,
@@ -134,7 +134,7 @@ def sample_episode(
   )
   target = jnp.concatenate([jnp.zeros((n_store, spec.n_out)), apply_teacher(teacher, params, query_in)])
   unseen = jnp.concatenate([jnp.zeros(n_store), query_unseen])
-  asked_steps = jnp.concatenate([jnp.zeros(n_store), jnp.ones(n_query)])
+  asked_steps = jnp.concatenate([jnp.zeros(n_store), jnp.tile(tasks.query_score(spec), len(asked))])
   return (
     tasks.Episode(x=x, target=target, score=asked_steps - unseen),
     tasks.Episode(x=x, target=target, score=unseen),
@@ -144,11 +144,10 @@ def sample_episode(
 def _bit_accuracy(readout: jax.Array, episode: tasks.Episode) -> tuple[jax.Array, jax.Array]:
   """Bit accuracy and perfect fraction over the scored steps of one episode (readout `[T, n_out]`).
 
-  Unlike `unroll.recall_metrics`, a readout of exactly 0 scores half a bit (a fair coin's tie-break):
-  the Hebbian and pseudo-inverse readouts of a key orthogonal to every stored key are 0 (one unseen
-  16-bit key in five is orthogonal to a single stored key), and counting those as wrong would put
-  them below chance. The network's and the SGD net's readouts are never exactly 0."""
-  right = (readout * episode.target > 0) + 0.5 * (readout == 0)
+  A readout of exactly 0 scores half a bit, as everywhere (`unroll.bit_credit`): the Hebbian and
+  pseudo-inverse readouts of a key orthogonal to every stored key are 0 (one unseen 16-bit key in five
+  is orthogonal to a single stored key)."""
+  right = unroll.bit_credit(readout, episode.target)
   weights = episode.score[:, None] * jnp.ones_like(readout)
   accuracy = jnp.sum(right * weights) / jnp.maximum(jnp.sum(weights), 1.0)
   perfect = jnp.all(readout * episode.target > 0, axis=-1)

@@ -112,10 +112,18 @@ def readout_loss(readout: jax.Array, episode: tasks.Episode, loss: str) -> jax.A
   return _scored_mean(per_bit, episode.score)
 
 
+def bit_credit(readout: jax.Array, target: jax.Array) -> jax.Array:
+  """Credit of every bit of `sign(readout)` against the +-1 `target` (same shape): 1 right, 0 wrong,
+  and 0.5 for a readout of exactly 0, the expectation of a fair coin's tie-break. The one tie
+  convention of every score in the project (integer Hebbian readouts tie on a few percent of bits)."""
+  return (readout * target > 0).astype(jnp.float32) + 0.5 * (readout == 0).astype(jnp.float32)
+
+
 def recall_metrics(readout: jax.Array, episode: tasks.Episode) -> dict[str, jax.Array]:
-  """Bit accuracy of `sign(readout)` and the fraction of scored steps recalled perfectly."""
-  correct = (readout * episode.target > 0).astype(jnp.float32)
-  perfect = jnp.all(correct > 0, axis=-1).astype(jnp.float32)
+  """Bit accuracy of `sign(readout)` (a readout of 0 is half a bit, `bit_credit`) and the fraction of
+  scored steps recalled perfectly (every bit right; a tie is not)."""
+  correct = bit_credit(readout, episode.target)
+  perfect = jnp.all(correct == 1.0, axis=-1).astype(jnp.float32)
   return {
     "bit_accuracy": _scored_mean(correct, episode.score),
     "perfect_recall": jnp.sum(perfect * episode.score) / jnp.maximum(jnp.sum(episode.score), 1.0),

@@ -29,6 +29,9 @@ VARIANTS = [
   "tiny,sparse",
   "tiny,auto,layered_feedback",
   "streaming,sparse",
+  "routing",
+  "tiny,routing",
+  "tiny,sparse,routing",
 ]
 
 # (variant, dotted field, invalid value, field the error must name).
@@ -88,6 +91,8 @@ INVALID = [
   ("", "train.checkpoint_every", 0, "train.checkpoint_every"),
   ("", "train.max_to_keep", 0, "train.max_to_keep"),
   ("", "eval.num_episodes", 0, "eval.num_episodes"),
+  ("", "net.trained_synapses", True, "net.trained_synapses"),  # synapse updates are on
+  ("routing", "net.synapse_updates", True, "net.trained_synapses"),
 ]
 
 # Values of the wrong type, which a ConfigDict would refuse to hold: validated as plain dicts (the
@@ -102,6 +107,7 @@ INVALID_TYPES = [
   ("", "train.learning_rate", None, "train.learning_rate"),
   ("", "train.learning_rate", False, "train.learning_rate"),
   ("", "train.remat", True, "train.remat"),  # the boolean of configs written before the policies
+  ("routing", "net.trained_synapses", 1, "net.trained_synapses"),
 ]
 
 # Boundary values that are valid.
@@ -111,7 +117,7 @@ VALID_EDGES = [
   ("", "task.num_queries", 8),  # == num_snippets
   ("", "net.num_hidden", 0),
   ("layered", "net.hidden_layers", ()),  # no hidden layer: inputs straight to outputs
-  ("layered", "net.hidden_layers", (4, 3, 2)),
+  ("layered", "net.hidden_layers", (4, 3)),  # L = 2 < R = 3 query steps of the variant
   ("layered", "net.hidden_layers", [4, 3]),  # a list, as read back from JSON
   ("sparse", "net.density", 1.0),
   ("", "train.num_steps", 0),
@@ -261,3 +267,33 @@ def test_specs_from_tiny_config(make_cfg):
 
 def test_remat_default_is_the_library_default(make_cfg):
   assert make_cfg("").train.remat == make_cfg("tiny").train.remat == unroll.DEFAULT_REMAT == "step"
+
+
+@pytest.mark.parametrize("variant", ["", "layered", "layered_feedback", "sparse"])
+def test_key_latency_from_the_config_is_the_topologys(make_cfg, variant):
+  cfg = make_cfg(variant)
+  assert config_lib.key_latency(cfg) == network.key_latency(network.make_topology(cfg.net))
+  assert config_lib.task_spec(cfg, network.make_topology(cfg.net)).latency == config_lib.key_latency(cfg)
+
+
+def test_a_task_whose_scored_steps_cannot_see_the_key_is_refused(make_cfg, tmp_path, capsys):
+  """Two hidden layers: a key reaches the outputs 2 steps after it is shown, so R = 2 query steps
+  never see it; the command refuses in one line naming the fields, and R = 3 is accepted."""
+  from experiments import remember as remember_cmd
+
+  cfg = make_cfg("layered")
+  cfg.net.hidden_layers = (4, 4)
+  cfg.task.query_steps = 2
+  _assert_names("task.query_steps", cfg)
+  with pytest.raises(config_lib.ConfigError, match=r"net\.topology=layered with net\.hidden_layers=\(4, 4\)"):
+    config_lib.validate(cfg)
+  with pytest.raises(SystemExit) as exit_info:
+    remember_cmd.run_or_exit(cfg, str(tmp_path / "run"))
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and err.startswith("error: task.query_steps: ") and err.count("\n") == 1
+  assert not (tmp_path / "run").exists()
+  cfg.task.query_steps = 3
+  assert config_lib.validate(cfg) is None
+  # Scoring every query step does not help a step that cannot see the key: still refused.
+  cfg.task.query_steps, cfg.task.score_reachable = 2, False
+  _assert_names("task.query_steps", cfg)

@@ -598,3 +598,40 @@ def test_body_recurrence_off_changes_the_update(theta, small_spec, net_state, st
   assert not np.allclose(new_on.bodies, new_off.bodies, atol=1e-3)
   # Without the gate the new body is a bare tanh candidate.
   assert np.abs(np.asarray(new_off.bodies)).max() < 1.0
+
+
+@pytest.mark.parametrize("name,latency", [("full", 0), ("layered_1", 1), ("layered_2", 2), ("sparse", 1)])
+def test_a_key_reaches_the_readout_after_exactly_the_key_latency(wide, make_net_state, name, latency):
+  """`key_latency` is what the network step does: a key shown at step 0 (and nothing after it) changes
+  the readout of an output k synapses away first at step k - 1, so every readout by step L."""
+  spec, theta = wide
+  topo = _topology(name)
+  assert network.key_latency(topo) == latency
+  assert network.key_hops(np.asarray(topo.mask), topo.n_in, topo.n_out) == latency + 1
+  state = make_net_state(4, topo, spec)
+  key = jnp.zeros(topo.num_neurons).at[: topo.n_in].set(1.0)
+  readouts = {}
+  for shown in (False, True):
+    s, outs = state, []
+    for t in range(latency + 1):
+      x = key if (shown and t == 0) else jnp.zeros(topo.num_neurons)
+      s, out = _step(theta, topo, spec, s, x, True)
+      outs.append(np.asarray(out.readout))
+    readouts[shown] = outs
+  # Each output's own distance, by powers of the mask: hops(o) = the least k with a k-hop path.
+  mask = np.asarray(topo.mask) > 0
+  paths, hops = mask.copy(), np.zeros(topo.n_out, int)
+  for k in range(1, topo.num_neurons):
+    new = (hops == 0) & paths[topo.n_in : topo.n_in + topo.n_out, : topo.n_in].any(axis=1)
+    hops[new] = k
+    paths = (mask.astype(int) @ paths.astype(int)) > 0
+  assert hops.max() == latency + 1
+  for t in range(latency + 1):
+    changed = np.abs(readouts[True][t] - readouts[False][t]) > 1e-6
+    np.testing.assert_array_equal(changed, hops - 1 <= t)
+
+
+def test_key_hops_of_an_unreachable_output_is_an_error():
+  mask = np.zeros((3, 3))  # input 0, output 1, hidden 2: no synapse at all
+  with pytest.raises(ValueError, match="no path"):
+    network.key_hops(mask, 1, 1)

@@ -475,6 +475,7 @@ INVALID_VALUES = {
   "net.self_connections": ("", NOT_A_BOOL),
   "net.synapse_updates": ("", NOT_A_BOOL),
   "net.body_recurrence": ("", NOT_A_BOOL),
+  "net.trained_synapses": ("", NOT_A_BOOL),
   "rule.body_dim": ("", _int_below(1)),
   "rule.synapse_dim": ("", _int_below(1)),
   "rule.act_dim": ("", st.one_of(_int_below(1), st.integers(min_value=9, max_value=10**6))),  # > body_dim 8
@@ -496,6 +497,8 @@ INVALID_VALUES = {
   "task.cue_corruption": ("", _float_outside(0.0, 1.0, False, True)),
   "task.max_lag": ("streaming", _int_below(1)),
   "task.window": ("streaming", _int_below(1)),
+  "task.score_reachable": ("", NOT_A_BOOL),
+  "task.hold_for_latency": ("", NOT_A_BOOL),
   "train.batch_size": ("", _int_below(1)),
   "train.num_steps": ("", _int_below(0)),
   "train.learning_rate": ("", _float_outside(0.0, float("inf"), True, True)),

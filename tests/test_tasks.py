@@ -307,3 +307,37 @@ def test_stream_phases_are_staggered_evenly(window, batch):
   gaps = np.diff(phases + [window])  # including the wrap-around to the next window
   assert np.all(gaps >= 1)
   assert gaps.max() - gaps.min() <= 1
+
+
+def test_latency_scores_reachable_steps_and_holds_keys():
+  """L = 2: each key is shown L + P steps with its value on the last P; the first L steps of every
+  query are unscored. With both options off the episode is the plain one."""
+  spec = dataclasses.replace(HETERO, cycles=1, latency=2, hold_for_latency=True, query_steps=3)
+  episode = _episode(spec)
+  keys, teach, _ = _split(spec, episode.x)
+  show = spec.latency + spec.present_steps
+  assert spec.episode_steps == spec.num_snippets * (show + spec.gap_steps) + spec.delay_steps + 2 * 3
+  for k in range(spec.num_snippets):
+    start = k * (show + spec.gap_steps)
+    assert np.all(keys[start : start + show] == keys[start])  # the key for L + P steps
+    assert np.all(np.abs(keys[start]) == 1.0)
+    assert np.all(teach[start : start + spec.latency] == 0.0)  # no value while the key travels
+    assert np.all(np.abs(teach[start + spec.latency : start + show]) == 1.0)
+  query_score = episode.score[-spec.num_queries * spec.query_steps :].reshape(spec.num_queries, 3)
+  np.testing.assert_array_equal(query_score, [[0, 0, 1]] * spec.num_queries)
+  plain = dataclasses.replace(spec, latency=2, hold_for_latency=False, score_reachable=False)
+  np.testing.assert_array_equal(_episode(plain).x, _episode(dataclasses.replace(spec, latency=0)).x)
+  assert _episode(plain).score.sum() == spec.num_queries * 3
+
+
+def test_stream_latency_scores_reachable_steps_and_holds_keys():
+  spec = dataclasses.replace(STREAM, latency=1, hold_for_latency=True, query_steps=3, window=60)
+  assert spec.slot_steps == 1 + spec.present_steps + spec.gap_steps + 3
+  pos = tasks.init_stream_position(jax.random.PRNGKey(0), spec, 0)
+  episode, _ = tasks.sample_stream_window(pos, spec)
+  keys, teach, _ = _split(spec, np.asarray(episode.x))
+  phase = np.arange(spec.window) % spec.slot_steps
+  assert np.all(np.abs(keys[phase < 3]) == 1.0) and np.all(teach[phase == 0] == 0.0)
+  assert np.all(np.abs(teach[(phase >= 1) & (phase < 3)]) == 1.0)
+  scored = np.asarray(episode.score) > 0
+  assert scored.any() and set(phase[scored]) == {spec.slot_steps - 2, spec.slot_steps - 1}

@@ -11,7 +11,10 @@ then the same network meta-trained with synapse updates off, on CPU in a few min
 
 Variants (`:name`, combinable with `,`, e.g. `:tiny,auto`): `tiny` (seconds, for tests), `auto`
 (completion from a corrupted cue), `streaming` (never-reset stream, truncated windows), `layered`,
-`layered_feedback`, `sparse`, `mesh2d` (a 2-D device mesh: batch x neurons).
+`layered_feedback` (both with one query step more and keys held for the latency, which one hidden
+layer adds), `sparse`, `mesh2d` (a 2-D device mesh: batch x neurons), `routing` (the
+activation-only control that can route: synapse updates off, every synapse's fixed weights
+meta-trained; no learned rule, and no synapses-off twin run: it is a synapses-off network itself).
 """
 
 import ml_collections
@@ -35,6 +38,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.net.self_connections = False  # full
   cfg.net.synapse_updates = True  # ablation: False freezes synapses at their initial state
   cfg.net.body_recurrence = True  # ablation: False makes bodies forget their previous state
+  # Control (needs synapse_updates=False): every synapse's fixed state is its own meta-parameter,
+  # trained with theta, with no noise: a trained recurrent network of the same wiring.
+  cfg.net.trained_synapses = False
   cfg.net.init_noise = 0.1  # std of the noise added to the learned initial states
 
   cfg.rule = ml_collections.ConfigDict()
@@ -61,6 +67,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.task.cue_corruption = 0.0  # fraction of cue bits zeroed at recall
   cfg.task.max_lag = 4  # streaming: Dmax
   cfg.task.window = 24  # streaming: W steps per truncated window
+  # A key needs L = (synapse hops from inputs to outputs) - 1 steps to reach the outputs (0 in `full`,
+  # the hidden-layer count in `layered`); a task whose query steps are all earlier is refused.
+  cfg.task.score_reachable = True  # score only the query steps from which the key can reach the outputs
+  cfg.task.hold_for_latency = False  # show each key L steps before its value, so the value meets it
 
   cfg.train = ml_collections.ConfigDict()
   cfg.train.batch_size = 16
@@ -123,9 +133,19 @@ def _streaming(cfg):
   cfg.task.protocol = "streaming"
 
 
+def _routing(cfg):
+  """Activations are the only memory, as with synapse updates off, but trained fixed weights can send
+  particular key bits to particular outputs."""
+  cfg.net.synapse_updates = False
+  cfg.net.trained_synapses = True
+
+
 def _topology(name):
   def apply(cfg):
     cfg.net.topology = name
+    if name.startswith("layered"):  # one hidden layer: L = 1 (tasks.py, "Latency")
+      cfg.task.query_steps = 3  # two scored query steps, as in `full`
+      cfg.task.hold_for_latency = True
 
   return apply
 
@@ -138,4 +158,5 @@ _VARIANTS = {
   "layered_feedback": _topology("layered_feedback"),
   "sparse": _topology("sparse"),
   "mesh2d": _mesh2d,
+  "routing": _routing,
 }
