@@ -53,8 +53,9 @@ _QUICK = flagutil.define(
   flags.DEFINE_bool, "quick", False, "Reduced resolution: the config's `quick` variant on top."
 )
 
-LINEAR_BASELINES = ("hebbian", "pseudo_inverse")
-BASELINES = (*LINEAR_BASELINES, "synapses_off", "recurrent", "online_backprop")
+LINEAR_BASELINES = baselines.BASELINES  # key_blind, hebbian, hopfield, pseudo_inverse
+RECURRENT_BASELINES = ("recurrent", "recurrent_state")  # parameter-matched and state-matched GRUs
+BASELINES = (*LINEAR_BASELINES, "synapses_off", "routing", *RECURRENT_BASELINES, "online_backprop")
 # Keys of the trained baselines, folded into the run's training key: disjoint from evaluation keys.
 _RECURRENT_TAG, _TUNE_TAG = 2, 3
 
@@ -75,14 +76,22 @@ def network_config(study, name: str) -> ml_collections.ConfigDict:
   return cfg
 
 
-def rule_config(study, name: str, protocol: str = "hetero", synapses: bool = True):
-  """`(run name, config)` of a learned rule: network `name` on `protocol`, synapse updates on or off."""
+# Rules meta-trained as controls: the same network with synapse updates off, its synapses at the learned
+# per-type-pair state plus fresh noise (`synapses_off`) or each at a meta-trained weight state of its own
+# (`routing`: a trained recurrent network of the same wiring).
+CONTROLS = ("synapses_off", "routing")
+
+
+def rule_config(study, name: str, protocol: str = "hetero", control: str | None = None):
+  """`(run name, config)` of a learned rule: network `name` on `protocol`, or a control of `CONTROLS`."""
   cfg = network_config(study, name)
   if protocol == "auto":
     cfg.task.protocol = "auto"
     cfg.task.cue_corruption = float(study.auto_cue_corruption)
-  cfg.net.synapse_updates = synapses
-  run = name + ("-auto" if protocol == "auto" else "") + ("" if synapses else "-synapses_off")
+  if control is not None:
+    cfg.net.synapse_updates = False
+    cfg.net.trained_synapses = control == "routing"
+  run = name + ("-auto" if protocol == "auto" else "") + (f"-{control}" if control else "")
   return run, cfg
 
 
@@ -130,6 +139,13 @@ def validate(study) -> dict[str, ml_collections.ConfigDict]:
       )
   if study.recurrent.cell not in trained_baselines.CELLS:
     raise config_lib.ConfigError("recurrent.cell", f"one of {trained_baselines.CELLS}")
+  for field in ("num_steps", "batch_size", "num_seeds", "tune_episodes", "state_hidden_cap"):
+    config_lib.positive_int(study, f"recurrent.{field}")
+  rates = study.recurrent.learning_rates
+  if not rates or any(not isinstance(r, (int, float)) or not r > 0 for r in rates):
+    raise config_lib.ConfigError(
+      "recurrent.learning_rates", f"needs at least one rate, each > 0; got {rates}"
+    )
   if not study.online_backprop.step_sizes or any(s < 0 for s in study.online_backprop.step_sizes):
     raise config_lib.ConfigError("online_backprop.step_sizes", "needs at least one step size, each >= 0")
 
@@ -146,8 +162,9 @@ def validate(study) -> dict[str, ml_collections.ConfigDict]:
   uses.update({"size": ("size.baselines", "hetero"), "difficulty": ("difficulty.baselines", "hetero")})
   for name in studies:
     field, protocol = uses[name]
-    if "synapses_off" in baseline_lists[field]:
-      run, cfgs[run] = rule_config(study, "full", protocol, synapses=False)
+    for control in CONTROLS:
+      if control in baseline_lists[field]:
+        run, cfgs[run] = rule_config(study, "full", protocol, control)
   for cfg in cfgs.values():
     config_lib.validate(cfg)
   for axis, value in _settings(study, studies):
@@ -209,30 +226,120 @@ class _Study:
       self.log(f"rule {run}: {int(state.step)} meta steps")
     return self.rules[run]
 
-  def recurrent_params(self, spec, seed: int, theta_size: int):
-    """`(params, hidden)` of the recurrent baseline trained on task `spec` (at its training K), with
-    as many parameters as the rule's `theta_size`; trained once per task and kept in the workdir."""
-    if spec not in self.recurrent:
+  # Key of the recurrent baselines' learning-rate tuning episodes, folded into the run's training key
+  # like `_RECURRENT_TAG` and `_TUNE_TAG`: neither training batches nor evaluation episodes.
+  _RECURRENT_TUNE_TAG = 4
+
+  @staticmethod
+  def recurrent_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """`(training key, tuning key)` of the recurrent baselines of the rule of seed `seed`."""
+    base = meta_train.train_key(seed)
+    return jax.random.fold_in(base, _RECURRENT_TAG), jax.random.fold_in(base, _Study._RECURRENT_TUNE_TAG)
+
+  def recurrent_size(self, rule: str, cfg, topo, theta_size: int) -> tuple[int, int]:
+    """`(hidden units, state size)` of recurrent baseline `rule` next to the learned network `(cfg, topo)`
+    whose rule has `theta_size` meta-parameters. The state size is the numbers the network carries from
+    step to step (`trained_baselines.state_size`: bodies and synapses). `recurrent` has as many parameters
+    as the rule (`hidden_for_params`); `recurrent_state` as many hidden units as the network has state
+    numbers, at most `recurrent.state_hidden_cap` (a GRU's training step costs about hidden^2)."""
+    rc = self.study.recurrent
+    state = trained_baselines.state_size(topo, config_lib.rule_spec(cfg, topo))
+    if rule == "recurrent":
+      return trained_baselines.hidden_for_params(theta_size, topo.n_in, topo.n_out, rc.cell), state
+    return min(state, int(rc.state_hidden_cap)), state
+
+  def recurrent_params(self, specs: tuple, seed: int, hidden: int, name: str = "recurrent"):
+    """`trained_baselines.RecurrentFit` of the recurrent baseline of `hidden` units on the sweep `specs`
+    (one training run on the mixture of its K, the learning rate of `recurrent.learning_rates` that
+    recalls best on tuning episodes, `recurrent.num_seeds` seeds), for the rule of seed `seed`. Every
+    training run is kept in the workdir under a name made of everything that shapes it, so a study that
+    is stopped resumes without training it again. `name` heads the log lines."""
+    memo = (specs, seed, hidden)
+    if memo not in self.recurrent:
       rc = self.study.recurrent
-      hidden = trained_baselines.hidden_for_params(theta_size, spec.n_in, spec.n_out, rc.cell)
-      name = hashlib.sha1(repr((spec, rc.to_dict(), hidden, seed)).encode()).hexdigest()[:12]
-      path = os.path.join(self.workdir, "recurrent", f"{spec.protocol}-{name}.msgpack")
-      key = jax.random.fold_in(meta_train.train_key(seed), _RECURRENT_TAG)
-      if os.path.exists(path):
-        with open(path, "rb") as f:
-          like = trained_baselines.init_recurrent(key, spec.n_in, spec.n_out, hidden, rc.cell)
-          params = serialization.from_bytes(like, f.read())
-      else:
-        self.log(f"recurrent baseline ({rc.cell}, {hidden} units): training {rc.num_steps} steps")
+      train_key, tune_key = self.recurrent_keys(seed)
+      num_steps, batch_size, clip_norm = int(rc.num_steps), int(rc.batch_size), 1.0
+      k_text = ",".join(str(s.num_snippets) for s in specs)
+
+      def train(learning_rate: float, run_seed: int) -> dict:
+        fields = (specs, rc.cell, hidden, learning_rate, run_seed, num_steps, batch_size, clip_norm, seed)
+        digest = hashlib.sha1(repr((fields, _RECURRENT_TAG)).encode()).hexdigest()[:12]
+        path = os.path.join(self.workdir, "recurrent", f"{specs[0].protocol}-{hidden}-{digest}.msgpack")
+        if os.path.exists(path):
+          with open(path, "rb") as f:
+            return serialization.msgpack_restore(f.read())
+        self.log(
+          f"{name} ({rc.cell}, {hidden} units): learning rate {learning_rate:g}, seed {run_seed}, "
+          f"training {num_steps} steps over K = {k_text}"
+        )
         params, _ = trained_baselines.train_recurrent(
-          spec, key, hidden=hidden, cell=rc.cell, num_steps=rc.num_steps, learning_rate=rc.learning_rate
+          specs,
+          trained_baselines.seed_key(train_key, run_seed),
+          hidden=hidden,
+          cell=rc.cell,
+          num_steps=num_steps,
+          batch_size=batch_size,
+          learning_rate=learning_rate,
+          clip_norm=clip_norm,
+          log_every=max(1, num_steps // 10),
+          label=f"{name} {hidden} lr {learning_rate:g} seed {run_seed}: ",
         )
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "wb") as f:
           f.write(serialization.to_bytes(params))
         os.replace(path + ".tmp", path)
-      self.recurrent[spec] = (params, hidden)
-    return self.recurrent[spec]
+        return params
+
+      self.recurrent[memo] = trained_baselines.fit_recurrent(
+        specs,
+        train_key,
+        tune_key,
+        hidden=hidden,
+        cell=rc.cell,
+        learning_rates=tuple(float(lr) for lr in rc.learning_rates),
+        num_seeds=int(rc.num_seeds),
+        num_steps=num_steps,
+        batch_size=batch_size,
+        clip_norm=clip_norm,
+        tune_episodes=int(rc.tune_episodes),
+        train=train,
+      )
+      fit = self.recurrent[memo]
+      table = ", ".join(f"{lr:g}: {acc:.3f}" for lr, acc in fit.tuning.items())
+      self.log(f"{name} ({hidden} units): learning rate {fit.learning_rate:g} of {{{table}}}")
+    return self.recurrent[memo]
+
+  def recurrent_records(
+    self, rule: str, cfg, topo, specs: tuple, key, num_episodes: int, theta
+  ) -> list[dict]:
+    """Metrics of recurrent baseline `rule` (`recurrent` or `recurrent_state`) at every K of `specs` on
+    the held-out episodes of `key`, one dict per K: `bit_accuracy` and `perfect_recall` averaged over the
+    seeds, each seed's (`*_seeds`), and the fit (hidden units, parameters, the state size it matches or
+    would match, the chosen learning rate and the tuning table `{rate: mean bit accuracy}`)."""
+    rc = self.study.recurrent
+    hidden, state = self.recurrent_size(rule, cfg, topo, trained_baselines.param_count(theta))
+    fit = self.recurrent_params(specs, cfg.seed, hidden, rule)
+    per_seed = [
+      trained_baselines.recall_over_k(params, specs, key, num_episodes, hidden, rc.cell)
+      for params in fit.params
+    ]
+    common = {
+      "hidden": hidden,
+      "params": trained_baselines.param_count(fit.params[0]),
+      "state_size": state,
+      "learning_rate": fit.learning_rate,
+      "tuning": {f"{lr:g}": acc for lr, acc in fit.tuning.items()},
+      "train_k": [s.num_snippets for s in specs],
+    }
+    out = []
+    for i in range(len(specs)):
+      seeds = {m: [float(r[i][m]) for r in per_seed] for m in ("bit_accuracy", "perfect_recall")}
+      means = {m: sum(v) / len(v) for m, v in seeds.items()}
+      spread = float(jnp.std(jnp.asarray(seeds["bit_accuracy"])))
+      out.append(
+        {**means, **{f"{m}_seeds": v for m, v in seeds.items()}, "bit_accuracy_std": spread, **common}
+      )
+    return out
 
   def records(self, meta: dict, cfg, topo, k_values, num_episodes: int, rule: str, learned=None):
     """Records of `rule` at every K of `k_values` on `cfg`'s task, cached. `learned` is
@@ -255,13 +362,8 @@ class _Study:
     def baseline_records() -> list[dict]:
       if rule in LINEAR_BASELINES:
         return baselines.evaluate_over_k(baselines.READOUT_FNS[rule], None, specs, key, num_episodes)
-      if rule == "recurrent":
-        theta_size = trained_baselines.param_count(learned[0])
-        train_spec = evaluate_lib.problem_from_config(cfg, topo).task
-        params, hidden = self.recurrent_params(train_spec, cfg.seed, theta_size)
-        readout = trained_baselines.recurrent_readout_fn(hidden, self.study.recurrent.cell)
-        extra = {"hidden": hidden, "params": trained_baselines.param_count(params)}
-        return [{**r, **extra} for r in baselines.evaluate_over_k(readout, params, specs, key, num_episodes)]
+      if rule in RECURRENT_BASELINES:
+        return self.recurrent_records(rule, cfg, topo, specs, key, num_episodes, learned[0])
       ob = self.study.online_backprop
       tune_key = jax.random.fold_in(meta_train.train_key(cfg.seed), _TUNE_TAG)
       lrs, _ = trained_baselines.tune_online_backprop_over_k(
@@ -279,7 +381,7 @@ class _Study:
       if specs != self.episode_specs:
         jax.clear_caches()
         self.episode_specs = specs
-      if rule in ("learned", "synapses_off"):
+      if rule in ("learned", *CONTROLS):
         out = evaluate_lib.recall_vs_k(learned[0], topo, cfg, k_values, num_episodes, key)
       else:
         out = [{"K": int(k), **r} for k, r in zip(k_values, baseline_records(), strict=True)]
@@ -293,8 +395,8 @@ class _Study:
     cache_key = {**common, "K": [int(k) for k in k_values]}
     if learned is not None:
       cache_key["meta_steps"] = learned[1]
-    if rule in ("recurrent", "online_backprop"):
-      cache_key[rule] = self.study[rule].to_dict()
+    if rule in (*RECURRENT_BASELINES, "online_backprop"):
+      cache_key[rule] = self.study["recurrent" if rule in RECURRENT_BASELINES else rule].to_dict()
     # The same memory on the same episodes under another label (each difficulty axis passes through
     # the base setting) is evaluated once per invocation.
     same = {k: v for k, v in cache_key.items() if k not in ("study", "axis", "value")}
@@ -332,8 +434,10 @@ def _rule_and_baselines(
   cfg, topo, learned = moved(rule_config(s.study, network_name, protocol)[0])
   out = s.records(meta, cfg, topo, k_values, num_episodes, "learned", learned)
   for baseline in baseline_names:
-    if baseline == "synapses_off":
-      off_cfg, off_topo, off = moved(rule_config(s.study, network_name, protocol, synapses=False)[0])
+    if baseline == "hopfield" and protocol != "auto":
+      continue  # on `hetero` it is the Hebbian memory itself (no diagonal to drop)
+    if baseline in CONTROLS:
+      off_cfg, off_topo, off = moved(rule_config(s.study, network_name, protocol, baseline)[0])
       out += s.records(meta, off_cfg, off_topo, k_values, num_episodes, baseline, off)
     else:
       out += s.records(meta, cfg, topo, k_values, num_episodes, baseline, learned)
@@ -350,8 +454,9 @@ def run(study, workdir: str) -> list[dict]:
   records = []
   if "networks" in studies:
     for i, name in enumerate(_names(study.networks)):
-      # Baselines that depend only on the task are evaluated once, on the first network.
-      names = baseline_names if i == 0 else []
+      # Baselines are evaluated once, on the first network; the key-blind floor on every network, whose
+      # task may differ (the layered networks' longer queries and held keys).
+      names = baseline_names if i == 0 else [b for b in baseline_names if b == "key_blind"]
       records += _rule_and_baselines(s, "networks", name, "hetero", names, study.k_values, study.num_episodes)
   if "auto" in studies:
     records += _rule_and_baselines(
@@ -395,14 +500,48 @@ def _groups(records: list[dict], study: str) -> dict[tuple, list[dict]]:
   return out
 
 
+# A memory "beats the key-blind floor" at a K where its bit accuracy is higher than the floor's on the
+# same episodes by more than this; one within it uses the key not measurably.
+FLOOR_MARGIN = 0.01
+
+
+def floor_of(records: list[dict], row: dict) -> float | None:
+  """The key-blind floor's bit accuracy on `row`'s episodes (same study, network, setting and K), or
+  None if the records hold none."""
+  same = ("study", "network", "axis", "value", "K", "N")
+  return next(
+    (r["bit_accuracy"] for r in records if r["rule"] == "key_blind" and all(r[k] == row[k] for k in same)),
+    None,
+  )
+
+
+def above_floor(records: list[dict], rows: list[dict]) -> list[int]:
+  """The K of `rows` at which they beat the key-blind floor by more than `FLOOR_MARGIN`."""
+  out = []
+  for row in rows:
+    floor = floor_of(records, row)
+    if floor is not None and row["bit_accuracy"] > floor + FLOOR_MARGIN:
+      out.append(row["K"])
+  return out
+
+
+def _k_list(ks: list[int], all_ks: list[int]) -> str:
+  if not ks:
+    return "none"
+  return "all" if ks == all_ks else ",".join(str(k) for k in ks)
+
+
 def format_table(records: list[dict]) -> str:
-  lines = [f"{'study':<11}{'network':<18}{'rule':<16}{'setting':<16}{'N':>5}{'K@0.99':>8}{'K@0.95':>8}"]
+  """Capacities of every memory, and the K at which each beats the key-blind floor on its episodes."""
+  head = f"{'study':<11}{'network':<18}{'rule':<16}{'setting':<16}{'N':>5}{'K@0.99':>8}{'K@0.95':>8}"
+  lines = [head + "  above key-blind floor at K"]
   for study in dict.fromkeys(r["study"] for r in records):
     for (network_name, rule, axis, value), rows in _groups(records, study).items():
       setting = f"{axis}={value}" if axis else ""
+      beats = "" if rule == "key_blind" else _k_list(above_floor(records, rows), [r["K"] for r in rows])
       lines.append(
         f"{study:<11}{network_name:<18}{rule:<16}{setting:<16}{rows[0]['N']:>5}"
-        f"{evaluate_lib.capacity(rows, 0.99):>8}{evaluate_lib.capacity(rows, 0.95):>8}"
+        f"{evaluate_lib.capacity(rows, 0.99):>8}{evaluate_lib.capacity(rows, 0.95):>8}  {beats}"
       )
   return "\n".join(lines)
 
@@ -426,15 +565,18 @@ def plot_all(records: list[dict], workdir: str, study) -> list[str]:
 def plot_recall_vs_k(records: list[dict], path: str, study=None) -> None:
   fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
   ax.set_prop_cycle(color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2])  # 20 distinct curves
+  floor_drawn = False
   for (network_name, rule, _, _), rows in _groups(records, records[0]["study"]).items():
+    ks, accuracy = [r["K"] for r in rows], [r["bit_accuracy"] for r in rows]
+    if rule == "key_blind":  # one curve: the floor's expectation is the same on every network's task
+      if not floor_drawn:
+        ax.plot(ks, accuracy, color="black", lw=1.6, ls="-.", label="key-blind floor", zorder=5)
+        floor_drawn = True
+      continue
     label = network_name if rule == "learned" else rule.replace("_", " ")
-    ax.plot(
-      [r["K"] for r in rows],
-      [r["bit_accuracy"] for r in rows],
-      "o-" if rule == "learned" else "s--",
-      label=label,
-    )
+    ax.plot(ks, accuracy, "o-" if rule == "learned" else "s--", label=label)
   ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+  ax.text(ax.get_xlim()[1], 0.5, "chance ", fontsize=7, color="gray", ha="right", va="bottom")
   # Theory for a memory of n-bit keys: Hebbian about 0.14 n (Hopfield, full cue), Cover/Gardner 2 n.
   n = records[0]["key_bits"]
   for k, text in ((0.14 * n, "0.14 n Hebbian"), (2 * n, "2 n Cover/Gardner")):

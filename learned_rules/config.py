@@ -46,6 +46,11 @@ def _int(cfg, dotted: str, minimum: int) -> int:
   return int(value)
 
 
+def positive_int(cfg, dotted: str) -> int:
+  """The integer field `dotted` of `cfg`, validated >= 1 (for the experiment configs' own fields)."""
+  return _int(cfg, dotted, 1)
+
+
 def _float(
   cfg, dotted: str, low: float, high: float, high_open: bool = True, low_open: bool = False
 ) -> float:

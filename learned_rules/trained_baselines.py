@@ -6,9 +6,12 @@ bits `[T, n_out]` of `baselines.split_input`, and returns readouts `[T, n_out]` 
 and `unroll.episode_objective` do (`sample_episodes`), in the batches of `evaluate.mean_over_batches`.
 
 - `recurrent` (memory in activations): a GRU (or LSTM) fed `concat(key bits, teaching bits)` at every step,
-  with a linear readout, its weights trained by back-propagation through time on the task (`train_recurrent`)
-  and then frozen: whatever it remembers within an episode lives in its hidden state. The capacity study
-  sizes it to the learned network's meta-parameter count (`hidden_for_params`).
+  with a linear readout, its weights trained by back-propagation through time on the task (`train_recurrent`,
+  on one K or on a mixture of K) and then frozen: whatever it remembers within an episode lives in its
+  hidden state. `fit_recurrent` gives it every chance: the learning rate of a small grid that recalls best
+  on separate tuning episodes, then several seeds at that rate. The capacity study sizes it to the learned
+  network's meta-parameter count (`hidden_for_params`) and, capped by what a CPU can train, to the
+  learned network's state: its bodies and synapses (`state_size`).
 - `online_backprop` (memory in weights, by gradient descent): the learned network's neurons as an ordinary
   feed-forward net `n_in -> hidden tanh -> n_out linear`, freshly initialised in every episode and trained
   during the episode by one SGD step on `0.5 ||f(key) - teach||^2` at every step that carries a teaching
@@ -17,14 +20,16 @@ and `unroll.episode_objective` do (`sample_episodes`), in the batches of `evalua
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from learned_rules import baselines, meta_train, metrics, tasks, unroll
+from learned_rules import baselines, meta_train, metrics, network, rules, tasks, unroll
 from learned_rules import evaluate as evaluate_lib
 
 CELLS = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}
@@ -32,6 +37,8 @@ CELLS = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}
 # task (+-1 keys of 16 bits, 32 tanh units, P = 2: 0.02 to 0.05 for K = 1 to 16; one step of about 1 / the
 # tangent kernel's diagonal, ~0.05 here, stores a snippet exactly). The optimum scales about as 1 / n_in.
 DEFAULT_STEP_SIZES = (0.003, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0, 3.0)
+# Adam learning rates tried by `fit_recurrent`.
+DEFAULT_LEARNING_RATES = (1e-3, 3e-3, 1e-2)
 
 
 sample_episodes = baselines.sample_episodes  # the network's held-out episodes, and per-episode keys
@@ -106,14 +113,50 @@ def recurrent(
   return RecurrentNet(hidden, spec.n_out, cell).apply(params, jnp.concatenate([keys, teach], axis=-1))
 
 
+def state_size(topo: network.Topology, rule_spec: rules.RuleSpec) -> int:
+  """Numbers in the state of a learned network: its bodies `[N, Db]` and, for every synapse that exists
+  (`num_synapses`, not the padding of the blocks), `Ds` numbers. 64 x 8 + 4032 x 4 = 16,640 for the `full`
+  network of 64 neurons with the default rule; a recurrent net with that many hidden units carries as many
+  numbers from step to step."""
+  return topo.num_neurons * rule_spec.body_dim + topo.num_synapses * rule_spec.synapse_dim
+
+
 def _recurrent_batch(params, spec, key, batch, hidden, cell) -> tuple[jax.Array, tasks.Episode]:
   episodes, _ = sample_episodes(spec, key, batch)
   readout = jax.vmap(recurrent, in_axes=(None, 0, None, None, None))(params, episodes, spec, hidden, cell)
   return readout, episodes
 
 
+def _as_specs(specs) -> tuple[tasks.TaskSpec, ...]:
+  """One task, or several that differ only in K and their number of queries (a sweep), as a tuple."""
+  specs = (specs,) if isinstance(specs, tasks.TaskSpec) else tuple(specs)
+  if not specs:
+    raise ValueError("specs: needs at least one task")
+  shape = lambda spec: dataclasses.replace(spec, num_snippets=1, num_queries=1)  # noqa: E731
+  if any(shape(spec) != shape(specs[0]) for spec in specs):
+    raise ValueError("specs: the tasks of a mixture may differ only in K and their number of queries")
+  return specs
+
+
+@functools.partial(
+  jax.jit, static_argnames=("spec", "batch", "hidden", "cell", "clip_norm"), donate_argnums=(0, 1)
+)
+def _recurrent_train_step(params, opt_state, key, learning_rate, spec, batch, hidden, cell, clip_norm):
+  """One clipped Adam step on the `batch` episodes of `spec` drawn from `key`. `learning_rate` is traced:
+  the runs of a whole learning-rate grid, and every seed, share one compiled program per task."""
+  optimizer = meta_train.make_optimizer(learning_rate, clip_norm)
+
+  def loss_fn(params):
+    readout, episodes = _recurrent_batch(params, spec, key, batch, hidden, cell)
+    return unroll.readout_loss(readout, episodes, "mse"), unroll.recall_metrics(readout, episodes)
+
+  (loss, recall), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, {"loss": loss, **recall}
+
+
 def train_recurrent(
-  spec: tasks.TaskSpec,
+  specs,
   key: jax.Array,
   *,
   hidden: int,
@@ -123,48 +166,150 @@ def train_recurrent(
   learning_rate: float = 3e-3,
   clip_norm: float = 1.0,
   log_every: int = 0,
+  label: str = "",
 ) -> tuple[dict, list[dict]]:
-  """Trains a `RecurrentNet` by back-propagation through whole episodes of `spec`.
+  """Trains a `RecurrentNet` by back-propagation through whole episodes of one task or of a mixture.
 
-  Loss: the network's `mse` loss (`unroll.readout_loss`) on the scored steps, minimised by Adam after
+  `specs`: one `TaskSpec`, or several that differ only in K (a sweep). Step s trains on a batch of
+  `specs[s % len(specs)]`, so one run trains every K of the sweep in turn, `num_steps / len(specs)` steps
+  each. Loss: the network's `mse` loss (`unroll.readout_loss`) on the scored steps, minimised by Adam after
   global-norm clipping. `key` splits into the initialisation key and a data key; the batch of step s is
-  `sample_episodes(spec, fold_in(data key, s), batch_size)`. `key` must differ from the evaluation key
-  (the study evaluates on `evaluate.eval_key(seed)`), so that the evaluation episodes are held out.
+  `sample_episodes(specs[s % len(specs)], fold_in(data key, s), batch_size)`. `key` must differ from the
+  evaluation key (the study evaluates on `evaluate.eval_key(seed)`), so that the evaluation episodes are
+  held out.
 
-  Returns the trained variables and a history of `{"step", "loss", "bit_accuracy"}` on the training batch
-  of step s (before its update) at s = 0, every `log_every` steps and the last step. With `log_every > 0`
-  each record is also shown as a `metrics.Progress` line (live on a terminal, absl INFO otherwise, as the
+  Returns the trained variables and a history of `{"step", "K", "loss", "bit_accuracy"}` on the training
+  batch of step s (before its update) at the first and the last step of every K and every `log_every`
+  steps. With `log_every > 0` the records every `log_every` steps and the last are also shown as a
+  `metrics.Progress` line headed by `label` (live on a terminal, absl INFO otherwise, as the
   meta-training driver does).
   """
+  # A mixture by turns, one compiled step per K, rather than every K padded to the longest episode
+  # (`tasks.pad_episodes`, one compiled step): a step costs its episode length T (the GRU scans every
+  # step, blank or not), and a sweep's mean T is a third of its longest (44 of 130 steps in the quick
+  # sweep, 51 of 130 in the full one). Measured on 2 CPU cores at batch 16: a 128-unit net takes ~9 ms a
+  # step by turns against 20 to 30 ms padded, a 19-unit net ~3 against ~5 ms, which the few seconds of
+  # compilation per K (shared by every rate and seed of a fit) about even out. Skipping the padded steps
+  # with a `lax.cond` in the scan keeps one program, but made a 128-unit step about 3 times dearer.
+  specs = _as_specs(specs)
   k_init, k_data = jax.random.split(key)
-  params = init_recurrent(k_init, spec.n_in, spec.n_out, hidden, cell)
-  optimizer = meta_train.make_optimizer(learning_rate, clip_norm)
-
-  def loss_fn(params, step):
-    readout, episodes = _recurrent_batch(
-      params, spec, jax.random.fold_in(k_data, step), batch_size, hidden, cell
-    )
-    return unroll.readout_loss(readout, episodes, "mse"), unroll.recall_metrics(readout, episodes)
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def train_step(params, opt_state, step):
-    (loss, recall), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, step)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, {"loss": loss, **recall}
-
-  opt_state = optimizer.init(params)
-  progress = metrics.Progress(num_steps, label=f"recurrent {cell} {hidden}: ") if log_every > 0 else None
+  params = init_recurrent(k_init, specs[0].n_in, specs[0].n_out, hidden, cell)
+  opt_state = meta_train.make_optimizer(learning_rate, clip_norm).init(params)
+  rate = jnp.asarray(learning_rate, jnp.float32)
+  label = label or f"recurrent {cell} {hidden}: "
+  progress = metrics.Progress(num_steps, label=label) if log_every > 0 else None
   history = []
   for step in range(num_steps):
-    params, opt_state, scalars = train_step(params, opt_state, jnp.asarray(step, jnp.int32))
-    if step == 0 or step == num_steps - 1 or (log_every > 0 and step % log_every == 0):
-      record = {"step": step, "loss": float(scalars["loss"]), "bit_accuracy": float(scalars["bit_accuracy"])}
+    spec = specs[step % len(specs)]
+    params, opt_state, scalars = _recurrent_train_step(
+      params, opt_state, jax.random.fold_in(k_data, step), rate, spec, batch_size, hidden, cell, clip_norm
+    )
+    ends = step < len(specs) or step >= num_steps - len(specs)
+    if ends or (log_every > 0 and step % log_every == 0):
+      record = {
+        "step": step,
+        "K": spec.num_snippets,
+        "loss": float(scalars["loss"]),
+        "bit_accuracy": float(scalars["bit_accuracy"]),
+      }
       history.append(record)
-      if progress is not None:
+      if progress is not None and (step % log_every == 0 or step == num_steps - 1):
         progress.update(step, record["loss"], record["bit_accuracy"])
   if progress is not None:
     progress.close()
   return params, history
+
+
+def recall_over_k(
+  params: dict, specs, key: jax.Array, num_episodes: int, hidden: int, cell: str = "gru", batch: int = 64
+) -> list[dict]:
+  """Mean recall metrics of the recurrent net, one dict per task of `specs` (a sweep over K), over exactly
+  the held-out episodes `evaluate.evaluate` gives the network for `key` (`baselines.evaluate_over_k`)."""
+  readout = recurrent_readout_fn(hidden, cell)
+  return baselines.evaluate_over_k(readout, params, _as_specs(specs), key, num_episodes, batch)
+
+
+def seed_key(train_key: jax.Array, seed: int) -> jax.Array:
+  """The `key` of `train_recurrent` for seed `seed` of a `fit_recurrent`."""
+  return jax.random.fold_in(train_key, seed)
+
+
+@dataclasses.dataclass
+class RecurrentFit:
+  """What `fit_recurrent` gives.
+
+  Attributes:
+    learning_rate: the chosen rate.
+    tuning: `{rate: mean bit accuracy over the K of the sweep on the tuning episodes}`, every rate tried.
+    params: the trained variables of every seed at the chosen rate, seed 0 first.
+  """
+
+  learning_rate: float
+  tuning: dict[float, float]
+  params: list[dict]
+
+
+def _same_key(a: jax.Array, b: jax.Array) -> bool:
+  data = lambda k: jax.random.key_data(k) if jnp.issubdtype(k.dtype, jax.dtypes.prng_key) else k  # noqa: E731
+  return bool(jnp.array_equal(data(a), data(b)))
+
+
+def fit_recurrent(
+  specs,
+  train_key: jax.Array,
+  tune_key: jax.Array,
+  *,
+  hidden: int,
+  cell: str = "gru",
+  learning_rates=DEFAULT_LEARNING_RATES,
+  num_seeds: int = 3,
+  num_steps: int,
+  batch_size: int = 16,
+  clip_norm: float = 1.0,
+  tune_episodes: int = 128,
+  train=None,
+) -> RecurrentFit:
+  """The recurrent baseline given every chance: trained on the mixture `specs` (`train_recurrent`) at the
+  best learning rate of a grid, with several seeds.
+
+  Seed 0 is trained at every rate of `learning_rates` and scored by its mean bit accuracy over the K of
+  `specs` on `tune_episodes` episodes drawn from `tune_key` (`recall_over_k`); the best rate (the first on
+  a tie) is chosen with its seed-0 run, and seeds 1 .. `num_seeds` - 1 are trained at it. Seed s trains
+  from `seed_key(train_key, s)`. `tune_key` must differ from `train_key` and from the evaluation key, so
+  that the tuning episodes are neither training batches nor evaluation episodes.
+
+  `train(learning_rate, seed)`, returning trained variables, replaces `train_recurrent(specs,
+  seed_key(train_key, seed), ...)` (the capacity study keeps every run in its workdir).
+  """
+  specs = _as_specs(specs)
+  if not learning_rates or num_seeds < 1:
+    raise ValueError("fit_recurrent: needs at least one learning rate and one seed")
+  if _same_key(train_key, tune_key):
+    raise ValueError("fit_recurrent: the tuning key must differ from the training key")
+  if train is None:
+
+    def train(learning_rate: float, seed: int) -> dict:
+      params, _ = train_recurrent(
+        specs,
+        seed_key(train_key, seed),
+        hidden=hidden,
+        cell=cell,
+        num_steps=num_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        clip_norm=clip_norm,
+      )
+      return params
+
+  tuning, chosen = {}, None
+  for learning_rate in (float(lr) for lr in learning_rates):
+    params = train(learning_rate, 0)
+    recall = recall_over_k(params, specs, tune_key, tune_episodes, hidden, cell)
+    tuning[learning_rate] = float(np.mean([r["bit_accuracy"] for r in recall]))
+    if max(tuning, key=tuning.get) == learning_rate:  # the best so far, and not a tie with an earlier one
+      chosen = params
+  best = max(tuning, key=tuning.get)
+  return RecurrentFit(best, tuning, [chosen] + [train(best, seed) for seed in range(1, num_seeds)])
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "batch", "hidden", "cell"))

@@ -9,7 +9,7 @@ import pytest
 
 from experiments import capacity
 from experiments.configs import capacity as capacity_configs
-from learned_rules import baselines, trained_baselines
+from learned_rules import baselines, network, trained_baselines
 from learned_rules import config as config_lib
 from learned_rules import evaluate as evaluate_lib
 
@@ -34,7 +34,8 @@ def test_every_study_writes_its_records_and_figure(tiny_run):
   rules = {(r["study"], r["rule"]) for r in records}
   for study in ("networks", "auto"):
     for rule in ("learned", *capacity.BASELINES):
-      assert (study, rule) in rules
+      # hopfield is the Hebbian memory itself on hetero, so only the auto study lists it.
+      assert ((study, rule) in rules) == (rule != "hopfield" or study == "auto"), (study, rule)
   assert {r["K"] for r in records if r["study"] == "networks"} == {1, 2}
   assert {r["value"] for r in records if r["study"] == "size"} == {12, 16}
   assert {(r["axis"], r["value"]) for r in records if r["study"] == "difficulty"} == {
@@ -42,7 +43,21 @@ def test_every_study_writes_its_records_and_figure(tiny_run):
     ("delay", 6),
   }
   for r in records:
-    assert 0.0 <= r["perfect_recall"] <= r["bit_accuracy"] <= 1.0
+    # A step recalled perfectly has every bit right; any other step misses at least half a bit of its
+    # `value_bits` (a tie is half a bit), which bounds the bit accuracy from both sides.
+    p, bits = r["perfect_recall"], r["bit_accuracy"]
+    assert p - 1e-6 <= bits <= p + (1.0 - p) * (1.0 - 0.5 / r["value_bits"]) + 1e-6, r
+  # The networks study's key-blind floor, recomputed by another path (one program per K, episodes not
+  # padded) on the same key: the same numbers.
+  cfg = capacity.rule_config(_tiny_study(), "full")[1]
+  topo = network.make_topology(cfg.net)
+  floors = [r for r in records if (r["study"], r["network"], r["rule"]) == ("networks", "full", "key_blind")]
+  assert [r["K"] for r in floors] == [1, 2]
+  for r in floors:
+    spec = evaluate_lib.problem_from_config(cfg, topo, num_snippets=r["K"]).task
+    want = baselines.evaluate("key_blind", spec, evaluate_lib.eval_key(cfg.seed), r["num_episodes"])
+    assert r["bit_accuracy"] == pytest.approx(want["bit_accuracy"], abs=1e-6), r
+    assert r["perfect_recall"] == pytest.approx(want["perfect_recall"], abs=1e-6), r
   # K = 1 holds no cross-talk: both linear memories recall it perfectly.
   for r in records:
     if r["rule"] in capacity.LINEAR_BASELINES and r["K"] == 1:
@@ -55,7 +70,7 @@ def test_every_study_writes_its_records_and_figure(tiny_run):
     assert json.load(f)["records"] == records
   for name in ("recall_vs_k.png", "auto_recall_vs_k.png", "capacity_vs_n.png", "difficulty.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 1000
-  for run in ("full", "full-auto", "full-synapses_off", "full-auto-synapses_off"):
+  for run in ("full", "full-auto", "full-synapses_off", "full-auto-synapses_off", "full-routing"):
     assert os.path.isdir(os.path.join(workdir, run, "checkpoints"))  # resumable meta-training runs
 
 
@@ -89,6 +104,9 @@ def test_a_finished_study_is_read_back_without_evaluating_again(tiny_run, monkey
     ("difficulty.axes", "noise"),
     ("difficulty.baselines", "hebbian,oracle"),
     ("recurrent.cell", "transformer"),
+    ("recurrent.learning_rates", ()),
+    ("recurrent.learning_rates", (1e-3, -1.0)),
+    ("recurrent.state_hidden_cap", 0),
   ],
 )
 def test_invalid_study_fails_before_anything_runs(tmp_path, field, value):

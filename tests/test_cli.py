@@ -11,13 +11,22 @@ import subprocess
 
 import pytest
 
-from learned_rules import metrics
+from experiments.configs import remember
+from learned_rules import config as config_lib
+from learned_rules import metrics, network, tasks
 
 TINY = "--config=experiments/configs/remember.py:tiny"
 
 
 def _describe(proc: subprocess.CompletedProcess) -> str:
   return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+
+def _eval_record(run_dir: str) -> dict:
+  """The held-out evaluation a run logs last in its metrics.jsonl."""
+  record = metrics.read_metrics(os.path.join(run_dir, "metrics.jsonl"))[-1]
+  assert "eval_bit_accuracy" in record, record
+  return record
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +42,7 @@ def tiny_run(run_module, tmp_path_factory):
 
 def test_remember_writes_summary_and_metrics(tiny_run):
   workdir, proc, _ = tiny_run
+  off_dir = os.path.join(workdir, "synapses_off")
   assert proc.returncode == 0, _describe(proc)
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
@@ -45,17 +55,30 @@ def test_remember_writes_summary_and_metrics(tiny_run):
     "wall_seconds",
   }
   assert required <= set(summary), sorted(summary)
-  for key in ("bit_accuracy", "bit_accuracy_synapses_off"):
-    assert 0.0 <= summary[key] <= 1.0
+  # The summary's numbers are the held-out evaluations each run logged last, as the table prints them.
+  for key, run_dir in (("bit_accuracy", workdir), ("bit_accuracy_synapses_off", off_dir)):
+    assert summary[key] == _eval_record(run_dir)["eval_bit_accuracy"], key
+    assert f"{summary[key]:.3f}" in proc.stdout
+  assert summary["perfect_recall"] == _eval_record(workdir)["eval_perfect_recall"]
   assert summary["chance_bit_accuracy"] == 0.5
   assert summary["num_snippets"] == 2 and summary["meta_steps"] == 4  # the `:tiny` config
   assert summary["wall_seconds"] > 0
-  # Both runs (learned rule and its synapses-off twin) log their meta-training.
-  for run_dir in (workdir, os.path.join(workdir, "synapses_off")):
+  # Both runs (learned rule and its synapses-off twin) log their meta-training. A meta step's recall is
+  # a mean over its scored steps and their bits, ties half a bit: whole counts of those, and a step not
+  # recalled perfectly misses at least half a bit.
+  cfg = remember.get_config("tiny")
+  spec = config_lib.task_spec(cfg, network.make_topology(cfg.net))
+  steps = cfg.train.batch_size * spec.num_queries * int(tasks.query_score(spec).sum())
+  half_bits = 2 * steps * spec.n_out
+  for run_dir in (workdir, off_dir):
     records = metrics.read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == [2, 4]
-    assert all(0.0 <= r["bit_accuracy"] <= 1.0 for r in train)
+    for r in train:
+      p, bits = r["perfect_recall"], r["bit_accuracy"]
+      assert p * steps == pytest.approx(round(p * steps), abs=1e-4), r
+      assert bits * half_bits == pytest.approx(round(bits * half_bits), abs=1e-3), r
+      assert p <= bits <= p + (1.0 - p) * (1.0 - 0.5 / spec.n_out), r
     assert os.path.isdir(os.path.join(run_dir, "checkpoints"))
   # The table of results goes to stdout.
   assert "learned rule" in proc.stdout and "synapse updates off" in proc.stdout
@@ -66,12 +89,20 @@ def test_evaluate_writes_recall_vs_k(tiny_run):
   assert proc is not None and proc.returncode == 0, _describe(proc)
   with open(os.path.join(workdir, "recall_vs_k.json")) as f:
     result = json.load(f)
-  assert [r["K"] for r in result["records"]] == [1, 2]
-  for record in result["records"]:
-    assert 0.0 <= record["bit_accuracy"] <= 1.0 and 0.0 <= record["perfect_recall"] <= 1.0
-  assert result["meta_step"] == 4
-  assert set(result["capacity"]) == {"0.99", "0.95"}
-  assert all(cap in (0, 1, 2) for cap in result["capacity"].values())
+  records = result["records"]
+  assert [r["K"] for r in records] == [1, 2]
+  assert result["meta_step"] == 4 and result["num_episodes"] == 4  # the `:tiny` config's
+  # At the run's own K (2), the same theta on the same held-out episodes as the run's last evaluation,
+  # by another program (all K in one, padded episodes): the same numbers.
+  logged = _eval_record(workdir)
+  for key in ("bit_accuracy", "perfect_recall", "loss"):
+    assert records[1][key] == pytest.approx(logged[f"eval_{key}"], rel=1e-5, abs=1e-6), key
+  assert result["capacity"] == {
+    str(level): max([r["K"] for r in records if r["bit_accuracy"] >= level], default=0)
+    for level in (0.99, 0.95)
+  }
+  for r in records:
+    assert f"K={r['K']:>3}  bit accuracy {r['bit_accuracy']:.3f}" in proc.stdout
   with open(os.path.join(workdir, "recall_vs_k.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -12,7 +12,7 @@ import pytest
 
 from experiments import learning
 from experiments.configs import learning as learning_configs
-from learned_rules import baselines, tasks, teacher
+from learned_rules import baselines, pretrained, tasks, teacher
 from learned_rules import config as config_lib
 
 _sample = jax.jit(teacher.sample_episode, static_argnums=(1, 2))
@@ -94,10 +94,18 @@ def test_tiny_study_end_to_end(tmp_path):
   methods = learning.METHODS
   keys = {(r["teacher"], r["method"], r["K"]) for r in saved["records"]}
   assert keys == {("mlp", m, k) for m in methods for k in cfg.k_values}
+  rule = pretrained.load_rule(cfg.rule)
   for r in saved["records"]:
-    assert 0.0 <= r["generalisation"] <= 1.0 and r["generalisation_error"] == pytest.approx(
-      1 - r["generalisation"]
-    )
+    assert r["generalisation_error"] == pytest.approx(1 - r["generalisation"])
+    # Means over the episodes of bit accuracies over each kind's scored bits, ties half a bit: whole
+    # counts of half bits, and a query not answered perfectly misses at least half a bit.
+    spec = rule.problem(r["K"]).task
+    steps_per_query = int(tasks.query_score(spec).sum())
+    for measure, queries in (("recall", r["K"]), ("generalisation", r["U"])):
+      half_bits = 2 * cfg.num_episodes * queries * steps_per_query * spec.n_out
+      bits, p = r[measure], r[f"perfect_{measure}"]
+      assert bits * half_bits == pytest.approx(round(bits * half_bits), abs=1e-3), (measure, r)
+      assert p - 1e-6 <= bits <= p + (1.0 - p) * (1.0 - 0.5 / spec.n_out) + 1e-6, (measure, r)
     if r["method"] == "pseudo_inverse" and r["K"] == 1:
       assert r["recall"] == 1.0
     if r["method"] == "online_backprop":
@@ -110,6 +118,14 @@ def test_tiny_study_end_to_end(tmp_path):
       learned = next(x for x in saved["records"] if x["method"] == "learned" and x["K"] == r["K"]
                      and x["teacher"] == r["teacher"])  # fmt: skip
       assert r["rule_advantage"] == pytest.approx(learned["generalisation"] - r["generalisation"], abs=1e-6)
+  # The matched decay's distance: its recall against K minus the rule's, squared and summed, as recorded.
+  tuned = saved["tuning"]["mlp"]["hebbian_decay"]
+  recall = {
+    m: [r["recall"] for r in saved["records"] if r["method"] == m] for m in ("learned", "hebbian_decay")
+  }
+  distance = sum((a - b) ** 2 for a, b in zip(recall["hebbian_decay"], recall["learned"], strict=True))
+  assert tuned["recall_distance"][str(tuned["best"])] == pytest.approx(distance, rel=1e-5, abs=1e-9)
+  assert min(tuned["recall_distance"].values()) == tuned["recall_distance"][str(tuned["best"])]
   assert 0.5 < saved["linear_ceiling"]["mlp"] <= 1.0
   assert "wrote" not in learning.format_table(result) and "teacher mlp" in learning.format_table(result)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import probe_rule
-from learned_rules import probe, rules
+from learned_rules import baselines, network, probe, rules, tasks, unroll
 
 
 def test_variance_shares_recover_a_known_mixture():
@@ -35,17 +37,54 @@ def test_variance_shares_recover_a_known_mixture():
   np.testing.assert_allclose(total, 1.0, atol=1e-9)
 
 
-def test_increment_is_one_synapse_update(small_spec):
-  theta = rules.init_theta(jax.random.PRNGKey(2), small_spec)
-  xs = np.array([-1.0, 0.5, 1.0])
-  delta = probe.synapse_increment(theta, small_spec, 1, 0, xs)
-  a = lambda t, x: rules.activation(theta, theta["init_body"][t], x, small_spec)  # noqa: E731
-  s0 = theta["init_synapse"][1, 0]
-  want = (
-    rules.synapse_update(theta, s0, a(1, xs[2]), a(0, xs[0]), theta["type_emb"][1], theta["type_emb"][0]) - s0
+def test_increment_at_the_real_inputs_is_the_one_the_network_applied(theta, small_spec, full_topo):
+  """In every recorded context, the probe's increment at the step's real inputs is the network's own
+  change of that synapse (`network.network_step`), and the recorded messages give its body update."""
+  n_in, n_out = full_topo.n_in, full_topo.n_out
+  task = tasks.TaskSpec(
+    num_neurons=full_topo.num_neurons, n_in=n_in, n_out=n_out, num_snippets=2, num_queries=2
   )
-  np.testing.assert_allclose(delta[2, 0], want, rtol=1e-5, atol=1e-6)
-  assert delta.shape == (3, 3, small_spec.synapse_dim)
+  problem = unroll.Problem(rule=small_spec, task=task)
+  batch = 2
+  ctx = probe.record_contexts(theta, full_topo, problem, jax.random.PRNGKey(4), batch)
+  steps, n = task.episode_steps * batch, full_topo.num_neurons
+  assert ctx.x.shape == (steps, n) and ctx.synapses.shape == (steps, n, n, small_spec.synapse_dim)
+  # The inputs are those of the episodes the network's evaluation draws for the same key, step-major.
+  episodes, _ = baselines.sample_episodes(task, jax.random.PRNGKey(4), batch)
+  np.testing.assert_array_equal(ctx.x, np.swapaxes(np.asarray(episodes.x), 0, 1).reshape(steps, n))
+  # Each step (rows t * B + b) starts from the synapses the one before left, and from the body that the
+  # one before's recorded message gives.
+  np.testing.assert_array_equal(ctx.synapses[batch:], ctx.next_synapses[:-batch])
+  emb = np.asarray(theta["type_emb"])[ctx.types]
+  body_update = jax.jit(jax.vmap(rules.body_update, in_axes=(None, 0, 0, 0, 0, None)), static_argnums=5)
+  new_bodies = body_update(theta, ctx.bodies[:-batch].reshape(-1, small_spec.body_dim),
+                           ctx.messages[:-batch].reshape(-1, small_spec.msg_dim), ctx.x[:-batch].reshape(-1),
+                           np.tile(emb, (steps - batch, 1)), small_spec)  # fmt: skip
+  np.testing.assert_allclose(
+    new_bodies.reshape(steps - batch, n, -1), ctx.bodies[batch:], rtol=1e-5, atol=1e-6
+  )
+  # Every synapse at every step: the probe's increment at the real inputs is the applied one.
+  s, post, pre = np.meshgrid(np.arange(steps), np.arange(n), np.arange(n), indexing="ij")
+  keep = np.asarray(full_topo.mask)[post, pre] > 0
+  s, post, pre = s[keep], post[keep], pre[keep]
+  neuron = lambda i: (ctx.bodies[s, i], ctx.messages[s, i], emb[i])  # noqa: E731
+  increment = jax.jit(jax.vmap(functools.partial(probe.context_increment, theta, small_spec, True)))
+  got = increment(neuron(post), neuron(pre), ctx.synapses[s, post, pre], ctx.x[s, post], ctx.x[s, pre])
+  applied = ctx.next_synapses[s, post, pre] - ctx.synapses[s, post, pre]
+  np.testing.assert_allclose(got, applied, rtol=1e-4, atol=1e-6)
+  assert np.abs(applied).max() > 1e-3  # the rule did change the synapses
+  # The probe averages such increments over contexts drawn among the pair's synapses.
+  picks = probe.sample_contexts(ctx, 1, 0, 16)
+  assert np.all(ctx.types[picks[1]] == 1) and np.all(ctx.types[picks[2]] == 0)
+  p = probe.probe(theta, small_spec, ctx, 1, 0, xs=np.array([-1.0, 0.0, 1.0]), num_contexts=16)
+  one = lambda i: (ctx.bodies[picks[0], i], ctx.messages[picks[0], i], emb[i])  # noqa: E731
+  xs = np.full(16, 1.0, np.float32), np.full(16, -1.0, np.float32)
+  want = increment(one(picks[1]), one(picks[2]), ctx.synapses[picks], *xs).mean(axis=0)
+  np.testing.assert_allclose(p.delta[2, 0], want, rtol=1e-4, atol=1e-6)
+  assert p.delta.shape == (3, 3, small_spec.synapse_dim) and p.num_contexts == 16
+  # No synapse of a type pair, no probe: an input neuron receives nothing in a layered network.
+  layered = network.make_layered(n_in, n_out, (n - n_in - n_out,))
+  assert probe.sample_contexts(dataclasses.replace(ctx, mask=np.asarray(layered.mask)), 0, 0, 4) is None
 
 
 def test_command_writes_table_and_figure(tmp_path, capsys):
@@ -57,4 +96,8 @@ def test_command_writes_table_and_figure(tmp_path, capsys):
   assert {r["rule"] for r in records} == {"learned", "untrained"} and len(records) == 2 * 9
   for r in records:
     assert sum(r[t] for t in probe.TERMS) == pytest.approx(1.0, abs=1e-6)
+  assert "contexts of the rule's network" in " ".join(out.split())
+  # Meta-training made the synapse that stores key -> value pairs Hebbian (docs/RESULTS.md).
+  shares = {r["rule"]: r["hebbian"] for r in records if r["pair"] == "input->output"}
+  assert shares["learned"] > 0.6 and shares["learned"] > shares["untrained"] + 0.3, shares
   assert os.path.getsize(os.path.join(tmp_path, "probe.png")) > 10_000

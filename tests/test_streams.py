@@ -142,8 +142,21 @@ def test_command_records_every_memory(tiny_run, tmp_path):
   assert tuning["accuracy_tuning_streams"][streams_exp.DECAY_GRID.index(tuning["chosen"])] == max(
     tuning["accuracy_tuning_streams"]
   )
+  # Every memory is scored on the same stream steps; its overall accuracy is the forgetting curve's
+  # mean weighted by the scored bits at each lag, each a whole number of half bits.
+  bits = np.asarray(p["learned"]["scored_bits_by_lag"], np.float64)
+  assert bits.sum() > 0 and np.all(bits % remember.get_config("tiny,streaming").net.num_outputs == 0)
   for m in streams_exp.MEMORIES:
-    assert 0.0 <= p[m]["bit_accuracy"] <= 1.0
+    assert p[m]["scored_bits_by_lag"] == p["learned"]["scored_bits_by_lag"], m
+    by_lag = np.array([np.nan if a is None else a for a in p[m]["accuracy_by_lag"]], np.float64)
+    assert np.array_equal(np.isnan(by_lag), bits == 0), m
+    credit = np.where(bits > 0, np.nan_to_num(by_lag) * bits, 0.0)
+    np.testing.assert_allclose(2 * credit, np.round(2 * credit), atol=1e-6 * bits.max(), err_msg=m)
+    assert p[m]["bit_accuracy"] == pytest.approx(credit.sum() / bits.sum(), rel=1e-9), m
+  # The Hebbian memories' accuracies are those of their decays in the tuning table (the same streams).
+  on_eval = dict(zip(tuning["grid"], tuning["accuracy_eval_streams"], strict=True))
+  assert p["palimpsest"]["bit_accuracy"] == pytest.approx(on_eval[p["palimpsest"]["decay"]], rel=1e-6)
+  assert p["hebbian_no_decay"]["bit_accuracy"] == pytest.approx(on_eval[1.0], rel=1e-6)
   assert os.path.getsize(folder / "fig" / "streams.png") > 1000
   # The figure with a probe protocol too (its records have the train protocol's layout, longer lags).
   probe = json.loads(json.dumps(p))

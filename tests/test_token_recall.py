@@ -19,13 +19,24 @@ from learned_rules.config import ConfigError
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+  """`(workdir, figures, results, evaluated)`: the tiny run, and the `(module, trained variables)` of
+  every host in the order the run evaluates them."""
   workdir = str(tmp_path_factory.mktemp("token_recall"))
   figures = os.path.join(workdir, "figures")
-  return workdir, figures, token_recall.run(token_recall_configs.get_config("tiny"), workdir, figures)
+  evaluated, evaluate_host = [], token_recall.evaluate_host
+
+  def spy(module, variables, cfg):
+    evaluated.append((module, variables))
+    return evaluate_host(module, variables, cfg)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(token_recall, "evaluate_host", spy)
+    out = token_recall.run(token_recall_configs.get_config("tiny"), workdir, figures)
+  return workdir, figures, out, evaluated
 
 
 def test_tiny_run_writes_results_and_figure(tiny_run):
-  workdir, figures, out = tiny_run
+  workdir, figures, out, evaluated = tiny_run
   cfg = token_recall_configs.get_config("tiny")
   with open(os.path.join(workdir, "token_recall.json")) as f:
     saved = json.load(f)
@@ -38,12 +49,27 @@ def test_tiny_run_writes_results_and_figure(tiny_run):
   assert "plastic" in saved["hosts"] and len(lstm) == 2  # the matched LSTM, at 1x and 2x the steps
   for name, host in saved["hosts"].items():
     assert set(host["accuracy"]) == {str(length) for length in cfg.task.eval_lengths}, name
-    for length, accuracy in host["accuracy"].items():
-      assert 0.0 <= accuracy <= 1.0, (name, length)
-      assert accuracy * cfg.eval.num_sequences == pytest.approx(round(accuracy * cfg.eval.num_sequences))
+    for length, accuracy in host["accuracy"].items():  # whole hits of the held-out sequences
+      hits = accuracy * cfg.eval.num_sequences
+      assert hits == pytest.approx(round(hits)), (name, length)
     m = host["step_multiple"]
     assert host["num_steps"] == m * cfg.train.num_steps and host["batch_size"] == cfg.train.batch_size
     assert [h["step"] for h in host["history"]] == [2 * m, 4 * m]
+    # Each logged training accuracy is the mean over its 2 m steps of a batch's fraction of hits.
+    hits = 2 * m * cfg.train.batch_size
+    for h in host["history"]:
+      assert h["accuracy"] * hits == pytest.approx(round(h["accuracy"] * hits), abs=1e-4), (name, h)
+  # The LSTM hosts' accuracy at L = 1, recomputed one unpadded sequence at a time (the run pads every
+  # sequence to the longest L) on the same held-out sequences: the same hits.
+  assert [n for n in saved["hosts"]] == ["plastic", *lstm] and len(evaluated) == 3
+  module, _ = evaluated[1]
+  logits = jax.jit(jax.vmap(module.apply, in_axes=(None, 0, 0, 0)))
+  rng = token_recall._rng(cfg.seed, token_recall._EVAL_TAG, 1)
+  s = token_recall.sample_sequences(rng, cfg.eval.num_sequences, 1, cfg.task.num_keys, cfg.task.num_values)
+  for name, (host_module, variables) in zip(lstm, evaluated[1:], strict=True):
+    assert host_module is module
+    predicted = np.argmax(logits(variables, s.keys, s.values, s.query), axis=-1)
+    assert saved["hosts"][name]["accuracy"]["1"] == np.mean(predicted == s.target), name
     assert host["params"] > 0
   plastic, matched = saved["hosts"]["plastic"], saved["hosts"][lstm[0]]
   assert plastic["rule_params"] == saved["rule"]["params"] > 0

@@ -146,21 +146,41 @@ def test_readout_loss_and_metrics_match_numpy():
 
 @pytest.fixture(scope="module")
 def episode_result(tiny):
-  """Loss, metrics and meta-gradient of `:tiny` on 2 episodes, from one compiled program."""
+  """Loss, metrics and meta-gradient of `:tiny` on 2 episodes, and those episodes and the network's
+  readouts on them (drawn and run again, as `episode_objective` draws and runs them), from one compiled
+  program."""
   _, topo, problem, theta = tiny
-  value_and_grad = jax.jit(jax.value_and_grad(unroll.episode_objective, has_aux=True), static_argnums=(2, 4))
-  (loss, metrics), grads = value_and_grad(theta, topo, problem, jax.random.PRNGKey(1), 2)
-  return loss, metrics, grads
+
+  def run(theta, topo, problem, key, batch):
+    grad_fn = jax.value_and_grad(unroll.episode_objective, has_aux=True)
+    (loss, metrics), grads = grad_fn(theta, topo, problem, key, batch)
+    k_ep, k_state = jax.random.split(key)
+    episodes = jax.vmap(tasks.sample_episode, in_axes=(0, None))(jax.random.split(k_ep, batch), problem.task)
+    states = unroll.init_batch_states(theta, topo, problem, k_state, batch)
+    _, readouts = jax.vmap(unroll.unroll, in_axes=(None, None, None, 0, 0))(
+      theta, topo, problem, states, episodes.x
+    )
+    return loss, metrics, grads, episodes, readouts
+
+  return jax.jit(run, static_argnums=(2, 4))(theta, topo, problem, jax.random.PRNGKey(1), 2)
 
 
-def test_episode_objective_outputs(episode_result):
-  loss, metrics, _ = episode_result
+def test_episode_objective_outputs(tiny, episode_result):
+  loss, metrics, _, episodes, readouts = episode_result
   chex.assert_shape(loss, ())
   assert set(metrics) == {"loss", "bit_accuracy", "perfect_recall"}
   assert np.isfinite(float(loss)) and float(loss) > 0
   assert float(metrics["loss"]) == float(loss)
-  for name in ("bit_accuracy", "perfect_recall"):
-    assert 0.0 <= float(metrics[name]) <= 1.0
+  # Recomputed with numpy from the readouts: the means over the scored steps (all K queries, R steps
+  # each) and their bits, a readout of 0 half a bit, and the MSE there.
+  task = tiny[2].task
+  scored = np.asarray(episodes.score) > 0
+  assert scored.sum() == 2 * task.num_queries * int(tasks.query_score(task).sum())
+  readout, target = np.asarray(readouts, np.float64)[scored], np.asarray(episodes.target)[scored]
+  credit = np.where(readout == 0, 0.5, (readout * target > 0).astype(np.float64))
+  np.testing.assert_allclose(metrics["bit_accuracy"], credit.mean(), rtol=1e-6)
+  np.testing.assert_allclose(metrics["perfect_recall"], np.all(credit == 1.0, axis=-1).mean(), rtol=1e-6)
+  np.testing.assert_allclose(loss, np.mean(np.square(readout - target)), rtol=1e-5)
 
 
 # ---- meta-gradients ----

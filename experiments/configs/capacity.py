@@ -18,11 +18,16 @@ as the learned rule. The studies (`studies`, comma-separated):
 - `difficulty`: the same rule evaluated without retraining along each axis of `difficulty.axes`
   (pattern width, delay D, presentation length P, cue corruption), at the K of `difficulty.k_values`.
 
-Baselines (`baselines`): `hebbian`, `pseudo_inverse` (learned_rules/baselines.py), `synapses_off`
-(the `full` network meta-trained with synapse updates off), `recurrent` (a GRU matched in parameter
-count to the rule and trained by back-propagation through time on the study's task) and
+Baselines (`baselines`): `key_blind` (the best answer that ignores the cue), `hebbian` (with every
+synapse the network has), `hopfield` (`hebbian` without the diagonal; `auto` only), `pseudo_inverse`
+(learned_rules/baselines.py), `synapses_off` (the `full` network meta-trained with synapse updates off),
+`routing` (the same, every synapse's fixed weight state meta-trained as its own parameter),
+`recurrent` and `recurrent_state` (GRUs matched to the rule in parameter count and in state size,
+trained by back-propagation through time over the study's K, learning rate tuned, several seeds) and
 `online_backprop` (an ordinary network trained during the episode, step size tuned)
-(learned_rules/trained_baselines.py). Variants: `tiny` (seconds, for tests), `quick`.
+(learned_rules/trained_baselines.py). Layered networks run with keys held for their latency and with
+extra, unscored query steps, so that their scored steps can see the key (`_reachable`). Variants:
+`tiny` (seconds, for tests), `quick`.
 """
 
 import ml_collections
@@ -31,13 +36,22 @@ from experiments.configs import remember
 
 STUDIES = ("networks", "auto", "size", "difficulty")
 
+
+def _reachable(hidden_layers: int) -> dict:
+  """Task overrides for a network whose key needs L = `hidden_layers` steps to reach the outputs
+  (learned_rules/tasks.py, "Latency"): each key shown L steps before its value, and L more query
+  steps, unscored, so that R = 2 scored query steps can see the key, as in `full`."""
+  return {"task.query_steps": 2 + hidden_layers, "task.hold_for_latency": True}
+
+
 # Overrides of the `remember` config that make each network type; every one has 16 input and 16
-# output neurons, as the base `full` network (64 neurons).
+# output neurons, as the base `full` network (64 neurons). Layered networks get the task settings
+# under which their scored query steps can see the key.
 NETWORKS = {
   "full": {"net.topology": "full"},
-  "layered-1": {"net.topology": "layered", "net.hidden_layers": (32,)},
-  "layered-2": {"net.topology": "layered", "net.hidden_layers": (16, 16)},
-  "layered_feedback": {"net.topology": "layered_feedback", "net.hidden_layers": (32,)},
+  "layered-1": {"net.topology": "layered", "net.hidden_layers": (32,), **_reachable(1)},
+  "layered-2": {"net.topology": "layered", "net.hidden_layers": (16, 16), **_reachable(2)},
+  "layered_feedback": {"net.topology": "layered_feedback", "net.hidden_layers": (32,), **_reachable(1)},
   "sparse-0.5": {"net.topology": "sparse", "net.density": 0.5},
   "sparse-0.25": {"net.topology": "sparse", "net.density": 0.25},
 }
@@ -58,7 +72,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.base = remember.get_config("")
   cfg.base.baseline_synapses_off = False  # the study trains its own synapses-off rule
   cfg.networks = ",".join(NETWORKS)  # names from NETWORKS, comma-separated
-  cfg.baselines = "hebbian,pseudo_inverse,synapses_off,recurrent,online_backprop"
+  cfg.baselines = (
+    "key_blind,hebbian,hopfield,pseudo_inverse,synapses_off,routing,recurrent,recurrent_state,online_backprop"
+  )
   cfg.k_values = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32)
   cfg.num_episodes = 256
   cfg.auto_cue_corruption = 0.25  # as `remember.py:auto`
@@ -67,7 +83,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.size.sizes = (32, 64, 128, 256)
   cfg.size.k_multiples = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5)  # K = multiple x key width, at least 1
   cfg.size.episode_synapse_budget = 256 * 4032  # episodes at N: this / synapses(N), at most num_episodes
-  cfg.size.baselines = "hebbian,pseudo_inverse"
+  cfg.size.baselines = "key_blind,hebbian,pseudo_inverse"
 
   cfg.difficulty = ml_collections.ConfigDict()
   cfg.difficulty.axes = ",".join(AXES)
@@ -76,13 +92,24 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.difficulty.delay = (2, 8, 32)
   cfg.difficulty.present = (1, 2, 4)
   cfg.difficulty.corruption = (0.0, 0.125, 0.25, 0.5)
-  cfg.difficulty.baselines = "hebbian,pseudo_inverse,online_backprop"
+  cfg.difficulty.baselines = "key_blind,hebbian,pseudo_inverse,online_backprop"
 
   # Trained baselines.
+  # `recurrent` and `recurrent_state`: one training run on the mixture of the study's K (step s on K =
+  # k_values[s % len(k_values)]), for every learning rate of the grid; the rate whose run recalls best on
+  # `tune_episodes` tuning episodes (mean bit accuracy over K) is kept, with `num_seeds` seeds in all.
   cfg.recurrent = ml_collections.ConfigDict()
   cfg.recurrent.cell = "gru"  # gru | lstm
-  cfg.recurrent.num_steps = 5000  # cheap next to the rule (a small network), and it learns slowly
-  cfg.recurrent.learning_rate = 3e-3
+  cfg.recurrent.num_steps = 5000  # per run, over all K
+  cfg.recurrent.batch_size = 16
+  cfg.recurrent.learning_rates = (1e-3, 3e-3, 1e-2)  # Adam
+  cfg.recurrent.num_seeds = 3
+  cfg.recurrent.tune_episodes = 128
+  # `recurrent_state` has as many hidden units as the learned network has state numbers (bodies N x Db
+  # plus synapses x Ds: 16,640 for `full`), at most this many. A training step costs about hidden^2: on 2
+  # CPU cores, 16,640 units would take ~7 minutes a step (and ~17 GB for parameters, gradients and Adam);
+  # 160 keeps the full study's recurrent training (2 tasks x 2 sizes x 5 runs) within about 25 minutes.
+  cfg.recurrent.state_hidden_cap = 160
   cfg.online_backprop = ml_collections.ConfigDict()
   cfg.online_backprop.hidden = 32  # as the base network's hidden neurons
   cfg.online_backprop.step_sizes = (0.003, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0)
@@ -110,6 +137,8 @@ def _tiny(cfg):
   cfg.difficulty.delay = (2, 6)
   cfg.difficulty.k_values = (2,)
   cfg.recurrent.num_steps = 4
+  cfg.recurrent.tune_episodes = 4
+  cfg.recurrent.state_hidden_cap = 8
   cfg.online_backprop.hidden = 4
   cfg.online_backprop.step_sizes = (0.1, 1.0)
   cfg.online_backprop.tune_episodes = 4
@@ -124,6 +153,8 @@ def _quick(cfg):
   cfg.difficulty.k_values = (8,)  # the figure's K; the full study also gives capacities
   cfg.difficulty.corruption = (0.0, 0.25, 0.5)
   cfg.recurrent.num_steps = 2000
+  cfg.recurrent.tune_episodes = 64
+  cfg.recurrent.state_hidden_cap = 128  # the quick study's recurrent training: about 6 minutes
   cfg.online_backprop.step_sizes = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)  # where the full study's optimum lay
   cfg.online_backprop.tune_episodes = 64
 
