@@ -14,23 +14,20 @@ answer that ignores the cue (`baselines.key_blind`, the per-bit majority of the 
 measurably use the key. On a `streaming` setting (a streaming rule's own), the floor runs on the same
 fresh streams as the network (`STREAM_EVAL_WINDOWS` windows each) and answers every step with the
 per-bit majority of the values of the snippets it can be asked for: those of the last `Dmax` slots
-that the stream saw whole (`stream_key_blind_readout`).
+that the stream saw whole (`baselines.stream_key_blind`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 from absl import app, flags
 
 from experiments import flagutil  # noqa: E402
-from learned_rules import baselines, network, pretrained, streams, tasks, unroll
+from learned_rules import baselines, network, pretrained
 from learned_rules import config as config_lib
 from learned_rules import evaluate as evaluate_lib
 
@@ -81,48 +78,6 @@ SETTINGS = {
 FLOOR_MARGIN = 0.01
 
 
-def stream_key_blind_readout(
-  episodes: tasks.Episode, start: tasks.StreamPosition, spec: tasks.TaskSpec
-) -> jax.Array:
-  """Readouts `[T, n_out]` of the key-blind floor on one stream's consecutive windows, concatenated
-  (`episodes` `[T, ...]`, the stream at `start` before them): at a step of slot s, the sum of the
-  teaching bits of slots `max(s - Dmax, first_slot) .. s - 1`, whose sign is the per-bit majority of the
-  values a query of slot s can ask for (lags 1..Dmax, equally likely; a slot the stream did not see
-  whole is never asked). Exactly 0 on a tie."""
-  _, teach = baselines.split_input(episodes, spec)
-  slot = (start.t + jnp.arange(teach.shape[0])) // spec.slot_steps
-  asked = slot[:, None] - slot[None, :]  # lag of step j's slot from step i's
-  candidate = (asked >= 1) & (asked <= spec.max_lag) & (slot[None, :] >= start.first_slot)
-  return candidate.astype(teach.dtype) @ teach
-
-
-@functools.partial(jax.jit, static_argnames=("spec", "batch"))
-def stream_key_blind_batch(spec: tasks.TaskSpec, key: jax.Array, batch: int) -> dict[str, jax.Array]:
-  """Recall metrics of the streaming key-blind floor on the `batch` fresh streams that
-  `evaluate.eval_batch` runs the network on for `key`, `STREAM_EVAL_WINDOWS` windows each, averaged
-  over the windows as it averages the network's."""
-  starts = streams.stream_positions(key, spec, batch)  # as unroll.init_stream_carry
-  positions, windows = starts, []
-  for _ in range(evaluate_lib.STREAM_EVAL_WINDOWS):
-    episodes, positions = jax.vmap(tasks.sample_stream_window, in_axes=(0, None))(positions, spec)
-    windows.append(episodes)
-  whole = jax.tree.map(lambda *w: jnp.concatenate(w, axis=1), *windows)  # [B, windows x W, ...]
-  readout = jax.vmap(stream_key_blind_readout, in_axes=(0, 0, None))(whole, starts, spec)
-  per_window = [
-    unroll.recall_metrics(r, w)
-    for r, w in zip(jnp.split(readout, len(windows), axis=1), windows, strict=True)
-  ]
-  return jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *per_window)
-
-
-def key_blind_floor(spec: tasks.TaskSpec, key: jax.Array, num_episodes: int) -> dict[str, float]:
-  """Mean recall metrics of the key-blind floor on exactly the held-out episodes (or streams) that
-  `evaluate.evaluate` gives the network for `key` (same batches, same keys)."""
-  if spec.protocol != "streaming":
-    return baselines.evaluate("key_blind", spec, key, num_episodes)
-  return evaluate_lib.mean_over_batches(lambda k, n: stream_key_blind_batch(spec, k, n), key, num_episodes)
-
-
 def run(rule_name: str, num_episodes: int, out_dir: str | None = None) -> list[dict]:
   """Evaluates rule `rule_name` in every setting of `SETTINGS`; prints and writes the table."""
   rule = pretrained.load_rule(rule_name)
@@ -138,7 +93,7 @@ def run(rule_name: str, num_episodes: int, out_dir: str | None = None) -> list[d
     problem = evaluate_lib.problem_from_config(cfg, topo)
     key = evaluate_lib.eval_key(cfg.seed)
     metrics = evaluate_lib.evaluate(rule.theta, topo, problem, key, num_episodes)
-    floor = key_blind_floor(problem.task, key, num_episodes)["bit_accuracy"]
+    floor = baselines.key_blind_metrics(problem.task, key, num_episodes)["bit_accuracy"]
     records.append(
       {
         "setting": setting,

@@ -129,15 +129,52 @@ def evaluate(name: str, spec: tasks.TaskSpec, key: jax.Array, num_episodes: int,
   return evaluate_lib.mean_over_batches(lambda k, n: eval_batch(name, spec, k, n), key, num_episodes, batch)
 
 
-def key_blind_floor(cfg, topo, num_episodes: int | None = None) -> float | None:
-  """Bit accuracy of `key_blind` on exactly the held-out episodes `evaluate.evaluate` gives the network
-  of config `cfg` (`evaluate.eval_key(cfg.seed)`, `cfg.eval.num_episodes` of them), or None for the
-  streaming protocol, whose floor depends on the lags asked and is not computed here."""
+def stream_key_blind(episodes: tasks.Episode, start: tasks.StreamPosition, spec: tasks.TaskSpec) -> jax.Array:
+  """Readouts `[T, n_out]` of the key-blind floor on one stream's consecutive windows, concatenated
+  (`episodes` `[T, ...]`, the stream at `start` before them): at a step of slot s, the sum of the
+  teaching bits of slots `max(s - Dmax, first_slot) .. s - 1`, whose sign is the per-bit majority of the
+  values a query of slot s can ask for (lags 1..Dmax, equally likely; a slot the stream did not see
+  whole is never asked). Exactly 0 on a tie."""
+  _, teach = split_input(episodes, spec)
+  slot = (start.t + jnp.arange(teach.shape[0])) // spec.slot_steps
+  asked = slot[:, None] - slot[None, :]  # lag of step j's slot from step i's
+  candidate = (asked >= 1) & (asked <= spec.max_lag) & (slot[None, :] >= start.first_slot)
+  return candidate.astype(teach.dtype) @ teach
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "batch"))
+def stream_key_blind_batch(spec: tasks.TaskSpec, key: jax.Array, batch: int) -> dict[str, jax.Array]:
+  """Recall metrics of the streaming key-blind floor on the `batch` fresh streams that
+  `evaluate.eval_batch` runs the network on for `key`, `STREAM_EVAL_WINDOWS` windows each, averaged
+  over the windows as it averages the network's."""
+  starts = tasks.init_stream_positions(jax.random.split(key)[1], spec, batch)  # as unroll.init_stream_carry
+  positions, windows = starts, []
+  for _ in range(evaluate_lib.STREAM_EVAL_WINDOWS):
+    episodes, positions = jax.vmap(tasks.sample_stream_window, in_axes=(0, None))(positions, spec)
+    windows.append(episodes)
+  whole = jax.tree.map(lambda *w: jnp.concatenate(w, axis=1), *windows)  # [B, windows x W, ...]
+  readout = jax.vmap(stream_key_blind, in_axes=(0, 0, None))(whole, starts, spec)
+  per_window = [
+    unroll.recall_metrics(r, w)
+    for r, w in zip(jnp.split(readout, len(windows), axis=1), windows, strict=True)
+  ]
+  return jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *per_window)
+
+
+def key_blind_metrics(spec: tasks.TaskSpec, key: jax.Array, num_episodes: int) -> dict[str, float]:
+  """Mean recall metrics of the key-blind floor on exactly the held-out episodes (or streams) that
+  `evaluate.evaluate` gives the network for `key` (same batches, same keys)."""
+  if spec.protocol != "streaming":
+    return evaluate("key_blind", spec, key, num_episodes)
+  return evaluate_lib.mean_over_batches(lambda k, n: stream_key_blind_batch(spec, k, n), key, num_episodes)
+
+
+def key_blind_floor(cfg, topo, num_episodes: int | None = None) -> float:
+  """Bit accuracy of the key-blind floor on exactly the held-out episodes (or streams) `evaluate.evaluate`
+  gives the network of config `cfg` (`evaluate.eval_key(cfg.seed)`, `cfg.eval.num_episodes` of them)."""
   task = evaluate_lib.problem_from_config(cfg, topo).task
-  if task.protocol == "streaming":
-    return None
   num = cfg.eval.num_episodes if num_episodes is None else num_episodes
-  return evaluate("key_blind", task, evaluate_lib.eval_key(cfg.seed), num)["bit_accuracy"]
+  return key_blind_metrics(task, evaluate_lib.eval_key(cfg.seed), num)["bit_accuracy"]
 
 
 # Several K in one program. Every baseline here is causal and stores nothing on a step without a

@@ -76,11 +76,11 @@ def _streams_and_floor(spec: tasks.TaskSpec, key: jax.Array, batch: int):
     window, positions = jax.vmap(tasks.sample_stream_window, in_axes=(0, None))(positions, spec)
     windows.append(window)
   whole = jax.tree.map(lambda *w: jnp.concatenate(w, axis=1), *windows)
-  readout = jax.vmap(generalisation.stream_key_blind_readout, in_axes=(0, 0, None))(whole, starts, spec)
+  readout = jax.vmap(baselines.stream_key_blind, in_axes=(0, 0, None))(whole, starts, spec)
   slots = jnp.arange((spec.window * (evaluate_lib.STREAM_EVAL_WINDOWS + 1)) // spec.slot_steps + 1)
   value = lambda k, s: tasks.sample_snippets(jax.random.fold_in(k, s), spec, 1)[1][0]  # noqa: E731  as the stream
   values = jax.vmap(jax.vmap(value, in_axes=(None, 0)), in_axes=(0, None))(starts.key, slots)
-  return whole, starts, readout, values, generalisation.stream_key_blind_batch(spec, key, batch)
+  return whole, starts, readout, values, baselines.stream_key_blind_batch(spec, key, batch)
 
 
 def test_streaming_floor_is_the_majority_of_the_values_a_query_can_ask_for():
