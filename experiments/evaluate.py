@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from experiments import flagutil  # noqa: E402
-from learned_rules import checkpointing, meta_train  # noqa: E402
+from learned_rules import baselines, checkpointing, meta_train  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
 from learned_rules import evaluate as evaluate_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
@@ -45,6 +45,8 @@ def plot(records: list[dict], caps: dict, path: str, title: str) -> None:
   fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
   ax.plot(ks, [r["bit_accuracy"] for r in records], "o-", label="bit accuracy")
   ax.plot(ks, [r["perfect_recall"] for r in records], "s--", label="perfect recall")
+  floor = [r["key_blind_bit_accuracy"] for r in records]
+  ax.plot(ks, floor, color="black", ls="-.", lw=1.2, label="key-blind floor (bit accuracy)")
   for level, style in ((0.99, ":"), (0.95, "-.")):
     ax.axhline(level, color="gray", ls=style, lw=0.8)
     ax.text(ks[-1], level, f"{level}: K={caps[str(level)]}", ha="right", va="bottom", fontsize=8)
@@ -100,9 +102,13 @@ def main(argv):
   k_values = [int(k) for k in (_K_VALUES.value or cfg.eval.k_values)]
   episodes = _NUM_EPISODES.value or cfg.eval.num_episodes
   step = int(state.step)
-  records = evaluate_lib.recall_vs_k(
-    state.theta, topo, cfg, k_values, episodes, evaluate_lib.eval_key(cfg.seed)
-  )
+  key = evaluate_lib.eval_key(cfg.seed)
+  records = evaluate_lib.recall_vs_k(state.theta, topo, cfg, k_values, episodes, key)
+  # The best answer that ignores the cue, on the same episodes at every K.
+  specs = tuple(evaluate_lib.problem_from_config(cfg, topo, num_snippets=k).task for k in k_values)
+  floors = baselines.evaluate_over_k(baselines.READOUT_FNS["key_blind"], None, specs, key, episodes)
+  for r, floor in zip(records, floors, strict=True):
+    r["key_blind_bit_accuracy"] = floor["bit_accuracy"]
   caps = {str(level): evaluate_lib.capacity(records, level) for level in (0.99, 0.95)}
   result = {
     "workdir": _WORKDIR.value,
@@ -124,7 +130,10 @@ def main(argv):
   if plot_training(_WORKDIR.value, curve_path):
     print(f"wrote {curve_path}")
   for r in records:
-    print(f"K={r['K']:>3}  bit accuracy {r['bit_accuracy']:.3f}  perfect {r['perfect_recall']:.3f}")
+    print(
+      f"K={r['K']:>3}  bit accuracy {r['bit_accuracy']:.3f}  perfect {r['perfect_recall']:.3f}  "
+      f"key-blind floor {r['key_blind_bit_accuracy']:.3f}"
+    )
   print(f"capacity: K={caps['0.99']} at 0.99, K={caps['0.95']} at 0.95; wrote {json_path}, {png_path}")
 
 

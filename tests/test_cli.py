@@ -9,11 +9,13 @@ import json
 import os
 import subprocess
 
+import ml_collections
 import pytest
 
 from experiments.configs import remember
+from learned_rules import baselines, metrics, network, tasks
 from learned_rules import config as config_lib
-from learned_rules import metrics, network, tasks
+from learned_rules import evaluate as evaluate_lib
 
 TINY = "--config=experiments/configs/remember.py:tiny"
 
@@ -27,6 +29,12 @@ def _eval_record(run_dir: str) -> dict:
   record = metrics.read_metrics(os.path.join(run_dir, "metrics.jsonl"))[-1]
   assert "eval_bit_accuracy" in record, record
   return record
+
+
+def _saved_config(run_dir: str):
+  """The config a run saved beside its checkpoints (`config.json`)."""
+  with open(os.path.join(run_dir, "config.json")) as f:
+    return ml_collections.ConfigDict(json.load(f)["config"])
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +111,14 @@ def test_evaluate_writes_recall_vs_k(tiny_run):
   }
   for r in records:
     assert f"K={r['K']:>3}  bit accuracy {r['bit_accuracy']:.3f}" in proc.stdout
+    assert f"key-blind floor {r['key_blind_bit_accuracy']:.3f}" in proc.stdout
+  # The floor on the same episodes: exact at K = 1 (one stored value), and recomputed for K = 2.
+  cfg = _saved_config(workdir)
+  topo = network.make_topology(cfg.net)
+  spec = evaluate_lib.problem_from_config(cfg, topo, num_snippets=2).task
+  want = baselines.evaluate("key_blind", spec, evaluate_lib.eval_key(cfg.seed), result["num_episodes"])
+  assert records[0]["key_blind_bit_accuracy"] == 1.0
+  assert records[1]["key_blind_bit_accuracy"] == pytest.approx(want["bit_accuracy"], abs=1e-6)
   with open(os.path.join(workdir, "recall_vs_k.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
