@@ -12,7 +12,7 @@ import numbers
 
 import ml_collections
 
-from learned_rules import network, rules, tasks, unroll
+from learned_rules import checkpointing, network, rules, tasks, unroll
 
 LOSSES = ("mse", "logistic")
 # Meta steps in a row with a non-finite loss or gradient (each skipped) before a run stops.
@@ -113,12 +113,18 @@ def _validate_net(cfg) -> None:
     )
 
 
+def _optional_bool(cfg, dotted: str) -> bool:
+  """The boolean field `dotted`, validated; a config from before it existed (a shipped rule's, an older
+  run's) lacks it and reads its default, `checkpointing.OPTIONAL_FIELDS[dotted]`."""
+  parent, _, leaf = dotted.rpartition(".")
+  if leaf not in _get(cfg, parent):
+    return checkpointing.OPTIONAL_FIELDS[dotted]
+  return _bool(cfg, dotted)
+
+
 def trained_synapses(cfg) -> bool:
-  """`net.trained_synapses`, validated. Optional: a config from before it existed (a shipped rule's, an
-  older run's) means False."""
-  if "trained_synapses" not in _get(cfg, "net"):
-    return False
-  return _bool(cfg, "net.trained_synapses")
+  """`net.trained_synapses`, validated (optional: `_optional_bool`)."""
+  return _optional_bool(cfg, "net.trained_synapses")
 
 
 def _validate_rule(cfg) -> None:
@@ -152,34 +158,18 @@ def _validate_task(cfg) -> None:
   if protocol == "streaming":
     _int(cfg, "task.max_lag", 1)
     _int(cfg, "task.window", 1)
-  for name in LATENCY_FIELDS:
-    if name in _get(cfg, "task"):
-      _bool(cfg, f"task.{name}")
-
-
-# Optional task fields (a config from before they existed reads them as these defaults).
-LATENCY_FIELDS = {"score_reachable": True, "hold_for_latency": False}
-
-
-def _task_flag(cfg, name: str) -> bool:
-  return bool(cfg.task.get(name, LATENCY_FIELDS[name]))
+  for name in ("score_reachable", "hold_for_latency"):
+    _optional_bool(cfg, f"task.{name}")
 
 
 def key_latency(cfg) -> int:
-  """Steps L before a key on the inputs of `cfg`'s network can reach its outputs (`network.key_latency`),
-  from the `net` block alone (numpy: nothing is traced or compiled)."""
-  topology = _get(cfg, "net.topology")
-  if topology in ("layered", "layered_feedback"):
-    return len(_get(cfg, "net.hidden_layers"))  # one hop per layer; feedback synapses make no path shorter
-  if topology == "full":
-    return 0
-  n_in, n_out = _get(cfg, "net.num_inputs"), _get(cfg, "net.num_outputs")
-  seed = _get(cfg, "net.mask_seed")
-  topo = network.make_sparse(n_in, n_out, _get(cfg, "net.num_hidden"), _get(cfg, "net.density"), seed)
+  """Steps L before a key on the inputs of `cfg`'s network (a validated `net` block) can reach its
+  outputs: `network.key_latency` of the topology it builds (which traces and compiles nothing)."""
+  net = ml_collections.ConfigDict(_get(cfg, "net"))  # also a plain dict's (a config read from JSON)
   try:
-    return network.key_latency(topo)  # sparse: the drawn mask decides
-  except ValueError as e:
-    raise ConfigError("net.density", f"{e} (net.topology=sparse, net.mask_seed={seed})") from None
+    return network.key_latency(network.make_topology(net))
+  except ValueError as e:  # a sparse mask can leave an output unreachable
+    raise ConfigError("net.density", f"{e} (net.topology=sparse, net.mask_seed={net.mask_seed})") from None
 
 
 def _validate_latency(cfg) -> None:
@@ -289,6 +279,6 @@ def task_spec(cfg, topo: network.Topology, num_snippets: int | None = None) -> t
     max_lag=t.max_lag,
     window=t.window,
     latency=network.key_latency(topo),
-    score_reachable=_task_flag(cfg, "score_reachable"),
-    hold_for_latency=_task_flag(cfg, "hold_for_latency"),
+    score_reachable=_optional_bool(cfg, "task.score_reachable"),
+    hold_for_latency=_optional_bool(cfg, "task.hold_for_latency"),
   )

@@ -78,12 +78,16 @@ class TaskSpec:
     return self.show_steps + self.gap_steps + self.query_steps
 
   @property
+  def store_steps(self) -> int:
+    """Steps of an episode before its first query: C x K snippets of lead + P + G steps, then D."""
+    return self.cycles * self.num_snippets * (self.show_steps + self.gap_steps) + self.delay_steps
+
+  @property
   def episode_steps(self) -> int:
     """Time steps T of one episode (the window W for streaming)."""
     if self.protocol == "streaming":
       return self.window
-    store = self.cycles * self.num_snippets * (self.show_steps + self.gap_steps)
-    return store + self.delay_steps + self.num_queries * self.query_steps
+    return self.store_steps + self.num_queries * self.query_steps
 
 
 @flax.struct.dataclass

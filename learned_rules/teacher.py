@@ -98,8 +98,7 @@ def sample_unseen_keys(key: jax.Array, stored: jax.Array, num: int) -> jax.Array
 
 def query_steps(spec: tasks.TaskSpec, teacher: TeacherSpec) -> int:
   """Time steps T of one teacher episode: the `hetero` storage and delay, then K + U queries."""
-  store = spec.cycles * spec.num_snippets * (spec.show_steps + spec.gap_steps) + spec.delay_steps
-  return store + (spec.num_snippets + teacher.unseen(spec)) * spec.query_steps
+  return spec.store_steps + (spec.num_snippets + teacher.unseen(spec)) * spec.query_steps
 
 
 def sample_episode(
