@@ -1,8 +1,8 @@
 r"""Capacity studies: recall against K, network type, size and difficulty, against baselines and theory.
 
-  python -m experiments.capacity                  # every study of experiments/configs/capacity.py
+  python -m experiments.capacity                  # every study of learned_rules/configs/capacity.py
   python -m experiments.capacity --quick          # every figure at reduced resolution (<= 30 min, 2 cores)
-  python -m experiments.capacity --config=experiments/configs/capacity.py:tiny --workdir=/tmp/cap
+  python -m experiments.capacity --config=learned_rules/configs/capacity.py:tiny --workdir=/tmp/cap
 
 It meta-trains each learned rule a study needs in `<workdir>/<rule>/` (resuming a run that was
 interrupted, skipping one that is done), trains the recurrent baseline and tunes the online-backprop
@@ -37,14 +37,14 @@ from flax import serialization  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import flagutil  # noqa: E402
-from experiments.configs import capacity as capacity_configs  # noqa: E402
 from learned_rules import baselines, checkpointing, meta_train, network, trained_baselines  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
-from learned_rules import evaluate as evaluate_lib  # noqa: E402
+from learned_rules import evaluation as evaluate_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
+from learned_rules.configs import capacity as capacity_configs  # noqa: E402
 
 _CONFIG = flagutil.define(
-  config_flags.DEFINE_config_file, "config", "experiments/configs/capacity.py", "Study config."
+  config_flags.DEFINE_config_file, "config", "learned_rules/configs/capacity.py", "Study config."
 )
 _WORKDIR = flagutil.define(
   flags.DEFINE_string, "workdir", "", "Study folder (default runs/capacity, or runs/capacity-quick)."

@@ -2,9 +2,9 @@ r"""Meta-training estimators compared: truncated windows, full back-propagation,
 
   python -m experiments.estimators                 # runs/estimators, 3 seeds, the default network
   python -m experiments.estimators --quick         # runs/estimators-quick, 2 seeds, a smaller network
-  python -m experiments.estimators --config=experiments/configs/estimators.py:tiny --workdir=/tmp/est
+  python -m experiments.estimators --config=learned_rules/configs/estimators.py:tiny --workdir=/tmp/est
 
-Every estimator of the config (experiments/configs/estimators.py) meta-trains the same network from the
+Every estimator of the config (learned_rules/configs/estimators.py) meta-trains the same network from the
 same initial theta for each seed; held-out recall (bit accuracy on the same fresh streams of `horizon`
 steps for all) is measured at evenly spaced meta steps. The clocks run only around training steps: each
 estimator's step is compiled before its clock starts (the compile time is reported on its own), and
@@ -33,13 +33,13 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import flagutil  # noqa: E402
-from experiments.configs import estimators as estimator_configs  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
-from learned_rules import estimators, meta_train, rules  # noqa: E402
-from learned_rules import evaluate as evaluate_lib  # noqa: E402
+from learned_rules import evaluation as evaluate_lib  # noqa: E402
+from learned_rules import gradient_estimators, meta_train, rules  # noqa: E402
+from learned_rules.configs import estimators as estimator_configs  # noqa: E402
 
 _CONFIG = flagutil.define(
-  config_flags.DEFINE_config_file, "config", "experiments/configs/estimators.py", "Study config."
+  config_flags.DEFINE_config_file, "config", "learned_rules/configs/estimators.py", "Study config."
 )
 _WORKDIR = flagutil.define(
   flags.DEFINE_string, "workdir", None, "Output folder (default runs/estimators, or runs/estimators-quick)."
@@ -52,7 +52,7 @@ _FIGURE_DIR = flagutil.define(
 REFERENCE = "full"  # the estimator whose final recall the others are timed to
 
 
-def specs(study) -> list[estimators.EstimatorSpec]:
+def specs(study) -> list[gradient_estimators.EstimatorSpec]:
   """The study's estimators, validated (`config.ConfigError` naming the field) before anything runs."""
   names = [n.strip() for n in study.estimators.split(",") if n.strip()]
   if not names:
@@ -66,11 +66,11 @@ def specs(study) -> list[estimators.EstimatorSpec]:
         "estimators", f"unknown estimator {name!r}; one of {list(study.estimator)}"
       )
     e = study.estimator[name]
-    spec = estimators.EstimatorSpec(
+    spec = gradient_estimators.EstimatorSpec(
       name, e.kind, e.window, e.learning_rate, e.batch, e.population, e.std, study.clip_norm
     )
     try:
-      estimators.check(spec, study.horizon)
+      gradient_estimators.check(spec, study.horizon)
     except ValueError as err:
       field, _, message = str(err).partition(": ")
       raise config_lib.ConfigError(f"estimator.{name}.{field}", message) from None
@@ -95,7 +95,10 @@ class Evaluator:
   def __init__(self, study, topo, problem):
     self.topo, self.horizon, self.points = topo, study.horizon, study.eval_points
     key, streams = evaluate_lib.eval_key(0), study.eval_streams
-    objective = lambda theta: estimators.episode_objective(theta, topo, problem, key, streams, study.horizon)  # noqa: E731
+
+    def objective(theta):
+      return gradient_estimators.episode_objective(theta, topo, problem, key, streams, study.horizon)  # noqa: E731
+
     self._eval = jax.jit(lambda theta: objective(theta)[1])
 
   def __call__(self, theta) -> dict[str, float]:
@@ -238,7 +241,7 @@ def run(study, workdir: str, figure_dir: str) -> dict:
   start, start_cpu = time.perf_counter(), time.process_time()
   results = {}
   for spec in est_specs:
-    est = estimators.make_estimator(spec, problem, study.horizon)
+    est = gradient_estimators.make_estimator(spec, problem, study.horizon)
     runs, compile_s = [], None
     for seed in study.seeds:
       theta = rules.init_theta(meta_train.train_key(seed), problem.rule)

@@ -25,7 +25,7 @@ from absl import app, flags  # noqa: E402
 from experiments import flagutil  # noqa: E402
 from learned_rules import baselines, checkpointing, meta_train  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
-from learned_rules import evaluate as evaluate_lib  # noqa: E402
+from learned_rules import evaluation as evaluate_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
 
 _WORKDIR = flagutil.define(

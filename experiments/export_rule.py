@@ -18,7 +18,7 @@ import sys
 from absl import app, flags
 
 from experiments import flagutil
-from learned_rules import evaluate as evaluate_lib
+from learned_rules import evaluation as evaluate_lib
 from learned_rules import metrics as metrics_lib
 from learned_rules import pretrained
 

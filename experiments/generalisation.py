@@ -29,7 +29,7 @@ from absl import app, flags
 from experiments import flagutil  # noqa: E402
 from learned_rules import baselines, network, pretrained
 from learned_rules import config as config_lib
-from learned_rules import evaluate as evaluate_lib
+from learned_rules import evaluation as evaluate_lib
 
 _RULE = flagutil.define(
   flags.DEFINE_string, "rule", "hetero", "A shipped rule's name, a run directory or a saved rule."

@@ -3,9 +3,9 @@ of a teacher fixed per episode; recall on stored keys and prediction on unseen k
 
   python -m experiments.learning                  # runs/learning/, docs/figures/learning/learning.png
   python -m experiments.learning --quick          # runs/learning-quick/ (figure there too), minutes
-  python -m experiments.learning --config=experiments/configs/learning.py:tiny --workdir=/tmp/learning
+  python -m experiments.learning --config=learned_rules/configs/learning.py:tiny --workdir=/tmp/learning
 
-experiments/configs/learning.py holds the study (rule, teachers, K, episodes, baselines, step sizes).
+learned_rules/configs/learning.py holds the study (rule, teachers, K, episodes, baselines, step sizes).
 For each teacher it tunes the online-SGD baseline's step size per K on separate episodes, evaluates the
 rule and every baseline on the same held-out episodes, and writes `<workdir>/results.json` (one record
 per teacher, method and K; the step-size table; the linear ceiling; timings), prints the table, and
@@ -30,14 +30,14 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import flagutil  # noqa: E402
-from experiments.configs import learning as learning_configs  # noqa: E402
 from learned_rules import baselines, pretrained, teacher, trained_baselines  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
-from learned_rules import evaluate as evaluate_lib  # noqa: E402
+from learned_rules import evaluation as evaluate_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
+from learned_rules.configs import learning as learning_configs  # noqa: E402
 
 _CONFIG = flagutil.define(
-  config_flags.DEFINE_config_file, "config", "experiments/configs/learning.py", "Study config."
+  config_flags.DEFINE_config_file, "config", "learned_rules/configs/learning.py", "Study config."
 )
 _WORKDIR = flagutil.define(
   flags.DEFINE_string, "workdir", "", "Output folder (default runs/learning, or runs/learning-quick)."

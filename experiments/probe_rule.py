@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from experiments import flagutil  # noqa: E402
-from learned_rules import evaluate, meta_train, network, pretrained, probe, rules  # noqa: E402
+from learned_rules import evaluation, meta_train, network, pretrained, probe, rules  # noqa: E402
 
 _RULE = flagutil.define(
   flags.DEFINE_string, "rule", "hetero", "A shipped rule's name, a run directory or a saved rule."
@@ -52,7 +52,7 @@ def probe_all(theta, rule: pretrained.Rule) -> dict[str, probe.Probe]:
   """The probe of every type pair that `rule`'s network connects, with rule `theta`, in the contexts of
   that network running on `probe.NUM_EPISODES` held-out episodes of `rule`'s task."""
   topo, spec = rule.topology, rule.spec
-  contexts = probe.record_contexts(theta, topo, rule.problem(), evaluate.eval_key(rule.config.seed))
+  contexts = probe.record_contexts(theta, topo, rule.problem(), evaluation.eval_key(rule.config.seed))
   probes = {}
   for post in range(spec.num_types):
     for pre in range(spec.num_types):

@@ -1,7 +1,7 @@
 r"""Meta-train update rules to remember snippets, then report held-out recall.
 
   python -m experiments.remember                      # default config, about 5 minutes on 2 CPU cores
-  python -m experiments.remember --config=experiments/configs/remember.py:tiny --workdir=/tmp/tiny
+  python -m experiments.remember --config=learned_rules/configs/remember.py:tiny --workdir=/tmp/tiny
   python -m experiments.remember --config.task.num_snippets=12 --config.train.num_steps=800
 
 Trains the learned rule in `--workdir` and, unless `--config.baseline_synapses_off=False`, the same
@@ -22,55 +22,16 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
-import sys
 import time
 
 import jax
-from absl import app, flags
-from ml_collections import config_flags
 
-from experiments import flagutil
-from learned_rules import baselines, checkpointing, meta_train, network, sharding
+from experiments import harness
+from learned_rules import baselines, meta_train, network
 from learned_rules import config as config_lib
-from learned_rules import metrics as metrics_lib
-
-_CONFIG = flagutil.define(
-  config_flags.DEFINE_config_file,
-  "config",
-  os.path.join(os.path.dirname(__file__), "configs", "remember.py"),
-  "Experiment config file[:variant].",
-  lock_config=True,
-)
-_WORKDIR = flagutil.define(
-  flags.DEFINE_string,
-  "workdir",
-  None,
-  "Run directory (checkpoints, metrics.jsonl, summary.json). "
-  "Default: runs/remember-<protocol>-<topology>-K<K>-seed<seed> (lag<max_lag> for streaming).",
-)
 
 
-_DISTRIBUTED = flagutil.define(
-  flags.DEFINE_bool,
-  "distributed",
-  False,
-  "Join a multi-process run (jax.distributed.initialize) before anything else: every process runs this "
-  "same command; the coordinator, process count and id come from the flags below, or are discovered "
-  "on a TPU pod or under SLURM. Only process 0 writes logs, metrics and the summary.",
-)
-_COORDINATOR = flagutil.define(
-  flags.DEFINE_string, "coordinator_address", None, "host:port of process 0 (--distributed)."
-)
-_NUM_PROCESSES = flagutil.define(
-  flags.DEFINE_integer, "num_processes", None, "Processes in the run (--distributed)."
-)
-_PROCESS_ID = flagutil.define(
-  flags.DEFINE_integer, "process_id", None, "This process's index, from 0 (--distributed)."
-)
-
-
-def default_workdir(cfg) -> str:
+def default_workdir(cfg, quick: bool = False) -> str:
   t = cfg.task
   size = f"lag{t.max_lag}" if t.protocol == "streaming" else f"K{t.num_snippets}"
   return os.path.join("runs", f"remember-{t.protocol}-{cfg.net.topology}-{size}-seed{cfg.seed}")
@@ -142,40 +103,23 @@ def run(cfg, workdir: str) -> dict:
   return summary
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  metrics_lib.quiet_library_logs()
-  if _DISTRIBUTED.value:
-    try:
-      sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    except ValueError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-  cfg = _CONFIG.value
-  run_or_exit(cfg, _WORKDIR.value or default_workdir(cfg))
+def main(cfg, workdir: str, opts=None) -> dict:
+  del opts  # no flags of its own
+  return run(cfg, workdir)
 
 
 def run_or_exit(cfg, workdir: str) -> dict:
-  """`run`, with every failure a user can act on turned into one line on stderr and the exit status of
-  the module docstring (no traceback)."""
-  try:
-    return run(cfg, workdir)
-  except (
-    config_lib.ConfigError,
-    checkpointing.IncompatibleCheckpointError,
-    checkpointing.DamagedCheckpointError,
-    checkpointing.WorkdirError,
-  ) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except meta_train.NonFiniteError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except meta_train.Preempted as e:
-    print(f"stopped: {e}", file=sys.stderr)
-    sys.exit(128 + signal.SIGTERM)
+  """`run`, with every failure a user can act on one line on stderr and the exit status of
+  `experiments.harness` (no traceback)."""
+  return harness.call(main, cfg, workdir, None)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  harness.run(
+    main,
+    config="remember",
+    workdir=default_workdir,
+    workdir_help="Run directory (checkpoints, metrics.jsonl, summary.json). Default: "
+    "runs/remember-<protocol>-<topology>-K<K>-seed<seed> (lag<max_lag> for streaming).",
+    distributed=True,
+  )

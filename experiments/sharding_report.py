@@ -1,7 +1,7 @@
 r"""How a meta step splits over device meshes: per-device memory, collectives, and throughput.
 
   python -m experiments.sharding_report                                   # every mesh of the devices
-  python -m experiments.sharding_report --config=experiments/configs/remember.py:mesh2d --batch=16
+  python -m experiments.sharding_report --config=learned_rules/configs/remember.py:mesh2d --batch=16
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m experiments.sharding_report --steps=0
 
 For every (batch x neurons) mesh over all devices (and one device, unsharded), compiles the trainer's

@@ -1,10 +1,10 @@
 r"""Streams that never reset: a streaming rule run for 100-200 times its training window.
 
-  python -m experiments.remember --config=experiments/configs/remember.py:streaming --workdir=runs/streaming
+  python -m experiments.remember --config=learned_rules/configs/remember.py:streaming --workdir=runs/streaming
   python -m experiments.streams --rule=runs/streaming                 # 64 streams x 200 windows
   python -m experiments.streams --rule=runs/streaming --quick         # 32 streams x 100 windows
 
-Fresh streams of the rule's streaming protocol (`learned_rules.streams`) run window by window, never
+Fresh streams of the rule's streaming protocol (`learned_rules.streaming`) run window by window, never
 reset, for `--num_windows` windows of the training length W, twice:
 
 - `train`: the protocol the rule was meta-trained on (lags d = 1..Dmax): recall over stream time and the
@@ -44,9 +44,9 @@ from absl import app, flags  # noqa: E402
 
 from experiments import figures, flagutil  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
-from learned_rules import evaluate as evaluate_lib  # noqa: E402
+from learned_rules import evaluation as evaluate_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
-from learned_rules import pretrained, streams  # noqa: E402
+from learned_rules import pretrained, streaming  # noqa: E402
 
 _RULE = flagutil.define(
   flags.DEFINE_string, "rule", "runs/streaming", "A streaming rule: a run directory or a saved rule."
@@ -77,7 +77,7 @@ MEMORIES = ("learned", "palimpsest", "hebbian_no_decay", "synapses_off")
 
 
 class StreamsError(ValueError):
-  """The rule given cannot be run on never-reset streams."""
+  """The rule given cannot be run on never-reset streaming."""
 
 
 def _clock():
@@ -102,7 +102,7 @@ def load_streaming_rule(path: str, what: str = "rule") -> pretrained.Rule:
   if protocol != "streaming":
     raise StreamsError(
       f"the {what} {path!r} was meta-trained on the {protocol!r} protocol, not 'streaming'; meta-train one "
-      "with: python -m experiments.remember --config=experiments/configs/remember.py:streaming "
+      "with: python -m experiments.remember --config=learned_rules/configs/remember.py:streaming "
       "--workdir=runs/streaming"
     )
   return rule
@@ -114,20 +114,20 @@ def _on_protocol(rule: pretrained.Rule, max_lag: int):
   return rule.topology, evaluate_lib.problem_from_config(cfg, rule.topology)
 
 
-def _memory_record(counts: streams.RecallCounts, **extra) -> dict:
+def _memory_record(counts: streaming.RecallCounts, **extra) -> dict:
   """Forgetting curve and per-window accuracy of one memory's `[num_windows, Dmax]` counts."""
   return {
-    "bit_accuracy": _nan_to_none(streams.accuracy(counts))[0],
-    "accuracy_by_lag": _nan_to_none(streams.accuracy(counts, axis=0)),
+    "bit_accuracy": _nan_to_none(streaming.accuracy(counts))[0],
+    "accuracy_by_lag": _nan_to_none(streaming.accuracy(counts, axis=0)),
     "scored_bits_by_lag": _nan_to_none(np.sum(counts.bits_by_lag, axis=0)),
-    "accuracy_by_window": _nan_to_none(streams.accuracy(counts, axis=1)),
+    "accuracy_by_window": _nan_to_none(streaming.accuracy(counts, axis=1)),
     **extra,
   }
 
 
-def _norm_record(norms: streams.StateNorms) -> dict:
+def _norm_record(norms: streaming.StateNorms) -> dict:
   """Per-window `[num_windows]` norms, the first, last and largest maximum, and whether all are finite."""
-  record = {name: _nan_to_none(getattr(norms, name)) for name in streams.StateNorms._fields}
+  record = {name: _nan_to_none(getattr(norms, name)) for name in streaming.StateNorms._fields}
   for name in ("max_body", "max_synapse"):
     values = np.asarray(getattr(norms, name))
     first, last, most = _nan_to_none([values[0], values[-1], values.max()])  # NaN: not finite
@@ -146,15 +146,15 @@ def run_protocol(rule, off_rule, max_lag: int, keys, sizes: dict) -> dict:
   out = {"max_lag": max_lag, "window": problem.task.window, "num_streams": b, "num_windows": w}
   start = _clock()
   grid = jnp.asarray(DECAY_GRID)
-  tune_counts, _ = streams.run_hebbian_streams(problem.task, k_tune, b, w, grid)
-  counts, max_weight = streams.run_hebbian_streams(problem.task, k_eval, b, w, grid)
+  tune_counts, _ = streaming.run_hebbian_streams(problem.task, k_tune, b, w, grid)
+  counts, max_weight = streaming.run_hebbian_streams(problem.task, k_eval, b, w, grid)
   pick = lambda tree, i: jax.tree.map(lambda a: a[i], tree)  # noqa: E731
-  tuned = [float(streams.accuracy(pick(tune_counts, i))) for i in range(len(DECAY_GRID))]
+  tuned = [float(streaming.accuracy(pick(tune_counts, i))) for i in range(len(DECAY_GRID))]
   best = int(np.argmax(tuned))
   out["decay_tuning"] = {
     "grid": list(DECAY_GRID),
     "accuracy_tuning_streams": tuned,
-    "accuracy_eval_streams": [float(streams.accuracy(pick(counts, i))) for i in range(len(DECAY_GRID))],
+    "accuracy_eval_streams": [float(streaming.accuracy(pick(counts, i))) for i in range(len(DECAY_GRID))],
     "chosen": DECAY_GRID[best],
   }
   timing = _since(start)  # both Hebbian runs, every decay of the grid
@@ -162,12 +162,14 @@ def run_protocol(rule, off_rule, max_lag: int, keys, sizes: dict) -> dict:
     extra = {"decay": DECAY_GRID[i], "max_abs_weight": _nan_to_none(max_weight[i])}
     out[name] = _memory_record(pick(counts, i), **extra, **timing)
   start = _clock()
-  counts, norms = jax.block_until_ready(streams.run_long_streams(rule.theta, topo, problem, k_eval, b, w))
+  counts, norms = jax.block_until_ready(streaming.run_long_streams(rule.theta, topo, problem, k_eval, b, w))
   out["learned"] = _memory_record(counts, norms=_norm_record(norms), **_since(start))
   if off_rule is not None:
     start = _clock()
     off_topo, off_problem = _on_protocol(off_rule, max_lag)
-    off = jax.block_until_ready(streams.run_long_streams(off_rule.theta, off_topo, off_problem, k_eval, b, w))
+    off = jax.block_until_ready(
+      streaming.run_long_streams(off_rule.theta, off_topo, off_problem, k_eval, b, w)
+    )
     out["synapses_off"] = _memory_record(off[0], norms=_norm_record(off[1]), **_since(start))
   return out
 
@@ -221,7 +223,7 @@ def run(
     "synapses_off_run": None if off is None else off.source,
     "train_max_lag": train_lag,
     "sizes": sizes,
-    "synapse_bound": streams.synapse_bound(rule.theta),
+    "synapse_bound": streaming.synapse_bound(rule.theta),
     "protocols": {name: run_protocol(rule, off, lag, keys, sizes) for name, lag in lags.items()},
   }
   out.update(_since(start))

@@ -2,7 +2,7 @@ r"""A learned rule inside another model: associative recall over token sequences
 
   python -m experiments.token_recall                                   # the shipped `hetero` rule
   python -m experiments.token_recall --quick --figure_dir=docs/figures/token_recall
-  python -m experiments.token_recall --config=experiments/configs/token_recall.py:tiny --workdir=/tmp/tr
+  python -m experiments.token_recall --config=learned_rules/configs/token_recall.py:tiny --workdir=/tmp/tr
 
 The task (`sample_sequences`): L (key token, value token) pairs, keys distinct within a sequence, then
 one of the L keys as a query; the target is its value token. The rule was meta-trained on random +-1
@@ -48,15 +48,15 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import figures, flagutil  # noqa: E402
-from experiments.configs import remember as remember_configs  # noqa: E402
-from experiments.configs import token_recall as token_recall_configs  # noqa: E402
 from learned_rules import PlasticMemory, load_rule, meta_train, network, pretrained, rules, trained_baselines  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
 from learned_rules.config import ConfigError  # noqa: E402
+from learned_rules.configs import remember as remember_configs  # noqa: E402
+from learned_rules.configs import token_recall as token_recall_configs  # noqa: E402
 
 _CONFIG = flagutil.define(
-  config_flags.DEFINE_config_file, "config", "experiments/configs/token_recall.py", "Experiment config."
+  config_flags.DEFINE_config_file, "config", "learned_rules/configs/token_recall.py", "Experiment config."
 )
 _WORKDIR = flagutil.define(
   flags.DEFINE_string, "workdir", "", "Output folder (default runs/token_recall[-quick])."
@@ -88,7 +88,7 @@ def validate(cfg) -> None:
       remember_configs.get_config(config_lib._get(cfg, "random_rule"))
     except (KeyError, TypeError, AttributeError):
       raise ConfigError(
-        "random_rule", f"must be a variant of experiments/configs/remember.py, got {cfg.random_rule!r}"
+        "random_rule", f"must be a variant of learned_rules/configs/remember.py, got {cfg.random_rule!r}"
       ) from None
   num_keys = config_lib._int(cfg, "task.num_keys", 2)
   config_lib._int(cfg, "task.num_values", 2)

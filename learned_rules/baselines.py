@@ -31,7 +31,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from learned_rules import evaluate as evaluate_lib
+from learned_rules import evaluation as evaluate_lib
 from learned_rules import tasks, unroll
 
 BASELINES = ("key_blind", "hebbian", "hopfield", "pseudo_inverse")

@@ -1,6 +1,6 @@
 """Validation of experiment configs and the static specs derived from them.
 
-A config is an `ml_collections.ConfigDict` (see `experiments/configs/remember.py` for every field).
+A config is an `ml_collections.ConfigDict` (see `learned_rules/configs/remember.py` for every field).
 `validate` runs before anything is compiled or written and raises `ConfigError` whose message starts with
 the dotted name of the offending field, so a typo costs one line of output, not a traceback from XLA.
 """
@@ -14,6 +14,8 @@ import ml_collections
 
 from learned_rules import checkpointing, network, rules, tasks, unroll
 
+ConfigDict = ml_collections.ConfigDict  # the experiment configs (learned_rules/configs/) are these
+
 LOSSES = ("mse", "logistic")
 # Meta steps in a row with a non-finite loss or gradient (each skipped) before a run stops.
 DEFAULT_MAX_NONFINITE_STEPS = 10
@@ -22,9 +24,10 @@ DEFAULT_MAX_NONFINITE_STEPS = 10
 class ConfigError(ValueError):
   """An invalid config value; `field` is its dotted name."""
 
-  def __init__(self, field: str, message: str):
-    super().__init__(f"{field}: {message}")
-    self.field = field
+  def __init__(self, field: str, message: str | None = None):
+    # One argument is a whole message (as when a caller re-raises the error with its own prefix).
+    super().__init__(field if message is None else f"{field}: {message}")
+    self.field = field if message is not None else field.partition(":")[0]
 
 
 def _get(cfg, dotted: str):

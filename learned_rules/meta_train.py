@@ -28,7 +28,7 @@ from absl import logging
 
 from learned_rules import checkpointing, network, rules, sharding, unroll
 from learned_rules import config as config_lib
-from learned_rules import evaluate as evaluate_lib
+from learned_rules import evaluation as evaluate_lib
 from learned_rules import metrics as metrics_lib
 
 TRAIN_TAG = 0

@@ -24,7 +24,7 @@ from flax import serialization
 
 from learned_rules import checkpointing, meta_train, network, rules, unroll
 from learned_rules import config as config_lib
-from learned_rules import evaluate as evaluate_lib
+from learned_rules import evaluation as evaluate_lib
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 FORMAT_VERSION = 1

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_rules import evaluate, network, rules, streams, tasks, unroll
+from learned_rules import evaluation, network, rules, streaming, tasks, unroll
 
 TERMS = ("post", "pre", "hebbian", "residual")
 NUM_EPISODES = 4  # held-out episodes (or fresh streams) the network runs on for the contexts
@@ -105,15 +105,15 @@ class Contexts:
 
 
 def held_out_inputs(key: jax.Array, task: tasks.TaskSpec, batch: int) -> tuple[jax.Array, jax.Array]:
-  """The inputs `[B, T, N]` of the `batch` held-out episodes that `evaluate.eval_batch` draws from `key`
-  (for `streaming`, its fresh streams' `evaluate.STREAM_EVAL_WINDOWS` windows, concatenated), and the
+  """The inputs `[B, T, N]` of the `batch` held-out episodes that `evaluation.eval_batch` draws from `key`
+  (for `streaming`, its fresh streams' `evaluation.STREAM_EVAL_WINDOWS` windows, concatenated), and the
   key it draws the networks' initial states from."""
   first, second = jax.random.split(key)
   if task.protocol != "streaming":  # as unroll.episode_objective: episodes from the first, states the second
     episodes = jax.vmap(tasks.sample_episode, in_axes=(0, None))(jax.random.split(first, batch), task)
     return episodes.x, second
-  positions, xs = streams.stream_positions(key, task, batch), []  # as unroll.init_stream_carry
-  for _ in range(evaluate.STREAM_EVAL_WINDOWS):
+  positions, xs = streaming.stream_positions(key, task, batch), []  # as unroll.init_stream_carry
+  for _ in range(evaluation.STREAM_EVAL_WINDOWS):
     window, positions = jax.vmap(tasks.sample_stream_window, in_axes=(0, None))(positions, task)
     xs.append(window.x)
   return jnp.concatenate(xs, axis=1), first
@@ -145,7 +145,7 @@ def record_contexts(
   batch: int = NUM_EPISODES,
 ) -> Contexts:
   """Runs the network of `topo` with rule `theta` on `batch` held-out episodes of `problem.task` drawn
-  from `key` (those `evaluate.evaluate` gives it for that key, from the same initial states) and records
+  from `key` (those `evaluation.evaluate` gives it for that key, from the same initial states) and records
   every step's contexts."""
   out = jax.device_get(_record(theta, topo, problem, key, batch))
   return Contexts(*(np.asarray(a) for a in out), mask=np.asarray(topo.mask), types=np.asarray(topo.types))

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_rules import evaluate as evaluate_lib
+from learned_rules import evaluation as evaluate_lib
 from learned_rules import network, tasks, unroll
 
 TEACHERS = ("linear", "mlp")

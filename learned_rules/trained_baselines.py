@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from learned_rules import baselines, meta_train, metrics, network, rules, tasks, unroll
-from learned_rules import evaluate as evaluate_lib
+from learned_rules import evaluation as evaluate_lib
 
 CELLS = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}
 # SGD step sizes tried by `tune_online_backprop`: a log grid, finest where the optimum lies for the default

@@ -39,8 +39,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from experiments.configs import remember  # noqa: E402
 from learned_rules import network, rules  # noqa: E402
+from learned_rules.configs import remember  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,7 +104,7 @@ def run_module(repo_root):
 
 @pytest.fixture
 def make_cfg():
-  """`make_cfg("tiny,auto")` is a fresh `experiments/configs/remember.py` config of that variant."""
+  """`make_cfg("tiny,auto")` is a fresh `learned_rules/configs/remember.py` config of that variant."""
   return remember.get_config
 
 

@@ -13,7 +13,7 @@ patches installed first, each chosen by an environment variable:
 A paused process can be killed (SIGKILL: a crash at that point) or sent SIGTERM and resumed.
 
   FAULT_DIR=/tmp/f FAULT_PAUSE_IN_SAVE=4 python tests/fault_harness.py \
-      --config=experiments/configs/remember.py:tiny --config.baseline_synapses_off=False --workdir=/tmp/r
+      --config=learned_rules/configs/remember.py:tiny --config.baseline_synapses_off=False --workdir=/tmp/r
 """
 
 from __future__ import annotations

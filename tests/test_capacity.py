@@ -8,10 +8,10 @@ import os
 import pytest
 
 from experiments import capacity
-from experiments.configs import capacity as capacity_configs
 from learned_rules import baselines, network, trained_baselines
 from learned_rules import config as config_lib
-from learned_rules import evaluate as evaluate_lib
+from learned_rules import evaluation as evaluate_lib
+from learned_rules.configs import capacity as capacity_configs
 
 
 def _tiny_study():

@@ -10,8 +10,8 @@ import chex
 import jax
 import pytest
 
-from experiments.configs import remember
-from learned_rules import checkpointing, evaluate, meta_train, metrics
+from learned_rules import checkpointing, evaluation, meta_train, metrics
+from learned_rules.configs import remember
 
 NUM_STEPS = 4  # `:tiny` trains 4 steps and checkpoints every 2
 
@@ -98,7 +98,7 @@ def test_run_writes_config_metrics_and_checkpoints(runs):
   assert {f"eval_{k}": v for k, v in results.items()}.items() <= records[-1].items()
   topo, problem, _ = meta_train.setup(cfg)
   theta = jax.device_get(runs["whole_state"][1].theta)  # on the host, as the run evaluates it
-  again = evaluate.evaluate(theta, topo, problem, evaluate.eval_key(cfg.seed), cfg.eval.num_episodes)
+  again = evaluation.evaluate(theta, topo, problem, evaluation.eval_key(cfg.seed), cfg.eval.num_episodes)
   for key in ("loss", "bit_accuracy", "perfect_recall"):
     assert results[key] == again[key], key
 

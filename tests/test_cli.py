@@ -12,12 +12,12 @@ import subprocess
 import ml_collections
 import pytest
 
-from experiments.configs import remember
 from learned_rules import baselines, metrics, network, tasks
 from learned_rules import config as config_lib
-from learned_rules import evaluate as evaluate_lib
+from learned_rules import evaluation as evaluate_lib
+from learned_rules.configs import remember
 
-TINY = "--config=experiments/configs/remember.py:tiny"
+TINY = "--config=learned_rules/configs/remember.py:tiny"
 
 
 def _describe(proc: subprocess.CompletedProcess) -> str:

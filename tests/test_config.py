@@ -10,9 +10,9 @@ import ml_collections
 import pytest
 from hypothesis import strategies as st
 
-from experiments.configs import remember
 from learned_rules import checkpointing, network, unroll
 from learned_rules import config as config_lib
+from learned_rules.configs import remember
 
 VARIANTS = [
   "",

@@ -1,7 +1,7 @@
-"""Tests of `learned_rules.estimators` and `experiments.estimators`: the tiny study end to end, full
+"""Tests of `learned_rules.gradient_estimators` and `experiments.estimators`: the tiny study end to end, full
 back-propagation as the whole-window case of truncation, the reset schedule, and the ES steps.
 
-Every test shares the estimators the tiny study compiles (`estimators.make_estimator` is cached)."""
+Every test shares the estimators the tiny study compiles (`gradient_estimators.make_estimator` is cached)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from experiments import estimators as study_lib
-from experiments.configs import estimators as estimator_configs
 from learned_rules import config as config_lib
-from learned_rules import estimators, meta_train, rules
+from learned_rules import gradient_estimators, meta_train, rules
+from learned_rules.configs import estimators as estimator_configs
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +83,14 @@ def test_full_window_is_back_propagation_through_the_episode(tiny, trees_close):
   states: the gradient of the whole-episode objective on the same streams."""
   study, _, topo, problem, theta = tiny
   horizon, batch, key = study.horizon, 2, jax.random.PRNGKey(3)
-  whole = estimators.window_problem(problem, horizon)
-  carry = estimators.initial_episode_carry(theta, topo, whole, jax.random.PRNGKey(4), batch, horizon)
+  whole = gradient_estimators.window_problem(problem, horizon)
+  carry = gradient_estimators.initial_episode_carry(theta, topo, whole, jax.random.PRNGKey(4), batch, horizon)
   assert np.all(np.asarray(carry.window) == 0)
 
   @jax.jit
   def grads(theta):
-    truncated = lambda th: estimators.truncated_objective(th, topo, whole, carry, key, horizon)[0]  # noqa: E731
-    episode = lambda th: estimators.episode_objective(th, topo, problem, key, batch, horizon)[0]  # noqa: E731
+    truncated = lambda th: gradient_estimators.truncated_objective(th, topo, whole, carry, key, horizon)[0]  # noqa: E731
+    episode = lambda th: gradient_estimators.episode_objective(th, topo, problem, key, batch, horizon)[0]  # noqa: E731
     return jax.value_and_grad(truncated)(theta), jax.value_and_grad(episode)(theta)
 
   (loss_t, grad_t), (loss_e, grad_e) = grads(theta)
@@ -103,7 +103,7 @@ def test_truncated_streams_restart_every_horizon_over_window_windows(tiny, tiny_
   study, specs, topo, problem, theta = tiny
   spec = specs["truncated_8"]
   n_windows = study.horizon // spec.window
-  est = estimators.make_estimator(spec, problem, study.horizon)
+  est = gradient_estimators.make_estimator(spec, problem, study.horizon)
   state = est.init(jax.random.PRNGKey(5), theta, topo)
   window = np.asarray(state.carry.window)
   np.testing.assert_array_equal(window, np.arange(spec.batch) % n_windows)  # staggered
@@ -124,7 +124,7 @@ def test_truncated_streams_restart_every_horizon_over_window_windows(tiny, tiny_
 def test_es_step_moves_theta_and_keeps_its_shapes(tiny, tiny_run, name):
   study, specs, topo, problem, theta = tiny
   spec = specs[name]
-  est = estimators.make_estimator(spec, problem, study.horizon)
+  est = gradient_estimators.make_estimator(spec, problem, study.horizon)
   state = est.init(jax.random.PRNGKey(6), theta, topo)
   start = est.theta_of(state)
   assert jax.tree.structure(start) == jax.tree.structure(theta)
@@ -179,7 +179,7 @@ def test_bad_flag_is_a_clear_error_and_quick_keeps_overrides(run_module):
   result = run_module(
     "experiments.estimators",
     "--quick",
-    "--config=experiments/configs/estimators.py:tiny",
+    "--config=learned_rules/configs/estimators.py:tiny",
     "--config.estimator.full.num_steps=0",
     "--workdir=/nonexistent/never",
     timeout=120,
@@ -189,7 +189,7 @@ def test_bad_flag_is_a_clear_error_and_quick_keeps_overrides(run_module):
 
 
 def test_spec_counts_the_steps_it_simulates():
-  spec = estimators.EstimatorSpec("x", "pes", 8, 1e-2, batch=3, population=4, std=0.1)
+  spec = gradient_estimators.EstimatorSpec("x", "pes", 8, 1e-2, batch=3, population=4, std=0.1)
   assert spec.stream_steps(16) == 8 * 3 * 4 and spec.windows_per_episode(16) == 2
   es = dataclasses.replace(spec, kind="open_es")
   assert es.stream_steps(16) == 16 * 3 * 4 and es.windows_per_episode(16) == 1

@@ -1,4 +1,4 @@
-"""Tests of `learned_rules.evaluate`: held-out metrics, the problem of a config, and capacity."""
+"""Tests of `learned_rules.evaluation`: held-out metrics, the problem of a config, and capacity."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs import remember
-from learned_rules import evaluate, meta_train, rules
+from learned_rules import evaluation, meta_train, rules
+from learned_rules.configs import remember
 
 
 def test_capacity_is_the_largest_k_at_the_threshold():
@@ -19,11 +19,11 @@ def test_capacity_is_the_largest_k_at_the_threshold():
     {"K": 4, "bit_accuracy": 0.96},
     {"K": 8, "bit_accuracy": 0.7},
   ]
-  assert evaluate.capacity(records, 0.99) == 2
-  assert evaluate.capacity(records, 0.95) == 4
-  assert evaluate.capacity(records, 0.5) == 8
-  assert evaluate.capacity(records, 1.01) == 0
-  assert evaluate.capacity([], 0.99) == 0
+  assert evaluation.capacity(records, 0.99) == 2
+  assert evaluation.capacity(records, 0.95) == 4
+  assert evaluation.capacity(records, 0.5) == 8
+  assert evaluation.capacity(records, 1.01) == 0
+  assert evaluation.capacity([], 0.99) == 0
 
 
 def test_problem_from_config(make_cfg):
@@ -35,7 +35,7 @@ def test_problem_from_config(make_cfg):
   assert problem.loss == "logistic" and problem.fast_synapse is False and problem.remat == "nested"
   assert problem.init_noise == cfg.net.init_noise
   assert problem.rule.num_types == topo.num_types
-  swept = evaluate.problem_from_config(cfg, topo, num_snippets=3)
+  swept = evaluation.problem_from_config(cfg, topo, num_snippets=3)
   assert swept.task.num_snippets == swept.task.num_queries == 3
   hash(problem)  # a static argument of the jitted evaluation
 
@@ -45,17 +45,17 @@ def test_evaluate_averages_whole_batches():
   cfg = remember.get_config("tiny")
   topo, problem, _ = meta_train.setup(cfg)
   theta = rules.init_theta(jax.random.PRNGKey(0), problem.rule)
-  key = evaluate.eval_key(cfg.seed)
+  key = evaluation.eval_key(cfg.seed)
   batch = cfg.eval.num_episodes  # the driver's evaluation batch: its program is compiled once
-  result = evaluate.evaluate(theta, topo, problem, key, 2 * batch, batch=batch)
-  parts = [evaluate.eval_batch(theta, topo, jax.random.fold_in(key, i), problem, batch) for i in range(2)]
+  result = evaluation.evaluate(theta, topo, problem, key, 2 * batch, batch=batch)
+  parts = [evaluation.eval_batch(theta, topo, jax.random.fold_in(key, i), problem, batch) for i in range(2)]
   assert set(result) == {"loss", "bit_accuracy", "perfect_recall"}
   for name, value in result.items():
     assert value == pytest.approx(float(np.mean([p[name] for p in parts])), rel=1e-6)
   # Held-out episodes differ from batch to batch, and are a function of the key alone.
   assert float(parts[0]["loss"]) != float(parts[1]["loss"])
-  assert evaluate.evaluate(theta, topo, problem, key, 2 * batch, batch=batch) == result
-  assert not np.array_equal(evaluate.eval_key(0), meta_train.train_key(0))
+  assert evaluation.evaluate(theta, topo, problem, key, 2 * batch, batch=batch) == result
+  assert not np.array_equal(evaluation.eval_key(0), meta_train.train_key(0))
 
 
 def test_recall_vs_k_equals_one_k_at_a_time():
@@ -64,12 +64,12 @@ def test_recall_vs_k_equals_one_k_at_a_time():
   cfg = remember.get_config("tiny")
   topo, problem, _ = meta_train.setup(cfg)
   theta = rules.init_theta(jax.random.PRNGKey(1), problem.rule)
-  key = evaluate.eval_key(cfg.seed)
-  records = evaluate.recall_vs_k(theta, topo, cfg, (1, 3), 6, key)
+  key = evaluation.eval_key(cfg.seed)
+  records = evaluation.recall_vs_k(theta, topo, cfg, (1, 3), 6, key)
   assert [r["K"] for r in records] == [1, 3]
   for record in records:
-    problem_k = evaluate.problem_from_config(cfg, topo, num_snippets=record["K"])
-    alone = evaluate.evaluate(theta, topo, problem_k, key, 6)
+    problem_k = evaluation.problem_from_config(cfg, topo, num_snippets=record["K"])
+    alone = evaluation.evaluate(theta, topo, problem_k, key, 6)
     assert set(record) == {"K", *alone}
     for name, value in alone.items():
       assert record[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
@@ -81,4 +81,4 @@ def test_eval_batch_over_k_rejects_problems_that_differ_beyond_k():
   theta = rules.init_theta(jax.random.PRNGKey(1), problem.rule)
   other = dataclasses.replace(problem, loss="logistic")
   with pytest.raises(ValueError, match="differ only in K"):
-    evaluate.eval_batch_over_k(theta, topo, jax.random.PRNGKey(0), (problem, other), 2)
+    evaluation.eval_batch_over_k(theta, topo, jax.random.PRNGKey(0), (problem, other), 2)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from experiments import generalisation
-from experiments.configs import remember
-from learned_rules import Rule, baselines, load_rule, network, rules, save_rule, streams, tasks
+from learned_rules import Rule, baselines, load_rule, network, rules, save_rule, streaming, tasks
 from learned_rules import config as config_lib
-from learned_rules import evaluate as evaluate_lib
+from learned_rules import evaluation as evaluate_lib
+from learned_rules.configs import remember
 
 
 def test_settings_move_the_config_as_named():
@@ -70,7 +70,7 @@ def _streams_and_floor(spec: tasks.TaskSpec, key: jax.Array, batch: int):
   """The streams `evaluate.eval_batch` runs for `key`, concatenated `[B, T, ...]`, their starts, the
   floor's readouts on them, the value of every slot `[B, slots, n_out]`, and the floor's metrics
   (`stream_key_blind_batch`). One program."""
-  starts = streams.stream_positions(key, spec, batch)
+  starts = streaming.stream_positions(key, spec, batch)
   positions, windows = starts, []
   for _ in range(evaluate_lib.STREAM_EVAL_WINDOWS):
     window, positions = jax.vmap(tasks.sample_stream_window, in_axes=(0, None))(positions, spec)

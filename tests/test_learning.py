@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from experiments import learning
-from experiments.configs import learning as learning_configs
 from learned_rules import baselines, pretrained, tasks, teacher
 from learned_rules import config as config_lib
+from learned_rules.configs import learning as learning_configs
 
 _sample = jax.jit(teacher.sample_episode, static_argnums=(1, 2))
 

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import remember
-from learned_rules import PlasticMemory, evaluate, network, rules, tasks, unroll
+from learned_rules import PlasticMemory, evaluation, network, rules, tasks, unroll
 from learned_rules import config as config_lib
+from learned_rules.configs import remember
 
 K, B = 3, 2
 
@@ -25,7 +25,7 @@ def setting():
   topo = network.make_topology(cfg.net)
   spec = config_lib.rule_spec(cfg, topo)
   theta = rules.init_theta(jax.random.PRNGKey(3), spec)
-  problem = evaluate.problem_from_config(cfg, topo, num_snippets=K)
+  problem = evaluation.problem_from_config(cfg, topo, num_snippets=K)
   memory = PlasticMemory(
     topology=topo,
     spec=spec,

@@ -8,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import remember
-from learned_rules import baselines, evaluate, meta_train
+from learned_rules import baselines, evaluation, meta_train
+from learned_rules.configs import remember
 
 # 50 meta steps take `:tiny` (K = 2) well past the key-blind floor on every seed tried (held-out bit
 # accuracy 0.95-0.98 on seeds 0-4; after 30 steps one seed was still at 0.61, below the floor).
@@ -40,8 +40,8 @@ def run():
 
   def held_out(theta):
     # Batches of the driver's evaluation size, so the compiled eval program is shared as well.
-    return evaluate.evaluate(
-      theta, topo, problem, evaluate.eval_key(cfg.seed), EVAL_EPISODES, batch=cfg.eval.num_episodes
+    return evaluation.evaluate(
+      theta, topo, problem, evaluation.eval_key(cfg.seed), EVAL_EPISODES, batch=cfg.eval.num_episodes
     )
 
   before = held_out(state.theta)
@@ -52,7 +52,7 @@ def run():
   after = held_out(state.theta)
   # The best answer that ignores the cue, on exactly the episodes `held_out` gives the network.
   floor = baselines.evaluate(
-    "key_blind", problem.task, evaluate.eval_key(cfg.seed), EVAL_EPISODES, batch=cfg.eval.num_episodes
+    "key_blind", problem.task, evaluation.eval_key(cfg.seed), EVAL_EPISODES, batch=cfg.eval.num_episodes
   )
   return dict(
     cfg=cfg,

@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs import remember
 from learned_rules import (
   PlasticMemory,
   RuleLoadError,
@@ -23,6 +22,7 @@ from learned_rules import (
   pretrained,
   save_rule,
 )
+from learned_rules.configs import remember
 
 
 @pytest.fixture(scope="module")

@@ -31,11 +31,11 @@ import pytest
 from hypothesis import strategies as st
 
 from experiments import remember as remember_cmd
-from experiments.configs import remember
-from learned_rules import checkpointing, evaluate, meta_train, metrics, network, tasks, unroll
+from learned_rules import checkpointing, evaluation, meta_train, metrics, network, tasks, unroll
 from learned_rules import config as config_lib
+from learned_rules.configs import remember
 
-TINY = "--config=experiments/configs/remember.py:tiny"
+TINY = "--config=learned_rules/configs/remember.py:tiny"
 NO_TWIN = "--config.baseline_synapses_off=False"  # train the learned rule only: half the time
 
 
@@ -417,15 +417,15 @@ def test_a_nan_gradient_alone_and_a_nan_loss_alone_are_each_caught(monkeypatch, 
 def test_long_unrolls_of_a_trained_tiny_rule_stay_finite(clean_runs):
   cfg, (workdir, _), (result, _) = clean_runs
   topo = network.make_topology(cfg.net)
-  problem = evaluate.problem_from_config(cfg, topo)
+  problem = evaluation.problem_from_config(cfg, topo)
   assert result["horizon_steps"] == meta_train.STATE_HORIZON * problem.task.episode_steps
   assert np.isfinite(result["max_abs_body"]) and np.isfinite(result["max_abs_synapse"])
   assert 0 < result["max_abs_body"] < 1e3 and 0 < result["max_abs_synapse"] < 1e3
   # The check can fail: a rule whose state blows up reports it.
   theta = jax.device_get(_final_state(workdir).theta)
   theta["init_synapse"] = theta["init_synapse"] * np.float32(np.inf)
-  key = jax.random.fold_in(evaluate.eval_key(cfg.seed), meta_train.STATE_HORIZON)
-  blown = evaluate.state_bounds(theta, topo, problem, key, cfg.eval.num_episodes, meta_train.STATE_HORIZON)
+  key = jax.random.fold_in(evaluation.eval_key(cfg.seed), meta_train.STATE_HORIZON)
+  blown = evaluation.state_bounds(theta, topo, problem, key, cfg.eval.num_episodes, meta_train.STATE_HORIZON)
   assert not np.isfinite(blown["max_abs_synapse"])
 
 

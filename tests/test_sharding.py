@@ -16,9 +16,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments.configs import remember
 from learned_rules import checkpointing, meta_train, metrics, sharding
 from learned_rules import config as config_lib
+from learned_rules.configs import remember
 
 BATCH = 8
 STEPS = 2
@@ -171,7 +171,7 @@ def test_two_processes_match_one(repo_root, tmp_path):
   process 0 logs the numbers of one process running all three steps, and the final checkpoint
   restores to its parameters."""
   args = [
-    "--config=experiments/configs/remember.py:tiny",
+    "--config=learned_rules/configs/remember.py:tiny",
     "--config.train.batch_size=4",
     "--config.train.log_every=1",
     "--config.mesh.batch=0",

@@ -1,4 +1,4 @@
-"""Tests of `learned_rules.streams` and `experiments.streams`: never-reset streams run for many windows."""
+"""Tests of `learned_rules.streaming` and `experiments.streams`: never-reset streams run for many windows."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from experiments import streams as streams_exp
-from experiments.configs import remember
-from learned_rules import Rule, baselines, network, rules, save_rule, streams, tasks
+from learned_rules import Rule, baselines, network, rules, save_rule, streaming, tasks
 from learned_rules import config as config_lib
-from learned_rules import evaluate as evaluate_lib
+from learned_rules import evaluation as evaluate_lib
+from learned_rules.configs import remember
 
 # A stream wide enough for a Hebbian memory to recall recent snippets well (n_in = n_out = 16).
 WIDE = tasks.TaskSpec(protocol="streaming", num_neurons=32, n_in=16, n_out=16, max_lag=8, window=24)
@@ -50,10 +50,10 @@ def tiny_run(tmp_path_factory, run_module):
 
 @pytest.fixture(scope="module")
 def wide_windows():
-  """`(positions, episodes, lags)` of a window of 3 streams of `WIDE` well into the streams."""
-  positions = streams.stream_positions(jax.random.PRNGKey(1), WIDE, 3)
+  """`(positions, episodes, lags)` of a window of 3 streams of `WIDE` well into the streaming."""
+  positions = streaming.stream_positions(jax.random.PRNGKey(1), WIDE, 3)
   positions = positions.replace(t=positions.t + 100)
-  episodes, lags, _ = streams._next_windows(positions, WIDE)
+  episodes, lags, _ = streaming._next_windows(positions, WIDE)
   return positions, episodes, lags
 
 
@@ -71,7 +71,7 @@ def test_lags_are_the_ones_the_stream_asks(wide_windows):
   assert len(set(np.asarray(lags).ravel().tolist())) > 1
   # Binning: every scored step's n_out bits land in its own lag's bin, and nowhere else.
   readout = jnp.ones(episodes.target.shape)
-  counts = streams.lag_counts(readout, episodes, lags, WIDE.max_lag)
+  counts = streaming.lag_counts(readout, episodes, lags, WIDE.max_lag)
   expected = [WIDE.n_out * float(jnp.sum(episodes.score * (lags == d))) for d in range(1, WIDE.max_lag + 1)]
   np.testing.assert_allclose(counts.bits_by_lag, expected)
   assert float(jnp.sum(counts.correct_by_lag)) == float(
@@ -81,16 +81,16 @@ def test_lags_are_the_ones_the_stream_asks(wide_windows):
 
 def test_online_hebbian_is_the_closed_form(wide_windows):
   episode = jax.tree.map(lambda a: a[0], wide_windows[1])
-  _, readout = streams.hebbian_window(jnp.zeros((WIDE.n_out, WIDE.n_in)), episode, WIDE, 0.9)
+  _, readout = streaming.hebbian_window(jnp.zeros((WIDE.n_out, WIDE.n_in)), episode, WIDE, 0.9)
   np.testing.assert_allclose(readout, baselines.hebbian(episode, WIDE, 0.9), rtol=1e-5, atol=1e-4)
 
 
 def test_palimpsest_forgets_and_no_decay_forgets_less():
-  counts, max_weight = streams.run_hebbian_streams(
+  counts, max_weight = streaming.run_hebbian_streams(
     WIDE, jax.random.PRNGKey(3), 16, 12, jnp.asarray([0.7, 1.0])
   )
   assert counts.bits_by_lag.shape == (2, 12, WIDE.max_lag) and max_weight.shape == (2, 12)
-  curves = [streams.accuracy(jax.tree.map(lambda a, i=i: a[i], counts), axis=0) for i in range(2)]
+  curves = [streaming.accuracy(jax.tree.map(lambda a, i=i: a[i], counts), axis=0) for i in range(2)]
   fast, none = curves
   assert fast[0] > 0.75 and fast[-1] < 0.6  # decay 0.7: recent snippets recalled, old ones gone
   assert (none[0] - none[-1]) < 0.5 * (fast[0] - fast[-1])
@@ -101,18 +101,18 @@ def test_long_stream_runs_many_windows_with_finite_bounded_norms():
   rule = _tiny_rule()
   topo, problem = streams_exp._on_protocol(rule, rule.config.task.max_lag)
   key = jax.random.PRNGKey(4)
-  counts, norms = streams.run_long_streams(rule.theta, topo, problem, key, 2, SIZES["num_windows"])
+  counts, norms = streaming.run_long_streams(rule.theta, topo, problem, key, 2, SIZES["num_windows"])
   assert counts.correct_by_lag.shape == (SIZES["num_windows"], problem.task.max_lag)
-  for name in streams.StateNorms._fields:
+  for name in streaming.StateNorms._fields:
     values = np.asarray(getattr(norms, name))
     assert values.shape == (SIZES["num_windows"],) and np.all(np.isfinite(values)), name
     assert np.all(values > 0), name
-  assert np.all(np.asarray(norms.max_synapse) <= streams.synapse_bound(rule.theta) + 0.5)
+  assert np.all(np.asarray(norms.max_synapse) <= streaming.synapse_bound(rule.theta) + 0.5)
   assert np.all(np.asarray(norms.max_body) <= 1.0 + 0.5)
   # The same streams as meta-training's evaluation: its first windows score the same bits.
   first = jax.tree.map(lambda a: a[: evaluate_lib.STREAM_EVAL_WINDOWS], counts)
   reference = evaluate_lib.eval_batch(rule.theta, topo, key, problem, 2)
-  per_window = np.nan_to_num(streams.accuracy(first, axis=1))  # a window with nothing scored counts 0
+  per_window = np.nan_to_num(streaming.accuracy(first, axis=1))  # a window with nothing scored counts 0
   assert np.mean(per_window) == pytest.approx(float(reference["bit_accuracy"]), abs=1e-5)
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from experiments import token_recall
-from experiments.configs import token_recall as token_recall_configs
 from learned_rules import trained_baselines
 from learned_rules.config import ConfigError
+from learned_rules.configs import token_recall as token_recall_configs
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_command_line_exits_non_zero_on_an_invalid_config(run_module, tmp_path):
   workdir = str(tmp_path / "run")
   proc = run_module(
     "experiments.token_recall",
-    "--config=experiments/configs/token_recall.py:tiny",
+    "--config=learned_rules/configs/token_recall.py:tiny",
     "--config.host.code=relu",
     f"--workdir={workdir}",
     timeout=120,

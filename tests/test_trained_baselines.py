@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from experiments import capacity
-from experiments.configs import capacity as capacity_configs
 from learned_rules import baselines, network, rules, tasks
 from learned_rules import config as config_lib
-from learned_rules import evaluate as evaluate_lib
+from learned_rules import evaluation as evaluate_lib
 from learned_rules import trained_baselines as tb
+from learned_rules.configs import capacity as capacity_configs
 
 BATCH, HIDDEN = 64, 8
 # A memory passes a recall test if it beats the key-blind floor (`baselines.key_blind` on the very same

@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments.configs import remember
 from learned_rules import checkpointing, meta_train, network, pretrained, tasks, unroll
 from learned_rules import config as config_lib
+from learned_rules.configs import remember
 
 SW = network.SYNAPSE_WEIGHTS
 

@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import remember
 from learned_rules import meta_train, network, rules, tasks, unroll
+from learned_rules.configs import remember
 
 
 @pytest.fixture(scope="module")
 def tiny():
-  """Config, topology, problem and initial theta of `experiments/configs/remember.py:tiny`."""
+  """Config, topology, problem and initial theta of `learned_rules/configs/remember.py:tiny`."""
   cfg = remember.get_config("tiny")
   topo, problem, _ = meta_train.setup(cfg)
   theta = rules.init_theta(jax.random.PRNGKey(0), problem.rule)

@@ -2,7 +2,7 @@ r"""Learning from remembering: does a rule meta-trained only to remember random 
 
   python -m experiments.learning                  # full: 10 K values, 256 held-out episodes per point
   python -m experiments.learning --quick          # the same figure at reduced resolution (minutes)
-  python -m experiments.learning --config=experiments/configs/learning.py:tiny --workdir=/tmp/learning
+  python -m experiments.learning --config=learned_rules/configs/learning.py:tiny --workdir=/tmp/learning
   python -m experiments.learning --config.teachers=mlp --config.rule=runs/remember-hetero-full-K8-seed0
 
 Every episode draws a teacher `f` (learned_rules/teacher.py: `linear`, y = sign(A x); `mlp`,
@@ -18,11 +18,12 @@ least-squares linear store). Variants: `tiny` (seconds, for
 tests), `quick`.
 """
 
-import ml_collections
+from learned_rules import config as config_lib
+from learned_rules import configs
 
 
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict()
+def get_config(variant: str = "") -> config_lib.ConfigDict:
+  cfg = config_lib.ConfigDict()
   cfg.seed = 0  # evaluation episodes: evaluate.eval_key(seed); tuning episodes: another fold of it
   cfg.rule = "hetero"
   cfg.teachers = "linear,mlp"  # comma-separated, from teacher.TEACHERS
@@ -36,20 +37,19 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # closest to the rule's (on the evaluation episodes; matched on recall, compared on generalisation).
   cfg.hebbian_decays = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
 
-  cfg.online_backprop = ml_collections.ConfigDict()
+  cfg.online_backprop = config_lib.ConfigDict()
   cfg.online_backprop.hidden = 32  # as the rule's network's hidden neurons
   cfg.online_backprop.step_sizes = (0.003, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5)
   cfg.online_backprop.tune_episodes = 128
   cfg.online_backprop.tune_on = "generalisation"  # generalisation | recall: the bit accuracy tuned for
 
   # The best linear readout: least squares on `num_fit` pairs of each of `teachers` teachers.
-  cfg.ceiling = ml_collections.ConfigDict()
+  cfg.ceiling = config_lib.ConfigDict()
   cfg.ceiling.num_fit = 4096
   cfg.ceiling.teachers = 256
   cfg.ceiling.num_test = 256
 
-  for name in filter(None, variant.split(",")):
-    _VARIANTS[name](cfg)
+  configs.apply_variants(cfg, variant, VARIANTS)
   return cfg
 
 
@@ -73,9 +73,6 @@ def _quick(cfg):
   cfg.ceiling.teachers = 64
 
 
-_VARIANTS = {"tiny": _tiny, "quick": _quick}
+VARIANTS = {"tiny": _tiny, "quick": _quick}
 
 
-def apply_variant(cfg: ml_collections.ConfigDict, name: str) -> None:
-  """Applies variant `name` (`tiny`, `quick`) to a config in place."""
-  _VARIANTS[name](cfg)

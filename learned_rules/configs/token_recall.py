@@ -8,36 +8,37 @@ other in an LSTM of at least as many parameters (`experiments/token_recall.py`).
 
   python -m experiments.token_recall                     # ~10-15 min on 2 CPU cores
   python -m experiments.token_recall --quick             # ~5 min
-  python -m experiments.token_recall --config=experiments/configs/token_recall.py:tiny --workdir=/tmp/tr
+  python -m experiments.token_recall --config=learned_rules/configs/token_recall.py:tiny --workdir=/tmp/tr
 
 Variants (`:name`): `tiny` (seconds, for tests: a random rule on the 12-neuron `remember.py:tiny`
 network), `quick`.
 """
 
-import ml_collections
+from learned_rules import config as config_lib
+from learned_rules import configs
 
 
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict()
+def get_config(variant: str = "") -> config_lib.ConfigDict:
+  cfg = config_lib.ConfigDict()
   cfg.seed = 0
   # The memory's rule: a shipped rule's name or a path `learned_rules.load_rule` reads, or "random"
   # for a fresh random rule on the network and rule sizes of `remember.get_config(random_rule)`.
   cfg.rule = "hetero"
   cfg.random_rule = "tiny"
 
-  cfg.task = ml_collections.ConfigDict()
+  cfg.task = config_lib.ConfigDict()
   cfg.task.num_keys = 32  # key vocabulary; keys are distinct within a sequence
   cfg.task.num_values = 32  # value vocabulary; values are drawn with replacement
   cfg.task.train_lengths = (1, 8)  # training L is uniform in [min, max], one L per batch
   cfg.task.eval_lengths = (1, 2, 4, 6, 8, 12, 16)
 
   # Both hosts: token -> nn.Embed -> code; the code's width is the memory's key / value width.
-  cfg.host = ml_collections.ConfigDict()
+  cfg.host = config_lib.ConfigDict()
   cfg.host.code = "tanh"  # tanh: tanh(code_scale * e); sign: sign(e) forward, tanh's gradient back
   cfg.host.code_scale = 1.0
   cfg.host.embed_init_std = 1.0
 
-  cfg.lstm = ml_collections.ConfigDict()
+  cfg.lstm = config_lib.ConfigDict()
   # Hidden sizes of the LSTM hosts; 0 is the smallest H whose LSTM host has at least as many parameters
   # as the plastic host with its rule (host parameters + the rule's meta-parameters).
   cfg.lstm.hidden_sizes = (0, 128)
@@ -45,27 +46,19 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # continued): an LSTM step costs a small fraction of a plastic-memory step. 1 is the same budget.
   cfg.lstm.step_multiples = (1, 20)
 
-  cfg.train = ml_collections.ConfigDict()
+  cfg.train = config_lib.ConfigDict()
   cfg.train.num_steps = 400  # per host; both see the same batches
   cfg.train.batch_size = 16
   cfg.train.learning_rate = 1e-2
   cfg.train.clip_norm = 1.0
   cfg.train.log_every = 25
 
-  cfg.eval = ml_collections.ConfigDict()
+  cfg.eval = config_lib.ConfigDict()
   cfg.eval.num_sequences = 512  # held-out sequences per L, the same for every host
   cfg.eval.batch_size = 128
 
-  for name in filter(None, variant.split(",")):
-    apply_variant(cfg, name)
+  configs.apply_variants(cfg, variant, VARIANTS)
   return cfg
-
-
-def apply_variant(cfg: ml_collections.ConfigDict, name: str) -> None:
-  """Applies variant `name` (`tiny`, `quick`) in place."""
-  if name not in _VARIANTS:
-    raise KeyError(f"unknown variant {name!r}; one of {sorted(_VARIANTS)}")
-  _VARIANTS[name](cfg)
 
 
 def _tiny(cfg):
@@ -89,4 +82,4 @@ def _quick(cfg):
   cfg.eval.num_sequences = 256
 
 
-_VARIANTS = {"tiny": _tiny, "quick": _quick}
+VARIANTS = {"tiny": _tiny, "quick": _quick}

@@ -1,8 +1,8 @@
-r"""Meta-training estimators compared on one task (learned_rules/estimators.py):
+r"""Meta-training estimators compared on one task (learned_rules/gradient_estimators.py):
 
   python -m experiments.estimators                 # the default network, 3 seeds
   python -m experiments.estimators --quick         # a smaller network, 2 seeds (the committed figure)
-  python -m experiments.estimators --config=experiments/configs/estimators.py:tiny --workdir=/tmp/est
+  python -m experiments.estimators --config=learned_rules/configs/estimators.py:tiny --workdir=/tmp/est
 
 The task is the `streaming` protocol of `remember.py:streaming` (snippets of P = 2 steps, queries of
 R = 2 steps, recall the snippet shown d <= Dmax = 4 slots ago); an episode is a stream of `horizon`
@@ -21,13 +21,14 @@ instead: counted in simulated steps they would get a handful of generations (eve
 runs its own streams), and evolution's case is that its steps are cheap forward passes.
 """
 
-import ml_collections
+from learned_rules import config as config_lib
+from learned_rules import configs
 
-from experiments.configs import remember
+from learned_rules.configs import remember
 
 
 def _estimator(kind, window, num_steps, learning_rate=3e-3, batch=16, population=0, std=0.0):
-  cfg = ml_collections.ConfigDict()
+  cfg = config_lib.ConfigDict()
   cfg.kind = kind  # truncated | open_es | pes
   cfg.window = window  # W (truncated, pes); open_es runs whole episodes
   cfg.num_steps = num_steps  # meta steps (generations for ES)
@@ -38,8 +39,8 @@ def _estimator(kind, window, num_steps, learning_rate=3e-3, batch=16, population
   return cfg
 
 
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict()
+def get_config(variant: str = "") -> config_lib.ConfigDict:
+  cfg = config_lib.ConfigDict()
   cfg.seeds = (0, 1, 2)
   cfg.base = remember.get_config("streaming")  # network, rule and task; its train block is unused
   cfg.base.baseline_synapses_off = False
@@ -48,15 +49,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.eval_points = 10  # evaluations per run, evenly spaced in meta steps (plus one before training)
   cfg.clip_norm = 1.0
   cfg.estimators = "truncated_8,truncated_24,full,open_es,pes_24"
-  cfg.estimator = ml_collections.ConfigDict()
+  cfg.estimator = config_lib.ConfigDict()
   # Equal simulated steps for back-propagation: 200 x 16 x 96 = 800 x 16 x 24 = 2400 x 16 x 8.
   cfg.estimator["truncated_8"] = _estimator("truncated", 8, 2400)
   cfg.estimator["truncated_24"] = _estimator("truncated", 24, 800)
   cfg.estimator["full"] = _estimator("truncated", 96, 200)
   cfg.estimator["open_es"] = _estimator("open_es", 96, 300, 1e-2, batch=4, population=16, std=0.01)
   cfg.estimator["pes_24"] = _estimator("pes", 24, 1200, 1e-2, batch=4, population=16, std=0.01)
-  for name in filter(None, variant.split(",")):
-    apply_variant(cfg, name)
+  configs.apply_variants(cfg, variant, VARIANTS)
   return cfg
 
 
@@ -83,16 +83,11 @@ def _tiny(cfg):
   cfg.eval_streams = 4
   cfg.eval_points = 2
   cfg.estimators = "truncated_8,full,open_es,pes_8"
-  cfg.estimator = ml_collections.ConfigDict()
+  cfg.estimator = config_lib.ConfigDict()
   cfg.estimator["truncated_8"] = _estimator("truncated", 8, 4, batch=2)
   cfg.estimator["full"] = _estimator("truncated", 16, 2, batch=2)
   cfg.estimator["open_es"] = _estimator("open_es", 16, 2, 1e-2, batch=2, population=4, std=0.01)
   cfg.estimator["pes_8"] = _estimator("pes", 8, 4, 1e-2, batch=2, population=4, std=0.01)
 
 
-def apply_variant(cfg: ml_collections.ConfigDict, name: str) -> None:
-  """Applies variant `name` (`tiny`, `quick`) to a study config in place."""
-  _VARIANTS[name](cfg)
-
-
-_VARIANTS = {"quick": _quick, "tiny": _tiny}
+VARIANTS = {"quick": _quick, "tiny": _tiny}

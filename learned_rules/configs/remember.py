@@ -4,10 +4,10 @@ Default: `hetero` on a `full` network of 64 neurons (16 input, 16 output, 32 hid
 then the same network meta-trained with synapse updates off, on CPU in a few minutes:
 
   python -m experiments.remember
-  python -m experiments.remember --config=experiments/configs/remember.py:tiny --workdir=/tmp/tiny
-  python -m experiments.remember --config=experiments/configs/remember.py:auto \
+  python -m experiments.remember --config=learned_rules/configs/remember.py:tiny --workdir=/tmp/tiny
+  python -m experiments.remember --config=learned_rules/configs/remember.py:auto \
       --config.task.cue_corruption=0.25
-  python -m experiments.remember --config=experiments/configs/remember.py:streaming
+  python -m experiments.remember --config=learned_rules/configs/remember.py:streaming
 
 Variants (`:name`, combinable with `,`, e.g. `:tiny,auto`): `tiny` (seconds, for tests), `auto`
 (completion from a corrupted cue), `streaming` (never-reset stream, truncated windows), `layered`,
@@ -17,17 +17,18 @@ activation-only control that can route: synapse updates off, every synapse's fix
 meta-trained; no learned rule, and no synapses-off twin run: it is a synapses-off network itself).
 """
 
-import ml_collections
+from learned_rules import config as config_lib
+from learned_rules import configs
 
 
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict()
+def get_config(variant: str = "") -> config_lib.ConfigDict:
+  cfg = config_lib.ConfigDict()
   cfg.seed = 0
   # Also meta-train the same network with synapse updates off (its own run, same budget) and
   # report both: the learned rule stores snippets in synapses only if it beats that run.
   cfg.baseline_synapses_off = True
 
-  cfg.net = ml_collections.ConfigDict()
+  cfg.net = config_lib.ConfigDict()
   cfg.net.topology = "full"  # full | layered | layered_feedback | sparse
   cfg.net.num_inputs = 16  # key (and auto pattern) width
   cfg.net.num_outputs = 16  # value width
@@ -43,7 +44,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.net.trained_synapses = False
   cfg.net.init_noise = 0.1  # std of the noise added to the learned initial states
 
-  cfg.rule = ml_collections.ConfigDict()
+  cfg.rule = config_lib.ConfigDict()
   cfg.rule.body_dim = 8  # Db
   cfg.rule.synapse_dim = 4  # Ds
   cfg.rule.act_dim = 4  # Da
@@ -55,7 +56,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.rule.init_rate = 0.12
   cfg.rule.fast_synapse = True  # split-first-layer synapse update (same numbers, faster)
 
-  cfg.task = ml_collections.ConfigDict()
+  cfg.task = config_lib.ConfigDict()
   cfg.task.protocol = "hetero"  # hetero | auto | streaming
   cfg.task.num_snippets = 8  # K
   cfg.task.present_steps = 2  # P
@@ -72,7 +73,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.task.score_reachable = True  # score only the query steps from which the key can reach the outputs
   cfg.task.hold_for_latency = False  # show each key L steps before its value, so the value meets it
 
-  cfg.train = ml_collections.ConfigDict()
+  cfg.train = config_lib.ConfigDict()
   cfg.train.batch_size = 16
   cfg.train.num_steps = 250
   cfg.train.learning_rate = 3e-3
@@ -88,16 +89,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   # The device mesh (learned_rules/sharding.py): `batch` devices split the episodes of a meta step
   # (0: every device that `neurons` leaves), `neurons` devices split each network's synapses.
-  cfg.mesh = ml_collections.ConfigDict()
+  cfg.mesh = config_lib.ConfigDict()
   cfg.mesh.batch = 0
   cfg.mesh.neurons = 1
 
-  cfg.eval = ml_collections.ConfigDict()
+  cfg.eval = config_lib.ConfigDict()
   cfg.eval.num_episodes = 512
   cfg.eval.k_values = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32)
 
-  for name in filter(None, variant.split(",")):
-    _VARIANTS[name](cfg)
+  configs.apply_variants(cfg, variant, VARIANTS)
   return cfg
 
 
@@ -150,7 +150,7 @@ def _topology(name):
   return apply
 
 
-_VARIANTS = {
+VARIANTS = {
   "tiny": _tiny,
   "auto": _auto,
   "streaming": _streaming,

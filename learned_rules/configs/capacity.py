@@ -2,7 +2,7 @@ r"""Capacity studies: what a learned rule remembers, on which network, against w
 
   python -m experiments.capacity                                  # every study, full length
   python -m experiments.capacity --quick                          # every figure, at most 30 min on 2 cores
-  python -m experiments.capacity --config=experiments/configs/capacity.py:tiny --workdir=/tmp/cap
+  python -m experiments.capacity --config=learned_rules/configs/capacity.py:tiny --workdir=/tmp/cap
   python -m experiments.capacity --config.studies=networks,size   # a subset
 
 Every study evaluates on held-out episodes, and every baseline of a study sees the very same episodes
@@ -30,9 +30,10 @@ extra, unscored query steps, so that their scored steps can see the key (`_reach
 `tiny` (seconds, for tests), `quick`.
 """
 
-import ml_collections
+from learned_rules import config as config_lib
+from learned_rules import configs
 
-from experiments.configs import remember
+from learned_rules.configs import remember
 
 STUDIES = ("networks", "auto", "size", "difficulty")
 
@@ -66,8 +67,8 @@ AXES = {
 }
 
 
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict()
+def get_config(variant: str = "") -> config_lib.ConfigDict:
+  cfg = config_lib.ConfigDict()
   cfg.studies = ",".join(STUDIES)
   cfg.base = remember.get_config("")
   cfg.base.baseline_synapses_off = False  # the study trains its own synapses-off rule
@@ -79,13 +80,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cfg.num_episodes = 256
   cfg.auto_cue_corruption = 0.25  # as `remember.py:auto`
 
-  cfg.size = ml_collections.ConfigDict()
+  cfg.size = config_lib.ConfigDict()
   cfg.size.sizes = (32, 64, 128, 256)
   cfg.size.k_multiples = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5)  # K = multiple x key width, at least 1
   cfg.size.episode_synapse_budget = 256 * 4032  # episodes at N: this / synapses(N), at most num_episodes
   cfg.size.baselines = "key_blind,hebbian,pseudo_inverse"
 
-  cfg.difficulty = ml_collections.ConfigDict()
+  cfg.difficulty = config_lib.ConfigDict()
   cfg.difficulty.axes = ",".join(AXES)
   cfg.difficulty.k_values = (2, 4, 8, 12, 16)
   cfg.difficulty.width = (8, 16, 24)
@@ -98,7 +99,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # `recurrent` and `recurrent_state`: one training run on the mixture of the study's K (step s on K =
   # k_values[s % len(k_values)]), for every learning rate of the grid; the rate whose run recalls best on
   # `tune_episodes` tuning episodes (mean bit accuracy over K) is kept, with `num_seeds` seeds in all.
-  cfg.recurrent = ml_collections.ConfigDict()
+  cfg.recurrent = config_lib.ConfigDict()
   cfg.recurrent.cell = "gru"  # gru | lstm
   cfg.recurrent.num_steps = 5000  # per run, over all K
   cfg.recurrent.batch_size = 16
@@ -110,19 +111,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # CPU cores, 16,640 units would take ~7 minutes a step (and ~17 GB for parameters, gradients and Adam);
   # 160 keeps the full study's recurrent training (2 tasks x 2 sizes x 5 runs) within about 25 minutes.
   cfg.recurrent.state_hidden_cap = 160
-  cfg.online_backprop = ml_collections.ConfigDict()
+  cfg.online_backprop = config_lib.ConfigDict()
   cfg.online_backprop.hidden = 32  # as the base network's hidden neurons
   cfg.online_backprop.step_sizes = (0.003, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0)
   cfg.online_backprop.tune_episodes = 128
 
-  for name in filter(None, variant.split(",")):
-    apply_variant(cfg, name)
+  configs.apply_variants(cfg, variant, VARIANTS)
   return cfg
-
-
-def apply_variant(cfg: ml_collections.ConfigDict, name: str) -> None:
-  """Applies variant `name` (`tiny`, `quick`) to a study config in place."""
-  _VARIANTS[name](cfg)
 
 
 def _tiny(cfg):
@@ -159,4 +154,4 @@ def _quick(cfg):
   cfg.online_backprop.tune_episodes = 64
 
 
-_VARIANTS = {"tiny": _tiny, "quick": _quick}
+VARIANTS = {"tiny": _tiny, "quick": _quick}
