@@ -801,7 +801,7 @@ def run(
     "mode": "tiny" if tiny else "quick" if quick else "full",
     "device": jax.devices()[0].device_kind,
     "jax_version": jax.__version__,
-    "chunk_synapses": rules.CHUNK_SYNAPSES,
+    "chunk_synapses": rules.RuleSpec.chunk_synapses,
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "cpu_count": os.cpu_count(),
     "compile_threads": settings.compile_threads,

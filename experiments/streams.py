@@ -42,11 +42,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from experiments import figures, flagutil  # noqa: E402
+from experiments import flagutil  # noqa: E402
 from learned_rules import config as config_lib  # noqa: E402
 from learned_rules import evaluation as evaluate_lib  # noqa: E402
+from learned_rules import figures, pretrained, streaming  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
-from learned_rules import pretrained, streaming  # noqa: E402
 
 _RULE = flagutil.define(
   flags.DEFINE_string, "rule", "runs/streaming", "A streaming rule: a run directory or a saved rule."

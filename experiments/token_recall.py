@@ -47,8 +47,17 @@ import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import figures, flagutil  # noqa: E402
-from learned_rules import PlasticMemory, load_rule, meta_train, network, pretrained, rules, trained_baselines  # noqa: E402
+from learned_rules import (  # noqa: E402  # noqa: E402
+  PlasticMemory,
+  figures,
+  flagutil,
+  load_rule,
+  meta_train,
+  network,
+  pretrained,
+  rules,
+  trained_baselines,
+)
 from learned_rules import config as config_lib  # noqa: E402
 from learned_rules import metrics as metrics_lib  # noqa: E402
 from learned_rules.config import ConfigError  # noqa: E402

@@ -258,6 +258,7 @@ def rule_spec(cfg, topo: network.Topology) -> rules.RuleSpec:
     message_norm=r.message_norm,
     init_decay=r.init_decay,
     init_rate=r.init_rate,
+    fast_synapse=bool(r.fast_synapse),
   )
 
 

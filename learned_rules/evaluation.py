@@ -74,7 +74,7 @@ def readouts_for(theta, topo, problem: unroll.Problem, states: network.NetState,
 
   def body(t, carry):
     state, readout = carry
-    state, out = step(theta, topo, problem.rule, state, xs[:, t], problem.fast_synapse)
+    state, out = step(theta, topo, problem.rule, state, xs[:, t])
     return state, readout.at[:, t].set(out.readout)
 
   readout = jnp.zeros((*xs.shape[:2], topo.n_out), xs.dtype)
@@ -151,7 +151,7 @@ def _state_bounds(theta, topo, key, problem: unroll.Problem, batch: int, horizon
 
   def body(carry, x):
     state, max_body, max_synapse = carry
-    state, _ = step(theta, topo, problem.rule, state, x, problem.fast_synapse)
+    state, _ = step(theta, topo, problem.rule, state, x)
     body_now, synapse_now = network.max_abs_state(state)
     # jnp.fmax would skip a NaN; jnp.maximum keeps it, so a state that blew up reports NaN.
     return (state, jnp.maximum(max_body, body_now), jnp.maximum(max_synapse, synapse_now)), None
@@ -193,7 +193,6 @@ def problem_from_config(cfg, topo: network.Topology, num_snippets: int | None = 
     task=config_lib.task_spec(cfg, topo, num_snippets),
     init_noise=float(cfg.net.init_noise),
     loss=cfg.train.loss,
-    fast_synapse=bool(cfg.rule.fast_synapse),
     remat=cfg.train.remat,
   )
 

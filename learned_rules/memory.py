@@ -52,7 +52,6 @@ class PlasticMemory(nn.Module):
     trainable: keep theta in `params` (trained with the host) instead of the frozen `rule` collection.
     present_steps, delay_steps, query_steps: the storage and recall protocol (see the module doc).
     init_noise: std of the noise on the learned initial states of a fresh memory.
-    fast_synapse: the split-first-layer synapse update (same numbers, faster).
   """
 
   topology: network.Topology
@@ -63,7 +62,6 @@ class PlasticMemory(nn.Module):
   delay_steps: int = 2
   query_steps: int = 2
   init_noise: float = 0.1
-  fast_synapse: bool = True
 
   @classmethod
   def from_rule(cls, rule, trainable: bool = False, **overrides) -> PlasticMemory:
@@ -78,7 +76,6 @@ class PlasticMemory(nn.Module):
       delay_steps=int(cfg.task.delay_steps),
       query_steps=int(cfg.task.query_steps),
       init_noise=float(cfg.net.init_noise),
-      fast_synapse=bool(cfg.rule.fast_synapse),
     )
     return cls(**{**fields, **overrides})
 
@@ -138,7 +135,7 @@ class PlasticMemory(nn.Module):
 
     def one(state, inputs):
       def body(s, x):
-        s, out = network.network_step(theta, self.topology, self.spec, s, x, self.fast_synapse)
+        s, out = network.network_step(theta, self.topology, self.spec, s, x)
         return s, out.readout
 
       return jax.lax.scan(body, state, inputs)

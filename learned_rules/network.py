@@ -417,22 +417,25 @@ def update_synapses(
   synapses: Sequence[jax.Array],
   act: jax.Array,
   emb: jax.Array,
-  fast_synapse: bool = True,
+  spec: rules.RuleSpec,
 ) -> tuple:
   """Applies `synapse_update` to every synapse of every block; absent synapses keep their value.
 
   Args:
     act: `[N, Da]` activations after the body update; emb: `[N, E]` type embeddings.
-    fast_synapse: the split-first-layer block form (`rules.synapse_update_block`) or, if False, the
-      per-synapse function vmapped over every pair (same numbers, slower; for tests and reading).
+    spec: `spec.fast_synapse` chooses the split-first-layer block form (`rules.synapse_update_block`,
+      in chunks of `spec.chunk_synapses`) or, if False, the per-synapse function vmapped over every
+      pair (same numbers, slower; for tests and reading).
   """
   out = []
   for b, (block, syn) in enumerate(zip(topo.blocks, synapses, strict=True)):
     act_post, emb_post = act[block.post], emb[block.post]
-    if fast_synapse:
+    if spec.fast_synapse:
       index = topo.block_pre_index[b]
       act_pre, emb_pre = (act, emb) if block.fan_in_list else (act[block.pre], emb[block.pre])
-      new = rules.synapse_update_block(theta, syn, act_post, emb_post, act_pre, emb_pre, index)
+      new = rules.synapse_update_block(
+        theta, syn, act_post, emb_post, act_pre, emb_pre, index, spec.chunk_synapses
+      )
     else:
       act_pre, emb_pre = _block_pre(topo, b, act), _block_pre(topo, b, emb)
       new = _per_synapse_update(theta, syn, act_post, emb_post, act_pre, emb_pre)
@@ -447,14 +450,12 @@ def network_step(
   spec: rules.RuleSpec,
   net_state: NetState,
   x: jax.Array,
-  fast_synapse: bool = True,
 ) -> tuple[NetState, StepOutput]:
   """One time step of the whole network (docs/DESIGN.md, "The model", steps 1-5).
 
   Args:
     net_state: bodies `[N, Db]`, synapses one array per block of `topo`.
     x: `[N]` external input of this step (0 where a neuron receives none).
-    fast_synapse: use the split-first-layer form of the synapse update (same numbers).
 
   Returns:
     The new state and the output neurons' readouts `[n_out]`.
@@ -470,7 +471,7 @@ def network_step(
   syn = net_state.synapses
   if topo.synapse_updates:
     new_act = checkpoint_name(act_fn(theta, bodies, x, spec), rules.NEURON_VALUES)
-    syn = update_synapses(theta, topo, syn, new_act, emb, fast_synapse)
+    syn = update_synapses(theta, topo, syn, new_act, emb, spec)
   out_bodies = bodies[topo.n_in : topo.n_in + topo.n_out]
   y = jax.vmap(rules.readout, in_axes=(None, 0))(theta, out_bodies)
   return NetState(bodies=bodies, synapses=syn), StepOutput(readout=y)

@@ -128,7 +128,7 @@ def _record(theta, topo: network.Topology, problem: unroll.Problem, key: jax.Arr
   def one_step(state: network.NetState, x: jax.Array):
     act = jax.vmap(rules.activation, in_axes=(None, 0, 0, None))(theta, state.bodies, x, spec)
     msg = network.block_messages(topo, state.synapses, act, spec.message_norm)
-    new, _ = network.network_step(theta, topo, spec, state, x, problem.fast_synapse)
+    new, _ = network.network_step(theta, topo, spec, state, x)
     dense = lambda s: network.dense_synapses(topo, s.synapses)  # noqa: E731
     return new, (state.bodies, msg, x, dense(state), dense(new))
 

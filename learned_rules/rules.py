@@ -41,6 +41,10 @@ class RuleSpec:
   message_norm: str = "sqrt"  # summed message divided by sqrt(fan-in), fan-in ("mean") or 1 ("sum")
   init_decay: float = 0.95  # sigmoid(lambda) at initialisation
   init_rate: float = 0.12  # sigmoid(eta) at initialisation
+  # Implementation switches: the same numbers either way (tests/test_rules.py, test_network.py).
+  fast_synapse: bool = True  # split-first-layer block form of the synapse update, not a per-pair vmap
+  # Synapses per chunk of `synapse_update_block` per network (0: whole blocks); docs/PERFORMANCE.md.
+  chunk_synapses: int = 16384
 
   @property
   def msg_dim(self) -> int:
@@ -276,7 +280,7 @@ def synapse_update_block(
     pre_index: optional `[P, Q]` int, the pre neuron of each synapse (fan-in lists of a sparse block).
     chunk_synapses: update the block in chunks of post neurons of at most this many synapses, one
       chunk after another (same numbers; faster on CPU, where a chunk's hidden layer stays in cache);
-      0 for the whole block at once. Default `CHUNK_SYNAPSES`.
+      0 for the whole block at once. Default `RuleSpec.chunk_synapses`.
 
   Returns:
     `[P, Q, Ds]` new synapse states (masking absent synapses is the caller's job).
@@ -298,7 +302,7 @@ def synapse_update_block(
     jax.nn.sigmoid(p["decay_logit"]),
     jax.nn.sigmoid(p["rate_logit"]),
   )
-  chunk_synapses = CHUNK_SYNAPSES if chunk_synapses is None else chunk_synapses
+  chunk_synapses = RuleSpec.chunk_synapses if chunk_synapses is None else chunk_synapses
   rows = _chunk_rows(syn.shape[0], syn.shape[1], chunk_synapses)
   if rows == syn.shape[0]:
     return _block_core(syn, post, pre, post_bi, act_pre, *weights)
@@ -316,11 +320,6 @@ def synapse_update_block(
   split = [x.reshape(x.shape[0] // rows, rows, *x.shape[1:]) for x in per_post]
   out = jax.lax.map(chunk, tuple(split))
   return out.reshape(syn.shape)
-
-
-# Default synapses per chunk of `synapse_update_block` (per network: a vmapped batch multiplies it);
-# measured in docs/PERFORMANCE.md.
-CHUNK_SYNAPSES = 16384
 
 
 def _chunk_rows(num_post: int, num_pre: int, chunk_synapses: int) -> int:

@@ -80,7 +80,7 @@ def _run_window(theta, topo, problem: unroll.Problem, states: network.NetState, 
   step = jax.vmap(network.network_step, in_axes=(None, None, None, 0, 0, None))
 
   def body(state, x):
-    state, out = step(theta, topo, problem.rule, state, x, problem.fast_synapse)
+    state, out = step(theta, topo, problem.rule, state, x)
     return state, (out.readout, *network.max_abs_state(state))
 
   states, (readout, max_body, max_syn) = jax.lax.scan(body, states, jnp.swapaxes(xs, 0, 1))

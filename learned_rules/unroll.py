@@ -35,7 +35,6 @@ class Problem:
   task: tasks.TaskSpec
   init_noise: float = 0.1
   loss: str = "mse"
-  fast_synapse: bool = True  # split-first-layer synapse update (same numbers, faster)
   remat: str = DEFAULT_REMAT  # what the meta-gradient stores per step; one of REMAT_POLICIES
   # The device mesh the batch and the synapses are split over (`sharding.py`), or None: no sharding
   # constraints (one device, or whatever the inputs' shardings give).
@@ -74,7 +73,7 @@ def unroll(
   """
 
   def body(state, x):
-    state, out = network.network_step(theta, topo, problem.rule, state, x, problem.fast_synapse)
+    state, out = network.network_step(theta, topo, problem.rule, state, x)
     # Under `_batched_unroll`'s vmap the batch axis is added to these specs (`spmd_axis_name`).
     return sharding.constrain_net_state(state, problem.mesh, batched=False), out.readout
 

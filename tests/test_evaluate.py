@@ -32,7 +32,7 @@ def test_problem_from_config(make_cfg):
   cfg.rule.fast_synapse = False
   cfg.train.remat = "nested"
   topo, problem, _ = meta_train.setup(cfg)
-  assert problem.loss == "logistic" and problem.fast_synapse is False and problem.remat == "nested"
+  assert problem.loss == "logistic" and problem.rule.fast_synapse is False and problem.remat == "nested"
   assert problem.init_noise == cfg.net.init_noise
   assert problem.rule.num_types == topo.num_types
   swept = evaluation.problem_from_config(cfg, topo, num_snippets=3)

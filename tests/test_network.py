@@ -19,7 +19,7 @@ N_IN, N_OUT, N_HIDDEN = 3, 2, 4  # the sizes of conftest's `full_topo`
 
 
 def _eager_step(theta, topo, spec, state, x, fast=True):
-  return network.network_step(theta, topo, spec, state, x, fast)
+  return network.network_step(theta, topo, dataclasses.replace(spec, fast_synapse=fast), state, x)
 
 
 # Jitted once per topology structure and shape: compiling a step costs less than running it eagerly.

@@ -16,7 +16,7 @@ from learned_rules import (
   RuleLoadError,
   available_rules,
   checkpointing,
-  evaluate,
+  evaluation,
   load_rule,
   meta_train,
   pretrained,
@@ -37,8 +37,8 @@ def trained(tmp_path_factory):
 
 def _trainer_metrics(rule):
   cfg = rule.config
-  return evaluate.evaluate(
-    rule.theta, rule.topology, rule.problem(), evaluate.eval_key(cfg.seed), cfg.eval.num_episodes
+  return evaluation.evaluate(
+    rule.theta, rule.topology, rule.problem(), evaluation.eval_key(cfg.seed), cfg.eval.num_episodes
   )
 
 
@@ -71,13 +71,13 @@ def test_shipped_rule_reproduces_its_recorded_recall():
   rule = load_rule("hetero")
   assert rule.config.task.protocol == "hetero" and rule.meta_steps > 0
   record = next(r for r in rule.info["recall_vs_k"] if r["K"] == 8)
-  got = evaluate.recall_vs_k(
+  got = evaluation.recall_vs_k(
     rule.theta,
     rule.topology,
     rule.config,
     [8],
     rule.info["held_out_episodes"],
-    evaluate.eval_key(rule.config.seed),
+    evaluation.eval_key(rule.config.seed),
   )[0]
   assert got["bit_accuracy"] == pytest.approx(record["bit_accuracy"], abs=1e-6)
   assert record["bit_accuracy"] > 0.95  # what the docs report for it

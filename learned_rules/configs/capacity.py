@@ -32,7 +32,6 @@ extra, unscored query steps, so that their scored steps can see the key (`_reach
 
 from learned_rules import config as config_lib
 from learned_rules import configs
-
 from learned_rules.configs import remember
 
 STUDIES = ("networks", "auto", "size", "difficulty")

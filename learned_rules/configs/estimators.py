@@ -23,7 +23,6 @@ runs its own streams), and evolution's case is that its steps are cheap forward 
 
 from learned_rules import config as config_lib
 from learned_rules import configs
-
 from learned_rules.configs import remember
 
 

@@ -74,5 +74,3 @@ def _quick(cfg):
 
 
 VARIANTS = {"tiny": _tiny, "quick": _quick}
-
-
