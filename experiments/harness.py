@@ -105,7 +105,7 @@ def _define(config: str | None, workdir_help: str, extra: dict, distributed: boo
 def _parse(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag (or config, or variant) one `error:` line and exit 2."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(_packaged(argv))
   except flags.Error as e:
     message = str(e)
     if "Traceback" in message:  # ml_collections wraps an error of the config file in its traceback
@@ -119,15 +119,31 @@ def _config(config: str | None):
   """The parsed config, with `--quick` applied as a variant under the command line's overrides."""
   if config is None:
     return None
-  filename = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+  filename = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
   if not os.path.isfile(filename):
-    raise UsageError(f"--config: no config file {filename!r}")
+    raise UsageError(
+      f"--config: no config file {filename!r}, nor a config of that name in learned_rules/configs"
+    )
   cfg = flags.FLAGS.config
   if "quick" in flags.FLAGS and flags.FLAGS.quick:
     cfg = config_lib.with_overrides(cfg, {})
     configs.apply_variants(cfg, "quick", _variants_of(filename))
     cfg = config_lib.with_overrides(cfg, config_flags.get_override_values(flags.FLAGS["config"]))
   return cfg
+
+
+def _packaged(argv: list[str]) -> list[str]:
+  """`argv` with a `--config` file that does not exist here (`learned_rules/configs/x.py:v` given from
+  another folder, or just `x:v`) replaced by the package's own config of that name, if it has one."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--config="):
+      path, sep, variant = arg[len("--config=") :].partition(":")
+      stem = os.path.splitext(os.path.basename(path))[0]
+      if not os.path.isfile(path) and os.path.isfile(configs.path(stem)):
+        arg = f"--config={configs.path(stem)}{sep}{variant}"
+    out.append(arg)
+  return out
 
 
 def exit_status(error: BaseException) -> int | None:

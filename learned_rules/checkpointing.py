@@ -46,6 +46,12 @@ OPTIONAL_FIELDS = {
   "net.trained_synapses": False,
   "task.score_reachable": True,
   "task.hold_for_latency": False,
+  "train.estimator.kind": "truncated",
+  "train.estimator.window": 0,
+  "train.estimator.horizon": 0,
+  "train.estimator.population": 0,
+  "train.estimator.std": 0.0,
+  "train.mixture": [],
 }
 
 # Libraries whose versions every run records (`environment`); a resumed run warns when they changed.

@@ -7,12 +7,13 @@ the dotted name of the offending field, so a typo costs one line of output, not 
 
 from __future__ import annotations
 
+import ast
 import math
 import numbers
 
 import ml_collections
 
-from learned_rules import checkpointing, network, rules, tasks, unroll
+from learned_rules import checkpointing, gradient_estimators, network, rules, tasks, unroll
 
 ConfigDict = ml_collections.ConfigDict  # the experiment configs (learned_rules/configs/) are these
 
@@ -204,10 +205,84 @@ def _validate_train(cfg) -> None:
   _int_sequence(cfg, "eval.k_values", allow_empty=False)
 
 
+def from_dict(saved: dict) -> ml_collections.ConfigDict:
+  """The config of a plain dict (one saved beside a checkpoint or a rule, `config_to_dict`)."""
+  return ml_collections.ConfigDict(saved)
+
+
+def estimator_spec(cfg) -> gradient_estimators.EstimatorSpec:
+  """`train.estimator`, the meta-gradient estimator (optional: without it, `truncated` with the task's
+  own window, as every run before it existed)."""
+  if "estimator" not in _get(cfg, "train"):
+    return gradient_estimators.EstimatorSpec()
+  kind = _choice(cfg, "train.estimator.kind", gradient_estimators.KINDS)
+  return gradient_estimators.EstimatorSpec(
+    kind=kind,
+    window=_int(cfg, "train.estimator.window", 0),
+    horizon=_int(cfg, "train.estimator.horizon", 0),
+    population=_int(cfg, "train.estimator.population", 0),
+    std=_float(cfg, "train.estimator.std", 0.0, float("inf")),
+  )
+
+
+def mixture(cfg) -> list[ml_collections.ConfigDict]:
+  """The configs of the problems one meta step trains on: `train.mixture`, a sequence of members, each
+  a comma-separated list of `field=value` overrides of the config (`"net.num_hidden=96,
+  task.num_snippets=16"`; `""` is the config itself); empty (or absent): the config's one problem.
+  Every member is validated, and they must share the rule (its sizes and neuron types), which they
+  train together."""
+  train = _get(cfg, "train")
+  members = train["mixture"] if "mixture" in train else ()
+  if isinstance(members, str):
+    members = (members,)
+  if not isinstance(members, (list, tuple)) or not all(isinstance(m, str) for m in members):
+    raise ConfigError("train.mixture", f"must be a sequence of 'field=value,...' strings, got {members!r}")
+  if not members:
+    return [cfg]
+  if trained_synapses(cfg):
+    raise ConfigError("train.mixture", "net.trained_synapses trains one network's weights: no mixture")
+  out = []
+  for i, member in enumerate(members):
+    one = _member(cfg, member, i)
+    if out and rule_spec(one, network.make_topology(one.net)) != rule_spec(
+      out[0], network.make_topology(out[0].net)
+    ):
+      raise ConfigError(
+        "train.mixture", f"member {i}: every member must share the rule (rule.*, neuron types)"
+      )
+    out.append(one)
+  return out
+
+
+def _member(cfg, member: str, i: int) -> ml_collections.ConfigDict:
+  """Member `i` of `train.mixture`: `cfg` with the member's overrides, validated."""
+  overrides = {}
+  for part in filter(str.strip, member.split(",")):
+    name, sep, raw = part.partition("=")
+    name = name.strip()
+    if not sep or not name:
+      raise ConfigError("train.mixture", f"member {i}: {part!r} is not field=value")
+    if not name.startswith(("net.", "rule.", "task.")) and name != "train.batch_size":
+      raise ConfigError("train.mixture", f"member {i}: {name}: only net, rule, task and train.batch_size")
+    try:
+      _get(cfg, name)  # an unknown field is refused, not added
+      overrides[name] = ast.literal_eval(raw.strip())
+    except ConfigError:
+      raise ConfigError("train.mixture", f"member {i}: {name}: no such field") from None
+    except (ValueError, SyntaxError):
+      overrides[name] = raw.strip()  # a bare word: a string
+  one = with_overrides(cfg, {**overrides, "train.mixture": ()})
+  try:
+    validate(one)
+  except ConfigError as e:
+    raise ConfigError("train.mixture", f"member {i}: {e}") from None
+  return one
+
+
 def with_overrides(cfg, overrides: dict) -> ml_collections.ConfigDict:
   """A copy of `cfg` with the dotted fields of `overrides` set (`{"net.topology": "sparse"}`); `cfg`
   itself is left alone."""
-  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  cfg = ml_collections.ConfigDict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
   for field, value in overrides.items():
     *parents, leaf = field.split(".")
     node = cfg
@@ -243,6 +318,8 @@ def validate(cfg) -> None:
   _validate_latency(cfg)
   _validate_train(cfg)
   mesh_shape(cfg)
+  estimator_spec(cfg)
+  mixture(cfg)
 
 
 def rule_spec(cfg, topo: network.Topology) -> rules.RuleSpec:

@@ -70,15 +70,8 @@ def readouts_for(theta, topo, problem: unroll.Problem, states: network.NetState,
   """Readouts `[B, T, n_out]` of networks in `states` (`[B, ...]`) run on inputs `xs` `[B, T, N]` for
   their first `length` steps only (a traced trip count: a padded episode costs its own steps, and
   another length no compilation); the readouts of later steps are 0."""
-  step = jax.vmap(network.network_step, in_axes=(None, None, None, 0, 0, None))
-
-  def body(t, carry):
-    state, readout = carry
-    state, out = step(theta, topo, problem.rule, state, xs[:, t])
-    return state, readout.at[:, t].set(out.readout)
-
-  readout = jnp.zeros((*xs.shape[:2], topo.n_out), xs.dtype)
-  return jax.lax.fori_loop(0, length, body, (states, readout))[1]
+  run = functools.partial(unroll.unroll, theta, topo, problem, length=length)
+  return jax.vmap(run)(states, xs)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("problem",))
@@ -147,18 +140,14 @@ def _state_bounds(theta, topo, key, problem: unroll.Problem, batch: int, horizon
   k_x, k_state = jax.random.split(key)
   xs = _long_inputs(k_x, problem, batch, horizon)
   states = unroll.init_batch_states(theta, topo, problem, k_state, batch)
-  step = jax.vmap(network.network_step, in_axes=(None, None, None, 0, 0, None))
-
-  def body(carry, x):
-    state, max_body, max_synapse = carry
-    state, _ = step(theta, topo, problem.rule, state, x)
-    body_now, synapse_now = network.max_abs_state(state)
-    # jnp.fmax would skip a NaN; jnp.maximum keeps it, so a state that blew up reports NaN.
-    return (state, jnp.maximum(max_body, body_now), jnp.maximum(max_synapse, synapse_now)), None
-
-  start = (states, *network.max_abs_state(states))
-  (_, max_body, max_synapse), _ = jax.lax.scan(body, start, jnp.moveaxis(xs, 1, 0))
-  return {"max_abs_body": max_body, "max_abs_synapse": max_synapse}
+  run = functools.partial(unroll.unroll, theta, topo, problem, record=unroll.state_bounds)
+  _, (_, max_body, max_synapse) = jax.vmap(run)(states, xs)  # [B, T] each
+  start_body, start_synapse = network.max_abs_state(states)
+  # jnp.max and jnp.maximum keep a NaN (jnp.fmax would skip it), so a state that blew up reports NaN.
+  return {
+    "max_abs_body": jnp.maximum(start_body, jnp.max(max_body)),
+    "max_abs_synapse": jnp.maximum(start_synapse, jnp.max(max_synapse)),
+  }
 
 
 def state_bounds(

@@ -1,78 +1,89 @@
-"""Meta-gradient estimators for the streaming task: truncated and full back-propagation, and evolution.
+"""Meta-gradient estimators: every way of turning a batch of experience into a gradient in `theta`.
 
-The problem every estimator solves is the same: an **episode** is a stream of `horizon` (T) steps of the
-`streaming` protocol (docs/DESIGN.md) run from a fresh network state; the meta-loss is the readout loss on
-its scored steps. The estimators differ in how they turn episodes into updates of `theta`:
+One small interface (learned_optimization's gradient estimator): `make_estimator(spec, problem, batch)`
+returns an `Estimator` of two pure functions,
 
-- `truncated`, window `W < T`: one meta step per window of `W` steps; the network state is carried to the
-  next window with its gradient stopped (`unroll.stream_objective`), and each stream restarts fresh after
-  `T / W` windows. The streams of a batch are staggered in their position within the episode (stream `b`
-  starts at window `b mod (T / W)`), so every meta step trains early and late windows alike
-  (learned_optimization's staggered truncations) instead of all streams starting fresh on the same step.
-- `truncated` with `W = T` is **full back-propagation through the episode**: every meta step starts every
-  stream fresh and differentiates through all `T` steps, the initial states included.
-- `open_es`: OpenAI-ES (`evosax.algorithms.Open_ES`, antithetic) on the whole-episode loss, forward passes
-  only; every member of a generation runs the same streams.
-- `pes`: persistent ES (`evosax.algorithms.PersistentES`, Vicol et al. 2021), unbiased under truncation:
-  each population member carries its own network state across windows of `W` steps, its perturbations
-  accumulate until the episode of `T` steps ends, then every stream restarts fresh.
+  init(key, theta, topo) -> state                         what it carries between meta steps (or None)
+  grad(theta, topo, state, key) -> (grads, metrics, state) a meta-gradient from one batch, drawn from key
 
-Each estimator is a pair of pure functions made by `make_estimator`: `init(key, theta, topo)` and a jitted
-`step(state, topo) -> (state, metrics)`; `theta_of(state)` reads the current meta-parameters. evosax
-minimises its fitness, here the loss. Shapes: `B` streams per meta step, `P` population members.
+The learner (`learner.py`) applies the gradient with the optimizer and the non-finite guard; the loop
+(`meta_train.py`) owns checkpoints, resume, preemption, progress and metrics for every estimator. The
+kinds (`EstimatorSpec.kind`; docs/DESIGN.md, "Meta-training"):
+
+- `truncated`, on the episode protocols (`hetero`, `auto`): back-propagation through whole fresh episodes
+  (the window is the episode: full back-propagation through time).
+- `truncated`, on `streaming` with `horizon == 0`: never-reset streams, one meta step per window of the
+  task's `window` steps, the carried state cut from the gradient between windows.
+- `truncated`, on `streaming` with `horizon` T: streams restart fresh every T steps (an episode); one
+  meta step per window of W steps (`window`, dividing T); `W == T` is full back-propagation through the
+  episode, the initial states included. The streams of a batch are staggered in their position within
+  the episode (stream `b` starts at window `b mod (T / W)`), so every meta step trains early and late
+  windows alike (learned_optimization's staggered truncations).
+- `open_es`: OpenAI-ES with antithetic pairs on the loss of whole episodes (of `horizon` steps on
+  `streaming`), forward passes only; every member of a generation runs the same experience.
+- `pes`: persistent ES (Vicol et al. 2021) on `streaming`, unbiased under truncation: each member carries
+  its own network state across windows of W steps and its perturbations accumulate until the episode of
+  T steps ends, then every stream restarts fresh.
+
+Shapes: `B` streams (or episodes) per meta step, per member for the ES kinds; `P` population members.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import evosax.algorithms
 import flax
 import jax
 import jax.numpy as jnp
-import optax
+from jax.flatten_util import ravel_pytree
 
-from learned_rules import meta_train, network, rules, tasks, unroll
+from learned_rules import network, rules, tasks, unroll
 
 KINDS = ("truncated", "open_es", "pes")
 
 
 @dataclasses.dataclass(frozen=True)
 class EstimatorSpec:
-  """One estimator (hashable). `window` is W for `truncated` and `pes` (ignored by `open_es`, which
-  always runs the whole episode); `population` and `std` are for the two ES kinds only."""
+  """One estimator (hashable). `window` W: steps per meta step on `streaming` (0: the task's own);
+  `horizon` T: steps of a `streaming` episode, after which streams restart fresh (0: never; `open_es`
+  and `pes` need one); `population` and `std` for the ES kinds only."""
 
-  name: str
-  kind: str
-  window: int
-  learning_rate: float
-  batch: int  # B streams per meta step (per population member for the ES kinds)
+  kind: str = "truncated"
+  window: int = 0
+  horizon: int = 0
   population: int = 0
   std: float = 0.0
-  clip_norm: float = 1.0
 
-  def windows_per_episode(self, horizon: int) -> int:
-    return 1 if self.kind == "open_es" else horizon // self.window
+  def window_of(self, task: tasks.TaskSpec) -> int:
+    return self.window or (self.horizon if self.kind == "open_es" else task.window)
 
-  def stream_steps(self, horizon: int) -> int:
+  def stream_steps(self, task: tasks.TaskSpec, batch: int) -> int:
     """Network steps simulated by one meta step, over every stream and population member."""
-    steps = horizon if self.kind == "open_es" else self.window
-    return steps * self.batch * max(self.population, 1)
+    steps = self.horizon if self.kind == "open_es" else self.window_of(task)
+    return steps * batch * max(self.population, 1)
 
 
-def check(spec: EstimatorSpec, horizon: int) -> None:
-  """Raises ValueError naming the offending field if `spec` cannot run episodes of `horizon` steps."""
+def check(spec: EstimatorSpec, task: tasks.TaskSpec) -> None:
+  """Raises ValueError naming the offending field (`kind`, `window`, ...) if `spec` cannot train `task`."""
   if spec.kind not in KINDS:
-    raise ValueError(f"kind: unknown estimator {spec.kind!r}; one of {KINDS}")
-  if spec.kind != "open_es" and (spec.window < 1 or horizon % spec.window):
-    raise ValueError(f"window: {spec.window} must divide the horizon {horizon}")
+    raise ValueError(f"kind: unknown estimator {spec.kind!r}; one of {', '.join(KINDS)}")
+  streaming = task.protocol == "streaming"
+  if not streaming and (spec.kind == "pes" or spec.window or spec.horizon):
+    raise ValueError("kind: on episodes only `truncated` and `open_es` run, with no window or horizon")
+  if streaming and spec.kind != "truncated" and spec.horizon < 1:
+    raise ValueError(f"horizon: {spec.kind} needs episodes, a horizon >= 1")
+  if streaming and spec.horizon and spec.kind != "open_es" and spec.horizon % spec.window_of(task):
+    raise ValueError(f"window: {spec.window_of(task)} must divide the horizon {spec.horizon}")
   if spec.kind != "truncated" and (spec.population < 2 or spec.population % 2 or spec.std <= 0):
     raise ValueError("population: ES needs an even population >= 2 and std > 0")
-  if spec.batch < 1 or spec.learning_rate <= 0:
-    raise ValueError("batch, learning_rate: must be positive")
+
+
+class Estimator(NamedTuple):
+  spec: EstimatorSpec
+  init: Callable[[jax.Array, rules.Theta, network.Topology], Any]
+  grad: Callable[[rules.Theta, network.Topology, Any, jax.Array], tuple[rules.Theta, dict, Any]]
 
 
 @flax.struct.dataclass
@@ -82,13 +93,6 @@ class EpisodeCarry:
 
   streams: unroll.StreamCarry
   window: jax.Array
-
-
-class Estimator(NamedTuple):
-  spec: EstimatorSpec
-  init: Callable[[jax.Array, rules.Theta, network.Topology], Any]
-  step: Callable[[Any, network.Topology], tuple[Any, dict]]
-  theta_of: Callable[[Any], rules.Theta]
 
 
 def window_problem(problem: unroll.Problem, window: int) -> unroll.Problem:
@@ -144,126 +148,131 @@ def initial_episode_carry(theta, topo, problem: unroll.Problem, key: jax.Array, 
   return EpisodeCarry(fresh_streams(theta, topo, problem, key, batch, first * window), first)
 
 
-class TruncatedState(NamedTuple):
-  step: jax.Array
-  theta: rules.Theta
-  opt_state: optax.OptState
-  carry: EpisodeCarry
-  key: jax.Array
-
-
-def _make_truncated(spec: EstimatorSpec, problem: unroll.Problem, horizon: int) -> Estimator:
-  problem = window_problem(problem, spec.window)
-  optimizer = _optimizer(spec)
-
-  def init(key, theta, topo):
-    k_carry, k_steps = jax.random.split(key)
-    carry = initial_episode_carry(theta, topo, problem, k_carry, spec.batch, horizon)
-    return TruncatedState(jnp.zeros((), jnp.int32), theta, optimizer.init(theta), carry, k_steps)
-
-  def step(state: TruncatedState, topo):
-    grad_fn = jax.value_and_grad(truncated_objective, has_aux=True)
-    key = jax.random.fold_in(state.key, state.step)
-    (_, (metrics, carry)), grads = grad_fn(state.theta, topo, problem, state.carry, key, horizon)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.theta)
-    theta = optax.apply_updates(state.theta, updates)
-    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
-    return TruncatedState(state.step + 1, theta, opt_state, carry, state.key), metrics
-
-  return Estimator(spec, jax.jit(init), jax.jit(step, donate_argnums=0), lambda s: s.theta)
-
-
-def _strong(tree):
-  """`tree` with weakly typed leaves (evosax starts its counters as Python numbers) made strong, so
-  the first step's input has the same types as every later step's and `step` compiles once."""
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)), tree)
-
-
-class ESState(NamedTuple):
-  step: jax.Array
-  es_state: Any  # evosax's state: the mean (ravelled theta), optimizer state, PES's perturbations
-  streams: unroll.StreamCarry | None  # PES: `[P, B, ...]` each member's own streams
-  key: jax.Array
-
-
-def _optimizer(spec: EstimatorSpec) -> optax.GradientTransformation:
-  """The trainer's optimizer (`meta_train.make_optimizer`) at this estimator's settings."""
-  return meta_train.make_optimizer(spec.learning_rate, spec.clip_norm)
-
-
-def _make_open_es(spec: EstimatorSpec, problem: unroll.Problem, horizon: int, template) -> Estimator:
-  es = evosax.algorithms.Open_ES(
-    spec.population, template, optimizer=_optimizer(spec), std_schedule=optax.constant_schedule(spec.std)
-  )
-  params = es.default_params
-
-  def init(key, theta, topo):
-    del topo
-    k_es, k_steps = jax.random.split(key)
-    return ESState(jnp.zeros((), jnp.int32), _strong(es.init(k_es, theta, params)), None, k_steps)
-
-  def step(state: ESState, topo):
-    k_ask, k_streams = jax.random.split(jax.random.fold_in(state.key, state.step))
-    population, es_state = es.ask(k_ask, state.es_state, params)
-    # Every member runs the same streams (common random numbers): the fitness differences are the rule's.
-    run = lambda th: episode_objective(th, topo, problem, k_streams, spec.batch, horizon)  # noqa: E731
-    fitness, metrics = jax.vmap(run)(population)
-    es_state = _strong(es.tell(k_ask, population, fitness, es_state, params)[0])
-    return ESState(state.step + 1, es_state, None, state.key), jax.tree.map(jnp.mean, metrics)
-
-  return Estimator(spec, jax.jit(init), jax.jit(step, donate_argnums=0), lambda s: es.get_mean(s.es_state))
-
-
-def _make_pes(spec: EstimatorSpec, problem: unroll.Problem, horizon: int, template) -> Estimator:
-  es = evosax.algorithms.PersistentES(
-    spec.population, template, optimizer=_optimizer(spec), std_schedule=optax.constant_schedule(spec.std)
-  )
-  params = es.default_params.replace(T=horizon, K=spec.window)
-  problem = window_problem(problem, spec.window)
-  n_windows = horizon // spec.window
-
-  def init(key, theta, topo):
-    del topo
-    k_es, k_steps = jax.random.split(key)
-    return ESState(jnp.zeros((), jnp.int32), _strong(es.init(k_es, theta, params)), None, k_steps)
-
-  def step(state: ESState, topo):
-    key = jax.random.fold_in(state.key, state.step)
-    k_ask, k_streams = jax.random.split(key)
-    population, es_state = es.ask(k_ask, state.es_state, params)
-    # At an episode's first window every member restarts the same fresh streams, from its own initial
-    # states; evosax resets its accumulated perturbations at the same point (`T / K` tells).
-    restart = state.step % n_windows == 0
-    member_fresh = lambda th: fresh_streams(th, topo, problem, k_streams, spec.batch)  # noqa: E731
-    fresh = jax.vmap(member_fresh)(population)
-    streams = jax.tree.map(lambda f, c: jnp.where(restart, f, c), fresh, state.streams)
-    run = lambda th, s: unroll.stream_objective(th, topo, problem, s)  # noqa: E731
-    fitness, (metrics, streams) = jax.vmap(run)(population, streams)
-    es_state = _strong(es.tell(k_ask, population, fitness, es_state, params)[0])
-    return ESState(state.step + 1, es_state, streams, state.key), jax.tree.map(jnp.mean, metrics)
-
-  def init_with_streams(key, theta, topo):
-    # The carried streams need a fixed structure for jit: start them at the first window's fresh ones.
-    state = init(key, theta, topo)
-    pop = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (spec.population, *leaf.shape)), theta)
-    streams = jax.vmap(lambda th: fresh_streams(th, topo, problem, key, spec.batch))(pop)
-    return state._replace(streams=streams)
-
-  return Estimator(
-    spec, jax.jit(init_with_streams), jax.jit(step, donate_argnums=0), lambda s: es.get_mean(s.es_state)
-  )
-
-
-@functools.cache
-def make_estimator(spec: EstimatorSpec, problem: unroll.Problem, horizon: int) -> Estimator:
-  """The estimator of `spec` on episodes of `horizon` steps of `problem` (a `streaming` problem; its
-  own window is ignored). Cached: the same arguments give the same (already compiled) functions."""
-  check(spec, horizon)
-  theta_template = rules.init_theta(jax.random.PRNGKey(0), problem.rule)  # evosax ravels its structure
+def _make_truncated(spec: EstimatorSpec, problem: unroll.Problem, batch: int) -> Estimator:
   if problem.task.protocol != "streaming":
-    raise ValueError(f"estimators run the streaming protocol, not {problem.task.protocol!r}")
-  if spec.kind == "truncated":
-    return _make_truncated(spec, problem, horizon)
-  if spec.kind == "open_es":
-    return _make_open_es(spec, problem, horizon, theta_template)
-  return _make_pes(spec, problem, horizon, theta_template)
+
+    def episodes_grad(theta, topo, state, key):
+      grad_fn = jax.value_and_grad(unroll.episode_objective, has_aux=True)
+      (_, metrics), grads = grad_fn(theta, topo, problem, key, batch)
+      return grads, metrics, state
+
+    return Estimator(spec, lambda key, theta, topo: None, episodes_grad)
+  if not spec.horizon:  # never-reset streams
+
+    def init_streams(key, theta, topo):
+      return unroll.init_stream_carry(theta, topo, problem, key, batch)
+
+    def streams_grad(theta, topo, carry, key):
+      del key  # the streams carry their own randomness
+      grad_fn = jax.value_and_grad(unroll.stream_objective, has_aux=True)
+      (_, (metrics, carry)), grads = grad_fn(theta, topo, problem, carry)
+      return grads, metrics, carry
+
+    return Estimator(spec, init_streams, streams_grad)
+  windowed = window_problem(problem, spec.window_of(problem.task))
+
+  def init_episodes(key, theta, topo):
+    return initial_episode_carry(theta, topo, windowed, key, batch, spec.horizon)
+
+  def episodes_window_grad(theta, topo, carry, key):
+    grad_fn = jax.value_and_grad(truncated_objective, has_aux=True)
+    (_, (metrics, carry)), grads = grad_fn(theta, topo, windowed, carry, key, spec.horizon)
+    return grads, metrics, carry
+
+  return Estimator(spec, init_episodes, episodes_window_grad)
+
+
+def _antithetic(key: jax.Array, theta: rules.Theta, population: int, std: float):
+  """`(perturbations [P, D], unravel)`: `P / 2` Gaussian draws of std `std` and their negatives."""
+  flat, unravel = ravel_pytree(theta)
+  half = std * jax.random.normal(key, (population // 2, flat.shape[0]), flat.dtype)
+  return jnp.concatenate([half, -half]), unravel
+
+
+def _members(theta: rules.Theta, eps: jax.Array, unravel) -> rules.Theta:
+  """The population's theta, leaves `[P, ...]`: theta plus each row of `eps`."""
+  flat, _ = ravel_pytree(theta)
+  return jax.vmap(unravel)(flat[None] + eps)
+
+
+def _es_gradient(weights: jax.Array, fitness: jax.Array, scale: float, unravel) -> rules.Theta:
+  """`sum_i fitness_i weights_i / scale` as a theta; the mean fitness is subtracted first (a baseline:
+  with antithetic pairs it changes nothing in expectation and lowers the variance)."""
+  centred = fitness - jnp.mean(fitness)
+  return unravel(centred @ weights / scale)
+
+
+def _mean_metrics(metrics: dict) -> dict:
+  return jax.tree.map(jnp.mean, metrics)
+
+
+def _make_open_es(spec: EstimatorSpec, problem: unroll.Problem, batch: int) -> Estimator:
+  if problem.task.protocol == "streaming":
+
+    def run(theta, topo, key):
+      return episode_objective(theta, topo, problem, key, batch, spec.horizon)
+
+  else:
+
+    def run(theta, topo, key):
+      return unroll.episode_objective(theta, topo, problem, key, batch)
+
+  def grad(theta, topo, state, key):
+    k_eps, k_run = jax.random.split(key)
+    eps, unravel = _antithetic(k_eps, theta, spec.population, spec.std)
+    # Every member runs the same experience (common random numbers): the fitness differences are the rule's.
+    fitness, metrics = jax.vmap(run, in_axes=(0, None, None))(_members(theta, eps, unravel), topo, k_run)
+    # E[L(theta + eps) eps] / std^2 estimates the gradient of the smoothed loss.
+    grads = _es_gradient(eps, fitness, spec.population * spec.std**2, unravel)
+    return grads, _mean_metrics(metrics), state
+
+  return Estimator(spec, lambda key, theta, topo: None, grad)
+
+
+class PESState(NamedTuple):
+  """`next_window` `[]` int32, the next window of the (shared) episode; `xi` `[P, D]` each member's
+  perturbations accumulated over the episode; `streams` `[P, B, ...]` each member's own streams."""
+
+  next_window: jax.Array
+  xi: jax.Array
+  streams: unroll.StreamCarry
+
+
+def _make_pes(spec: EstimatorSpec, problem: unroll.Problem, batch: int) -> Estimator:
+  problem = window_problem(problem, spec.window_of(problem.task))
+  n_windows = spec.horizon // problem.task.window
+
+  def init(key, theta, topo):
+    flat, _ = ravel_pytree(theta)
+    # The carried streams need a fixed structure for jit: start them as the first window's fresh ones.
+    one = fresh_streams(theta, topo, problem, key, batch)
+    streams = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (spec.population, *leaf.shape)), one)
+    xi = jnp.zeros((spec.population, flat.shape[0]), flat.dtype)
+    return PESState(jnp.zeros((), jnp.int32), xi, streams)
+
+  def grad(theta, topo, state: PESState, key):
+    k_eps, k_streams = jax.random.split(key)
+    eps, unravel = _antithetic(k_eps, theta, spec.population, spec.std)
+    members = _members(theta, eps, unravel)
+    # At an episode's first window every member restarts the same fresh streams, from its own initial
+    # states, and its accumulated perturbations restart from this window's.
+    restart = state.next_window == 0
+    fresh = jax.vmap(lambda th: fresh_streams(th, topo, problem, k_streams, batch))(members)
+    streams = jax.tree.map(lambda f, c: jnp.where(restart, f, c), fresh, state.streams)
+    xi = jnp.where(restart, eps, state.xi + eps)
+    run = lambda th, s: unroll.stream_objective(th, topo, problem, s)  # noqa: E731
+    fitness, (metrics, streams) = jax.vmap(run)(members, streams)
+    grads = _es_gradient(xi, fitness, spec.population * spec.std**2, unravel)
+    return grads, _mean_metrics(metrics), PESState((state.next_window + 1) % n_windows, xi, streams)
+
+  return Estimator(spec, init, grad)
+
+
+def make_estimator(spec: EstimatorSpec, problem: unroll.Problem, batch: int) -> Estimator:
+  """The estimator of `spec` on `problem` with `batch` episodes or streams per meta step (per member).
+
+  Raises ValueError naming the field if `spec` cannot train `problem`'s task (`check`).
+  """
+  check(spec, problem.task)
+  make = {"truncated": _make_truncated, "open_es": _make_open_es, "pes": _make_pes}[spec.kind]
+  return make(spec, problem, batch)

@@ -31,6 +31,7 @@ neurons' readout at the last of them.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -38,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from learned_rules import network, rules
+from learned_rules import network, rules, unroll
 
 
 class PlasticMemory(nn.Module):
@@ -52,6 +53,8 @@ class PlasticMemory(nn.Module):
     trainable: keep theta in `params` (trained with the host) instead of the frozen `rule` collection.
     present_steps, delay_steps, query_steps: the storage and recall protocol (see the module doc).
     init_noise: std of the noise on the learned initial states of a fresh memory.
+    remat: what a gradient through the memory's steps stores (`unroll.REMAT_POLICIES`: "none" keeps
+      every step's activations, "step" recomputes them in the backward pass, ...); the same numbers.
   """
 
   topology: network.Topology
@@ -62,6 +65,7 @@ class PlasticMemory(nn.Module):
   delay_steps: int = 2
   query_steps: int = 2
   init_noise: float = 0.1
+  remat: str = "none"
 
   @classmethod
   def from_rule(cls, rule, trainable: bool = False, **overrides) -> PlasticMemory:
@@ -133,14 +137,9 @@ class PlasticMemory(nn.Module):
     flat = lambda a, lead: a.reshape(-1, *a.shape[lead:])  # noqa: E731
     states = jax.tree.map(lambda a: flat(a, len(batch)), var.value)
 
-    def one(state, inputs):
-      def body(s, x):
-        s, out = network.network_step(theta, self.topology, self.spec, s, x)
-        return s, out.readout
-
-      return jax.lax.scan(body, state, inputs)
-
-    states, readouts = jax.vmap(one)(states, flat(xs.astype(jnp.float32), len(batch)))
+    problem = unroll.Problem(rule=self.spec, remat=self.remat)
+    run = functools.partial(unroll.unroll, theta, self.topology, problem)
+    states, readouts = jax.vmap(run)(states, flat(xs.astype(jnp.float32), len(batch)))
     if not self.is_initializing():  # `init` returns an empty memory
       var.value = jax.tree.map(lambda a: a.reshape(*batch, *a.shape[1:]), states)
     return readouts.reshape(*batch, *readouts.shape[1:])

@@ -18,15 +18,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
-import flax
 import jax
-import jax.numpy as jnp
-import ml_collections
 import optax
 from absl import logging
 
-from learned_rules import checkpointing, network, rules, sharding, unroll
+from learned_rules import checkpointing, gradient_estimators, learner, network, rules, sharding, unroll
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
 from learned_rules import metrics as metrics_lib
@@ -46,24 +45,36 @@ class Preempted(RuntimeError):
   """The run was asked to stop (SIGTERM) and saved a checkpoint first; rerunning it resumes."""
 
 
-@flax.struct.dataclass
-class TrainState:
-  """Everything a resumed run needs: `step` `[]`, `theta` (with `network.SYNAPSE_WEIGHTS` on a
-  `net.trained_synapses` network), `opt_state`, the count of skipped (non-finite) meta steps in all
-  and in a row so far (`[]` int32 each), and (streaming only) the carried `[B, ...]` state of the
-  never-reset streams (None for the episode protocols)."""
-
-  step: jax.Array
-  theta: rules.Theta
-  opt_state: optax.OptState
-  nonfinite_steps: jax.Array
-  nonfinite_streak: jax.Array
-  carry: unroll.StreamCarry | None = None
+TrainState = learner.TrainState
+make_optimizer = learner.make_optimizer
 
 
-def make_optimizer(learning_rate: float, clip_norm: float) -> optax.GradientTransformation:
-  """Adam with global-norm clipping (docs/DESIGN.md, "Meta-training")."""
-  return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+@dataclasses.dataclass(frozen=True)
+class MetaBatch:
+  """The problems one meta step trains on (static and hashable): problem `i` with estimator
+  `estimators[i]` on `batches[i]` episodes or streams. The meta-gradient is the mean of theirs, so
+  networks of several sizes or topologies, and several K, train one shared rule; each is compiled
+  once, inside the one jitted meta step. A single problem is a meta-batch of one."""
+
+  problems: tuple[unroll.Problem, ...]
+  estimators: tuple[gradient_estimators.EstimatorSpec, ...]
+  batches: tuple[int, ...]
+
+  @classmethod
+  def of(
+    cls, problem: unroll.Problem, batch: int, estimator: gradient_estimators.EstimatorSpec | None = None
+  ):
+    return cls((problem,), (estimator or gradient_estimators.EstimatorSpec(),), (batch,))
+
+  def made(self) -> tuple[gradient_estimators.Estimator, ...]:
+    return tuple(
+      gradient_estimators.make_estimator(e, p, b)
+      for e, p, b in zip(self.estimators, self.problems, self.batches, strict=True)
+    )
+
+  @property
+  def mesh(self) -> jax.sharding.Mesh | None:
+    return self.problems[0].mesh
 
 
 def train_key(seed: int) -> jax.Array:
@@ -76,107 +87,80 @@ def step_key(seed: int) -> jax.Array:
   return jax.random.fold_in(train_key(seed), 1)
 
 
+def _member_key(key: jax.Array, i: int) -> jax.Array:
+  """Problem `i`'s key of a meta-batch: the key itself for the first (a run of one problem draws what
+  it always drew), a fold of it for the others."""
+  return key if i == 0 else jax.random.fold_in(key, i)
+
+
 def _init_train_state(
-  key: jax.Array,
-  topo: network.Topology,
-  problem: unroll.Problem,
-  optimizer: optax.GradientTransformation,
-  batch: int,
+  key: jax.Array, topos: tuple, meta_batch: MetaBatch, optimizer: optax.GradientTransformation
 ) -> TrainState:
-  k_theta, k_stream = jax.random.split(key)
-  theta = rules.init_theta(k_theta, problem.rule)
+  k_theta, k_carry = jax.random.split(key)
+  theta = rules.init_theta(k_theta, meta_batch.problems[0].rule)
   # A `trained_synapses` network's per-synapse weights (a key of their own: other runs' theta is as before).
-  theta = network.with_synapse_weights(theta, topo, jax.random.fold_in(k_theta, SYNAPSE_WEIGHTS_TAG))
-  carry = None
-  if problem.task.protocol == "streaming":
-    carry = unroll.init_stream_carry(theta, topo, problem, k_stream, batch)
-  zero = jnp.zeros((), jnp.int32)
-  return TrainState(
-    step=zero,
-    theta=theta,
-    opt_state=optimizer.init(theta),
-    nonfinite_steps=zero,
-    nonfinite_streak=zero,
-    carry=carry,
+  theta = network.with_synapse_weights(theta, topos[0], jax.random.fold_in(k_theta, SYNAPSE_WEIGHTS_TAG))
+  carries = tuple(
+    est.init(_member_key(k_carry, i), theta, topo)
+    for i, (est, topo) in enumerate(zip(meta_batch.made(), topos, strict=True))
   )
+  return learner.init_state(theta, optimizer, carries)
 
 
-_STATIC = ("problem", "optimizer", "batch")
+_STATIC = ("meta_batch", "optimizer")
 init_train_state = jax.jit(_init_train_state, static_argnames=_STATIC)
 init_train_state.__doc__ = "The initial `TrainState` of a run (theta from `key`, fresh streams)."
 
 
-def state_shardings(topo, problem: unroll.Problem, optimizer, batch: int):
-  """Shardings of the train state on `problem.mesh` (`sharding.train_state_shardings`)."""
-  abstract = jax.eval_shape(lambda: init_train_state(train_key(0), topo, problem, optimizer, batch))
-  return sharding.train_state_shardings(abstract, problem.mesh)
+def state_shardings(topos: tuple, meta_batch: MetaBatch, optimizer):
+  """Shardings of the train state on `meta_batch.mesh` (`sharding.train_state_shardings`)."""
+  abstract = jax.eval_shape(lambda: init_train_state(train_key(0), topos, meta_batch, optimizer))
+  return sharding.train_state_shardings(abstract, meta_batch.mesh)
 
 
-def init_sharded_train_state(key, topo, problem: unroll.Problem, optimizer, batch: int) -> TrainState:
-  """`init_train_state` made directly in its shardings on `problem.mesh` (each device, and each
-  process of a multi-host run, computes only its own part)."""
-  shardings = state_shardings(topo, problem, optimizer, batch)
+def init_sharded_train_state(key, topos: tuple, meta_batch: MetaBatch, optimizer) -> TrainState:
+  """`init_train_state` made directly in its shardings on the mesh (each device, and each process of a
+  multi-host run, computes only its own part)."""
+  shardings = state_shardings(topos, meta_batch, optimizer)
   init = jax.jit(_init_train_state, static_argnames=_STATIC, out_shardings=shardings)
-  return init(key, topo, problem, optimizer, batch)
+  return init(key, topos, meta_batch, optimizer)
 
 
-def objective_and_grads(state: TrainState, topo: network.Topology, problem: unroll.Problem, key, batch: int):
-  """`(metrics, grads, carry)` of one meta step: the meta-loss of step `state.step`'s episodes (drawn
-  from `fold_in(key, step)`), or of the streams' next window (and their new carry)."""
-  if state.carry is None:
-    grad_fn = jax.value_and_grad(unroll.episode_objective, has_aux=True)
-    (_, metrics), grads = grad_fn(state.theta, topo, problem, jax.random.fold_in(key, state.step), batch)
-    return metrics, grads, None
-  grad_fn = jax.value_and_grad(unroll.stream_objective, has_aux=True)
-  (_, (metrics, carry)), grads = grad_fn(state.theta, topo, problem, state.carry)
-  return metrics, grads, carry
+def _mean(trees: list):
+  return trees[0] if len(trees) == 1 else jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)
 
 
-def make_meta_step(
-  problem: unroll.Problem,
-  optimizer: optax.GradientTransformation,
-  batch: int,
-  key: jax.Array,
-  shardings=None,
-):
-  """Returns `meta_step(train_state, topo) -> (train_state, metrics)`, jitted, state donated.
+def objective_and_grads(state: TrainState, topos: tuple, meta_batch: MetaBatch, key):
+  """`(metrics, grads, carries)` of one meta step: the mean meta-gradient of the meta-batch's problems
+  on step `state.step`'s experience (drawn from `fold_in(key, step)`), with their new carries. With
+  several problems the metrics are their means, and each problem's own under `p<i>_<name>`."""
+  key = jax.random.fold_in(key, state.step)
+  grads, metrics, carries = [], [], []
+  for i, (est, topo, carry) in enumerate(zip(meta_batch.made(), topos, state.carries, strict=True)):
+    g, m, c = est.grad(state.theta, topo, carry, _member_key(key, i))
+    grads.append(g), metrics.append(m), carries.append(c)
+  mean = _mean(metrics)
+  if len(metrics) > 1:
+    mean = {**mean, **{f"p{i}_{name}": v for i, m in enumerate(metrics) for name, v in m.items()}}
+  return mean, _mean(grads), tuple(carries)
 
-  Episodes of step `s` are drawn from `fold_in(key, s)`, so a resumed run sees the same episodes as
-  an uninterrupted one. A step whose loss or gradient is not finite changes nothing but the step and
-  the non-finite counts (theta, optimizer state and carried streams stay as they were); the metrics
-  say so (`nonfinite` 1.0, `nonfinite_streak`, `nonfinite_steps`). `shardings` (`state_shardings`, on
-  `problem.mesh`) fixes the shardings of the train state going in and out; the metrics come out
-  replicated.
+
+def make_meta_step(meta_batch: MetaBatch, optimizer: optax.GradientTransformation, key, shardings=None):
+  """Returns `meta_step(train_state, topos) -> (train_state, metrics)`, jitted, state donated.
+
+  The experience of step `s` is drawn from `fold_in(key, s)`, so a resumed run sees the same as an
+  uninterrupted one. The learner (`learner.apply`) skips a step whose loss or gradient is not finite;
+  the metrics say so. `shardings` (`state_shardings`) fixes the shardings of the train state going in
+  and out; the metrics come out replicated.
   """
 
-  def meta_step(state: TrainState, topo: network.Topology):
-    metrics, grads, carry = objective_and_grads(state, topo, problem, key, batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.theta)
-    theta = optax.apply_updates(state.theta, updates)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-    bad = (~finite).astype(jnp.int32)
-    new_state = TrainState(
-      step=state.step + 1,
-      theta=keep(theta, state.theta),
-      opt_state=keep(opt_state, state.opt_state),
-      nonfinite_steps=state.nonfinite_steps + bad,
-      nonfinite_streak=(state.nonfinite_streak + 1) * bad,
-      carry=None if carry is None else keep(carry, state.carry),
-    )
-    metrics = {
-      **metrics,
-      "grad_norm": grad_norm,
-      "nonfinite": bad.astype(jnp.float32),
-      "nonfinite_streak": new_state.nonfinite_streak,
-      "nonfinite_steps": new_state.nonfinite_steps,
-    }
-    return new_state, metrics
+  def meta_step(state: TrainState, topos: tuple):
+    metrics, grads, carries = objective_and_grads(state, topos, meta_batch, key)
+    return learner.apply(optimizer, state, grads, metrics, carries)
 
   if shardings is None:
     return jax.jit(meta_step, donate_argnums=0)
-  rep = sharding.replicated(problem.mesh)
+  rep = sharding.replicated(meta_batch.mesh)
   return jax.jit(meta_step, in_shardings=(shardings, rep), out_shardings=(shardings, rep), donate_argnums=0)
 
 
@@ -187,19 +171,39 @@ def _write_config(workdir: str, cfg) -> None:
     json.dump(record, f, indent=2)
 
 
-def checkpoint_bytes(topo, problem: unroll.Problem, optimizer, batch: int) -> int:
+def checkpoint_bytes(topos: tuple, meta_batch: MetaBatch, optimizer) -> int:
   """Bytes of one checkpoint's train state (its arrays; the metadata adds a few KiB)."""
-  abstract = jax.eval_shape(lambda: init_train_state(train_key(0), topo, problem, optimizer, batch))
+  abstract = jax.eval_shape(lambda: init_train_state(train_key(0), topos, meta_batch, optimizer))
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
 
 
 def setup(cfg):
-  """Validated topology, problem and optimizer of a config."""
+  """Validated topology, problem and optimizer of a config (its base problem: the one evaluated)."""
   config_lib.validate(cfg)
   topo = network.make_topology(cfg.net)
   problem = evaluate_lib.problem_from_config(cfg, topo)
   optimizer = make_optimizer(cfg.train.learning_rate, cfg.train.clip_norm)
   return topo, problem, optimizer
+
+
+def setup_meta_batch(cfg):
+  """`(topos, meta_batch, optimizer)` that a run of `cfg` trains: its meta-batch (`train.mixture`, or
+  the config's one problem) with its estimator (`train.estimator`), validated."""
+  _, _, optimizer = setup(cfg)
+  estimator = config_lib.estimator_spec(cfg)
+  topos, problems, batches = [], [], []
+  for member in config_lib.mixture(cfg):
+    topo = network.make_topology(member.net)
+    topos.append(topo)
+    problems.append(evaluate_lib.problem_from_config(member, topo))
+    batches.append(member.train.batch_size)
+  meta_batch = MetaBatch(tuple(problems), (estimator,) * len(problems), tuple(batches))
+  try:
+    meta_batch.made()
+  except ValueError as e:
+    field, _, message = str(e).partition(": ")
+    raise config_lib.ConfigError(f"train.estimator.{field}", message) from None
+  return tuple(topos), meta_batch, optimizer
 
 
 def make_mesh(cfg) -> jax.sharding.Mesh:
@@ -218,30 +222,31 @@ def make_mesh(cfg) -> jax.sharding.Mesh:
   return mesh
 
 
-def on_mesh(topo: network.Topology, problem: unroll.Problem, mesh: jax.sharding.Mesh):
-  """`(topo, problem)` of a run on `mesh`: the topology replicated over it, the problem split over it."""
-  return jax.device_put(topo, sharding.replicated(mesh)), dataclasses.replace(problem, mesh=mesh)
+def on_mesh(topos: tuple, meta_batch: MetaBatch, mesh: jax.sharding.Mesh):
+  """`(topos, meta_batch)` of a run on `mesh`: the topologies replicated over it, the problems split."""
+  problems = tuple(dataclasses.replace(p, mesh=mesh) for p in meta_batch.problems)
+  return jax.device_put(topos, sharding.replicated(mesh)), dataclasses.replace(meta_batch, problems=problems)
 
 
-def initial_train_state(topo, problem: unroll.Problem, optimizer, batch: int, seed: int) -> TrainState:
-  """A run's initial train state, made in its shardings when `problem` has a mesh (`on_mesh`)."""
-  init = init_train_state if problem.mesh is None else init_sharded_train_state
-  return init(train_key(seed), topo, problem, optimizer, batch)
+def initial_train_state(topos: tuple, meta_batch: MetaBatch, optimizer, seed: int) -> TrainState:
+  """A run's initial train state, made in its shardings when the meta-batch has a mesh (`on_mesh`)."""
+  init = init_train_state if meta_batch.mesh is None else init_sharded_train_state
+  return init(train_key(seed), topos, meta_batch, optimizer)
 
 
-def make_run_meta_step(topo, problem: unroll.Problem, optimizer, batch: int, seed: int):
+def make_run_meta_step(topos: tuple, meta_batch: MetaBatch, optimizer, seed: int):
   """The meta step a run trains with: `make_meta_step` on the run's step key, with the train state's
-  shardings fixed when `problem` has a mesh."""
-  shardings = None if problem.mesh is None else state_shardings(topo, problem, optimizer, batch)
-  return make_meta_step(problem, optimizer, batch, step_key(seed), shardings)
+  shardings fixed when the meta-batch has a mesh."""
+  shardings = None if meta_batch.mesh is None else state_shardings(topos, meta_batch, optimizer)
+  return make_meta_step(meta_batch, optimizer, step_key(seed), shardings)
 
 
-def _latest_or_initial_state(cfg, ckpt, topo, problem, optimizer, set_aside: bool = False):
+def _latest_or_initial_state(cfg, ckpt, topos, meta_batch, optimizer, set_aside: bool = False):
   """`(state, step)`: the newest intact checkpoint's train state and step, or the initial state and
-  None if `ckpt` holds none; on `problem.mesh`'s shardings when it has one (a checkpoint restores onto
-  any mesh). Damaged newer checkpoints are warned about and, with `set_aside` (the trainer), moved
-  out of the way so their steps can be saved again."""
-  state = initial_train_state(topo, problem, optimizer, cfg.train.batch_size, cfg.seed)
+  None if `ckpt` holds none; on the mesh's shardings when the meta-batch has one (a checkpoint
+  restores onto any mesh). Damaged newer checkpoints are warned about and, with `set_aside` (the
+  trainer), moved out of the way so their steps can be saved again."""
+  state = initial_train_state(topos, meta_batch, optimizer, cfg.seed)
   restored, step, damaged = ckpt.restore_latest(state)
   for bad in damaged if set_aside else ():
     logging.warning("damaged checkpoint step %d moved to %s", bad, ckpt.set_aside(bad))
@@ -293,22 +298,70 @@ def _check_finite(cfg, done: int, step_metrics, label: str) -> None:
     )
 
 
-def _train_loop(cfg, workdir, ckpt, state: TrainState, meta_step, topo, label: str) -> TrainState:
-  """Meta steps up to `cfg.train.num_steps`, with metrics, progress and checkpoints; stops early
-  with `NonFiniteError` or (after saving) `Preempted`."""
+class Curve(NamedTuple):
+  """Held-out evaluations during training: after each meta step of `steps` (0: before the first),
+  `evaluate(theta) -> {name: value}` is recorded in metrics.jsonl with the training wall and CPU
+  seconds so far (`train_wall_s`, `train_cpu_s`: evaluation, compilation and checkpoints excluded,
+  carried across resumes)."""
+
+  steps: frozenset
+  evaluate: Callable[[rules.Theta], dict]
+
+
+class _TrainClock:
+  """Wall and CPU seconds spent in meta steps only, continued from the last curve record of a resumed run."""
+
+  def __init__(self, records: list[dict]):
+    last = [r for r in records if "train_wall_s" in r]
+    self.wall = last[-1]["train_wall_s"] if last else 0.0
+    self.cpu = last[-1]["train_cpu_s"] if last else 0.0
+
+  def run(self, fn, *args):
+    w, c = time.perf_counter(), time.process_time()
+    out = jax.block_until_ready(fn(*args))
+    self.wall += time.perf_counter() - w
+    self.cpu += time.process_time() - c
+    return out
+
+
+def _record_curve(writer, curve: Curve | None, clock: _TrainClock, done: int, theta) -> None:
+  if curve is not None and done in curve.steps:
+    values = curve.evaluate(theta)
+    writer.write(done, train_wall_s=clock.wall, train_cpu_s=clock.cpu, **values)
+
+
+def _train_loop(cfg, workdir, ckpt, state: TrainState, meta_step, topos, label: str, curve=None):
+  """Meta steps up to `cfg.train.num_steps`, with metrics, progress, checkpoints and the `curve`
+  evaluations; stops early with `NonFiniteError` or (after saving) `Preempted`."""
   main = jax.process_index() == 0  # only the first process of a multi-host run logs
   writer = metrics_lib.MetricsWriter(workdir)
   num_steps = cfg.train.num_steps
-  progress = metrics_lib.Progress(num_steps, int(state.step), label)
+  first = int(state.step)
+  clock = _TrainClock(metrics_lib.read_metrics(writer.path) if curve and os.path.exists(writer.path) else [])
+  if main and first == 0:
+    _record_curve(writer, curve, clock, 0, state.theta)
+  if first < num_steps and hasattr(meta_step, "lower"):
+    # Compiled before the clocks start, so that the first ETA (and a curve's clock) is the steps' own.
+    logging.info("%scompiling the meta step ...", label)
+    start = time.perf_counter()
+    meta_step = meta_step.lower(state, topos).compile()
+    if main and curve is not None:
+      writer.write(first, compile_s=time.perf_counter() - start)
+  progress = metrics_lib.Progress(num_steps, first, label)
   with _StopRequest() as stop:
-    for step in range(int(state.step), num_steps):
-      state, step_metrics = meta_step(state, topo)
+    for step in range(first, num_steps):
+      if curve is None:
+        state, step_metrics = meta_step(state, topos)
+      else:  # timed alone, so that the curve's clocks hold training only
+        state, step_metrics = clock.run(meta_step, state, topos)
       done = step + 1
       _check_finite(cfg, done, step_metrics, label)
       if main and (done % cfg.train.log_every == 0 or done == num_steps):
         scalars = jax.device_get(step_metrics)
         writer.write(done, **scalars)
         progress.update(done, scalars["loss"], scalars["bit_accuracy"])
+      if main:
+        _record_curve(writer, curve, clock, done, state.theta)
       if done % cfg.train.checkpoint_every == 0 or done == num_steps or stop.requested:
         ckpt.save(done, state, cfg)
       if stop.requested and done < num_steps:
@@ -321,7 +374,8 @@ def _train_loop(cfg, workdir, ckpt, state: TrainState, meta_step, topo, label: s
 
 
 def load_run(workdir: str):
-  """`(cfg, topo, train_state)` of the latest checkpoint in `workdir`, with the config saved beside it.
+  """`(cfg, topo, train_state)` of the latest checkpoint in `workdir`, with the config saved beside it
+  (`topo`: the config's own network, the first of a meta-batch).
 
   Raises FileNotFoundError if `workdir` holds no checkpoint (and creates nothing).
   """
@@ -332,37 +386,25 @@ def load_run(workdir: str):
       if ckpt.all_steps():
         raise checkpointing.DamagedCheckpointError(f"{ckpt.directory}: no checkpoint has a readable config")
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; run experiments.remember first")
-    cfg = ml_collections.ConfigDict(saved)
-    topo, problem, optimizer = setup(cfg)
-    return cfg, topo, _latest_or_initial_state(cfg, ckpt, topo, problem, optimizer)[0]
+    cfg = config_lib.from_dict(saved)
+    topos, meta_batch, optimizer = setup_meta_batch(cfg)
+    return cfg, topos[0], _latest_or_initial_state(cfg, ckpt, topos, meta_batch, optimizer)[0]
   finally:
     ckpt.close()
 
 
-def train_and_evaluate(cfg, workdir: str, label: str = "", evaluate: bool = True) -> dict:
-  """Meta-trains `cfg` in `workdir` (resuming if it holds a checkpoint) and evaluates the result.
-
-  Returns the held-out recall metrics (none with `evaluate=False`, for callers that evaluate the run
-  their own way) and the largest absolute body and synapse state over episodes `STATE_HORIZON` times
-  longer than training (`max_abs_body`, `max_abs_synapse`), plus `meta_steps` and `wall_seconds` (of
-  this invocation).
-  Raises `config.ConfigError` before anything is compiled or written if `cfg` is invalid,
-  `checkpointing.WorkdirError` before training if `workdir` cannot be written or is too full,
-  `checkpointing.IncompatibleCheckpointError` if `workdir` holds a run of another config or state
-  layout, `checkpointing.DamagedCheckpointError` if it holds checkpoints but none is intact,
-  `NonFiniteError` and `Preempted` (see the module docstring).
-  """
-  start = time.perf_counter()
-  topo, problem, optimizer = setup(cfg)
+def _train(cfg, workdir: str, label: str, curve: Curve | None) -> TrainState:
+  """The training half of `train_and_evaluate`: returns the final train state."""
+  topos, meta_batch, optimizer = setup_meta_batch(cfg)
   mesh = make_mesh(cfg)
   main = jax.process_index() == 0
-  needed = checkpoint_bytes(topo, problem, optimizer, cfg.train.batch_size) * (cfg.train.max_to_keep + 1)
+  needed = checkpoint_bytes(topos, meta_batch, optimizer) * (cfg.train.max_to_keep + 1)
   checkpointing.check_workdir(workdir, needed + 2**20)
-  mesh_topo, sharded = on_mesh(topo, problem, mesh)
+  mesh_topos, sharded = on_mesh(topos, meta_batch, mesh)
   ckpt = checkpointing.Checkpointer(workdir, cfg.train.max_to_keep)
   try:
     ckpt.check_compatible(cfg)
-    state, resumed_step = _latest_or_initial_state(cfg, ckpt, mesh_topo, sharded, optimizer, set_aside=main)
+    state, resumed_step = _latest_or_initial_state(cfg, ckpt, mesh_topos, sharded, optimizer, set_aside=main)
     if resumed_step is not None:
       logging.info("%sresumed from step %d in %s", label, resumed_step, ckpt.directory)
       changes = ckpt.environment_changes(resumed_step)
@@ -377,23 +419,57 @@ def train_and_evaluate(cfg, workdir: str, label: str = "", evaluate: bool = True
     if main:
       _write_config(workdir, cfg)
     logging.info("%s%s", label, sharding.describe(mesh))
-    meta_step = make_run_meta_step(mesh_topo, sharded, optimizer, cfg.train.batch_size, cfg.seed)
-    state = _train_loop(cfg, workdir, ckpt, state, meta_step, mesh_topo, label)
+    meta_step = make_run_meta_step(mesh_topos, sharded, optimizer, cfg.seed)
+    return _train_loop(cfg, workdir, ckpt, state, meta_step, mesh_topos, label, curve)
   finally:
     ckpt.close()
 
-  if not evaluate:
-    return {"meta_steps": int(state.step), "wall_seconds": time.perf_counter() - start}
-  # Held-out evaluation on each process's own default device (theta is replicated, so every process
-  # has it whole and computes the same numbers).
-  theta = jax.device_get(state.theta)
+
+def evaluate_problem(cfg, theta, topo, problem) -> dict:
+  """Held-out recall of `theta` on `problem` (the episodes of `cfg.seed`), and the largest absolute body
+  and synapse state over episodes `STATE_HORIZON` times longer than training."""
   results = evaluate_lib.evaluate(
     theta, topo, problem, evaluate_lib.eval_key(cfg.seed), cfg.eval.num_episodes
   )
   bounds_key = jax.random.fold_in(evaluate_lib.eval_key(cfg.seed), STATE_HORIZON)
   batch = min(cfg.eval.num_episodes, evaluate_lib.STATE_BOUNDS_BATCH)
   results.update(evaluate_lib.state_bounds(theta, topo, problem, bounds_key, batch, STATE_HORIZON))
+  return results
+
+
+def train_and_evaluate(
+  cfg, workdir: str, label: str = "", evaluate: bool = True, curve: Curve | None = None
+) -> dict:
+  """Meta-trains `cfg` in `workdir` (resuming if it holds a checkpoint) and evaluates the result.
+
+  Returns the held-out recall metrics (none with `evaluate=False`, for callers that evaluate the run
+  their own way) and the largest absolute body and synapse state over episodes `STATE_HORIZON` times
+  longer than training (`max_abs_body`, `max_abs_synapse`), plus `meta_steps` and `wall_seconds` (of
+  this invocation). A meta-batch of several problems (`train.mixture`) reports the mean over them and
+  each one's under `members`.
+  Raises `config.ConfigError` before anything is compiled or written if `cfg` is invalid,
+  `checkpointing.WorkdirError` before training if `workdir` cannot be written or is too full,
+  `checkpointing.IncompatibleCheckpointError` if `workdir` holds a run of another config or state
+  layout, `checkpointing.DamagedCheckpointError` if it holds checkpoints but none is intact,
+  `NonFiniteError` and `Preempted` (see the module docstring).
+  """
+  start = time.perf_counter()
+  state = _train(cfg, workdir, label, curve)
+  if not evaluate:
+    return {"meta_steps": int(state.step), "wall_seconds": time.perf_counter() - start}
+  # Held-out evaluation on each process's own default device (theta is replicated, so every process
+  # has it whole and computes the same numbers).
+  theta = jax.device_get(state.theta)
+  members = config_lib.mixture(cfg)
+  if len(members) == 1:
+    topo, problem, _ = setup(cfg)
+    results = evaluate_problem(cfg, theta, topo, problem)
+  else:
+    each = [evaluate_problem(m, theta, *setup(m)[:2]) for m in members]
+    results = {k: float(sum(e[k] for e in each) / len(each)) for k in each[0]}
+    results["members"] = each
   results.update(meta_steps=int(state.step), wall_seconds=time.perf_counter() - start)
-  if main:
-    metrics_lib.MetricsWriter(workdir).write(int(state.step), **{f"eval_{k}": v for k, v in results.items()})
+  if jax.process_index() == 0:
+    scalars = {f"eval_{k}": v for k, v in results.items() if k != "members"}
+    metrics_lib.MetricsWriter(workdir).write(int(state.step), **scalars)
   return results

@@ -18,7 +18,6 @@ import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 from flax import serialization
 
@@ -48,7 +47,7 @@ class Rule:
   """
 
   theta: rules.Theta
-  config: ml_collections.ConfigDict
+  config: config_lib.ConfigDict
   meta_steps: int
   source: str
   info: dict = dataclasses.field(default_factory=dict)
@@ -98,13 +97,13 @@ def load_rule(name_or_path: str) -> Rule:
   )
 
 
-def _validated_config(raw, where: str) -> ml_collections.ConfigDict:
+def _validated_config(raw, where: str) -> config_lib.ConfigDict:
   if not isinstance(raw, dict) or not {"net", "rule", "task", "train"} <= set(raw):
     raise RuleLoadError(
       f"{where} is not a learned_rules rule: its config lacks the net/rule/task/train blocks of an "
       "experiments.remember config"
     )
-  cfg = ml_collections.ConfigDict(raw)
+  cfg = config_lib.from_dict(raw)
   try:
     config_lib.validate(cfg)
   except (config_lib.ConfigError, KeyError, AttributeError) as e:

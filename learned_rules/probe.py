@@ -125,16 +125,16 @@ def _record(theta, topo: network.Topology, problem: unroll.Problem, key: jax.Arr
   states = unroll.init_batch_states(theta, topo, problem, k_state, batch)
   spec = problem.rule
 
-  def one_step(state: network.NetState, x: jax.Array):
+  def contexts(step: unroll.Step):
+    state, x = step.before, step.x
     act = jax.vmap(rules.activation, in_axes=(None, 0, 0, None))(theta, state.bodies, x, spec)
     msg = network.block_messages(topo, state.synapses, act, spec.message_norm)
-    new, _ = network.network_step(theta, topo, spec, state, x)
     dense = lambda s: network.dense_synapses(topo, s.synapses)  # noqa: E731
-    return new, (state.bodies, msg, x, dense(state), dense(new))
+    return state.bodies, msg, x, dense(state), dense(step.after)
 
-  step = jax.vmap(one_step)
-  _, out = jax.lax.scan(step, states, jnp.swapaxes(xs, 0, 1))  # [T, B, ...]
-  return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out)
+  run = functools.partial(unroll.unroll, theta, topo, problem, record=contexts)
+  _, out = jax.vmap(run)(states, xs)  # [B, T, ...]
+  return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:]), out)
 
 
 def record_contexts(

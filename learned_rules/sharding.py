@@ -97,19 +97,30 @@ def describe(mesh: Mesh) -> str:
   )
 
 
+def _carry_shardings(carry, mesh: Mesh):
+  """Shardings of what an estimator carries: every `[B, ...]` stream split with its streams (network
+  states as `net_state_specs`, positions and the rest over the batch); anything else replicated."""
+
+  def streams(c):
+    net = net_state_specs(c.net_state)
+    return type(c)(
+      net_state=jax.tree.map(lambda s: NamedSharding(mesh, s), net, is_leaf=lambda x: isinstance(x, P)),
+      position=jax.tree.map(lambda _: NamedSharding(mesh, P(BATCH)), c.position),
+    )
+
+  is_streams = lambda x: hasattr(x, "net_state") and hasattr(x, "position")  # noqa: E731 (unroll.StreamCarry)
+  if is_streams(carry):
+    return streams(carry)
+  if hasattr(carry, "streams") and hasattr(carry, "window") and is_streams(carry.streams):
+    return carry.replace(streams=streams(carry.streams), window=NamedSharding(mesh, P(BATCH)))
+  return jax.tree.map(lambda _: replicated(mesh), carry)
+
+
 def train_state_shardings(state, mesh: Mesh):
-  """Shardings of a `meta_train.TrainState`: everything replicated but the streams' carry, which is
-  split with its streams (network states as `net_state_specs`, positions over the batch)."""
-  rep = replicated(mesh)
-  shardings = jax.tree.map(lambda _: rep, state)
-  if state.carry is None:
-    return shardings
-  net = net_state_specs(state.carry.net_state)
-  carry = type(state.carry)(
-    net_state=jax.tree.map(lambda s: NamedSharding(mesh, s), net, is_leaf=lambda x: isinstance(x, P)),
-    position=jax.tree.map(lambda _: NamedSharding(mesh, P(BATCH)), state.carry.position),
-  )
-  return shardings.replace(carry=carry)
+  """Shardings of a `meta_train.TrainState`: everything replicated but the streams that its estimators
+  carry, which are split with their streams."""
+  shardings = jax.tree.map(lambda _: replicated(mesh), state)
+  return shardings.replace(carries=tuple(_carry_shardings(c, mesh) for c in state.carries))
 
 
 def initialize_distributed(

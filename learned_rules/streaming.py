@@ -77,14 +77,9 @@ def _next_windows(positions: tasks.StreamPosition, spec: tasks.TaskSpec):
 def _run_window(theta, topo, problem: unroll.Problem, states: network.NetState, xs: jax.Array):
   """Runs `[B]` networks over inputs `[B, W, N]`: final states, readouts `[B, W, n_out]`, and the
   largest |body| and |synapse| entry over the window's steps."""
-  step = jax.vmap(network.network_step, in_axes=(None, None, None, 0, 0, None))
-
-  def body(state, x):
-    state, out = step(theta, topo, problem.rule, state, x)
-    return state, (out.readout, *network.max_abs_state(state))
-
-  states, (readout, max_body, max_syn) = jax.lax.scan(body, states, jnp.swapaxes(xs, 0, 1))
-  return states, jnp.swapaxes(readout, 0, 1), jnp.max(max_body), jnp.max(max_syn)
+  run = functools.partial(unroll.unroll, theta, topo, problem, record=unroll.state_bounds)
+  states, (readout, max_body, max_syn) = jax.vmap(run)(states, xs)
+  return states, readout, jnp.max(max_body), jnp.max(max_syn)
 
 
 def _rms(topo: network.Topology, states: network.NetState) -> tuple[jax.Array, jax.Array]:

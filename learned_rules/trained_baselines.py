@@ -27,9 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from learned_rules import baselines, meta_train, metrics, network, rules, tasks, unroll
+from learned_rules import baselines, metrics, network, rules, supervised, tasks, unroll
 from learned_rules import evaluation as evaluate_lib
 
 CELLS = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}
@@ -42,6 +41,7 @@ DEFAULT_LEARNING_RATES = (1e-3, 3e-3, 1e-2)
 
 
 sample_episodes = baselines.sample_episodes  # the network's held-out episodes, and per-episode keys
+param_count = supervised.param_count
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -72,11 +72,6 @@ def init_recurrent(key: jax.Array, n_in: int, n_out: int, hidden: int, cell: str
   """Flax variables `{"params": ...}` of a `RecurrentNet` for keys of `n_in` and values of `n_out` bits
   (jitted: one compile instead of an op-by-op dispatch of every initialiser)."""
   return RecurrentNet(hidden, n_out, cell).init(key, jnp.zeros((1, n_in + n_out)))
-
-
-def param_count(params) -> int:
-  """Number of scalars in a parameter tree."""
-  return sum(int(leaf.size) for leaf in jax.tree.leaves(params))
 
 
 def hidden_for_params(target: int, n_in: int, n_out: int, cell: str = "gru") -> int:
@@ -138,21 +133,17 @@ def _as_specs(specs) -> tuple[tasks.TaskSpec, ...]:
   return specs
 
 
-@functools.partial(
-  jax.jit, static_argnames=("spec", "batch", "hidden", "cell", "clip_norm"), donate_argnums=(0, 1)
-)
-def _recurrent_train_step(params, opt_state, key, learning_rate, spec, batch, hidden, cell, clip_norm):
-  """One clipped Adam step on the `batch` episodes of `spec` drawn from `key`. `learning_rate` is traced:
-  the runs of a whole learning-rate grid, and every seed, share one compiled program per task."""
-  optimizer = meta_train.make_optimizer(learning_rate, clip_norm)
+@functools.cache
+def _recurrent_train_step(spec: tasks.TaskSpec, batch: int, hidden: int, cell: str, clip_norm: float):
+  """`supervised.make_train_step` for the recurrent net on `batch` episodes of `spec` drawn from the
+  step's key (its `batch` argument), one per task and size: the runs of a whole learning-rate grid, and
+  every seed, share its compiled program."""
 
-  def loss_fn(params):
+  def loss_fn(params, key):
     readout, episodes = _recurrent_batch(params, spec, key, batch, hidden, cell)
     return unroll.readout_loss(readout, episodes, "mse"), unroll.recall_metrics(readout, episodes)
 
-  (loss, recall), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  updates, opt_state = optimizer.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, {"loss": loss, **recall}
+  return supervised.make_train_step(loss_fn, clip_norm)
 
 
 def train_recurrent(
@@ -173,10 +164,10 @@ def train_recurrent(
   `specs`: one `TaskSpec`, or several that differ only in K (a sweep). Step s trains on a batch of
   `specs[s % len(specs)]`, so one run trains every K of the sweep in turn, `num_steps / len(specs)` steps
   each. Loss: the network's `mse` loss (`unroll.readout_loss`) on the scored steps, minimised by Adam after
-  global-norm clipping. `key` splits into the initialisation key and a data key; the batch of step s is
-  `sample_episodes(specs[s % len(specs)], fold_in(data key, s), batch_size)`. `key` must differ from the
-  evaluation key (the study evaluates on `evaluate.eval_key(seed)`), so that the evaluation episodes are
-  held out.
+  global-norm clipping (`supervised.make_optimizer`). `key` splits into the initialisation key and a
+  data key; the batch of step s is `sample_episodes(specs[s % len(specs)], fold_in(data key, s),
+  batch_size)`. `key` must differ from the evaluation key (the study evaluates on
+  `evaluate.eval_key(seed)`), so that the evaluation episodes are held out.
 
   Returns the trained variables and a history of `{"step", "K", "loss", "bit_accuracy"}` on the training
   batch of step s (before its update) at the first and the last step of every K and every `log_every`
@@ -194,23 +185,22 @@ def train_recurrent(
   specs = _as_specs(specs)
   k_init, k_data = jax.random.split(key)
   params = init_recurrent(k_init, specs[0].n_in, specs[0].n_out, hidden, cell)
-  opt_state = meta_train.make_optimizer(learning_rate, clip_norm).init(params)
+  opt_state = supervised.make_optimizer(learning_rate, clip_norm).init(params)
   rate = jnp.asarray(learning_rate, jnp.float32)
   label = label or f"recurrent {cell} {hidden}: "
   progress = metrics.Progress(num_steps, label=label) if log_every > 0 else None
   history = []
   for step in range(num_steps):
     spec = specs[step % len(specs)]
-    params, opt_state, scalars = _recurrent_train_step(
-      params, opt_state, jax.random.fold_in(k_data, step), rate, spec, batch_size, hidden, cell, clip_norm
-    )
+    train_step = _recurrent_train_step(spec, batch_size, hidden, cell, clip_norm)
+    params, opt_state, loss, recall = train_step(params, opt_state, rate, jax.random.fold_in(k_data, step))
     ends = step < len(specs) or step >= num_steps - len(specs)
     if ends or (log_every > 0 and step % log_every == 0):
       record = {
         "step": step,
         "K": spec.num_snippets,
-        "loss": float(scalars["loss"]),
-        "bit_accuracy": float(scalars["bit_accuracy"]),
+        "loss": float(loss),
+        "bit_accuracy": float(recall["bit_accuracy"]),
       }
       history.append(record)
       if progress is not None and (step % log_every == 0 or step == num_steps - 1):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -32,7 +34,7 @@ class Problem:
   """Static description of one meta-training problem."""
 
   rule: rules.RuleSpec
-  task: tasks.TaskSpec
+  task: tasks.TaskSpec | None = None  # None: a network that is only run (`memory.PlasticMemory`)
   init_noise: float = 0.1
   loss: str = "mse"
   remat: str = DEFAULT_REMAT  # what the meta-gradient stores per step; one of REMAT_POLICIES
@@ -59,24 +61,52 @@ def _chunk_size(num_steps: int) -> int:
   return max(c for c in range(1, limit + 1) if num_steps % c == 0)
 
 
+class Step(NamedTuple):
+  """One step of an unroll, as its `record` hook sees it: the state `before` it, the external input
+  `x` `[N]`, the state `after` it and the step's output (the readouts)."""
+
+  before: network.NetState
+  x: jax.Array
+  after: network.NetState
+  out: network.StepOutput
+
+
+def readouts(step: Step) -> jax.Array:
+  """What `unroll` records by default at each step: the output neurons' readouts `[n_out]`."""
+  return step.out.readout
+
+
+def state_bounds(step: Step) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """A record for `unroll`: the readouts, and the largest absolute body and synapse entry after the step."""
+  return step.out.readout, *network.max_abs_state(step.after)
+
+
 def unroll(
   theta: rules.Theta,
   topo: network.Topology,
   problem: Problem,
   net_state: network.NetState,
   xs: jax.Array,
-) -> tuple[network.NetState, jax.Array]:
-  """Runs the network over the inputs `xs` `[T, N]`; returns the final state and readouts `[T, n_out]`.
+  record: Callable = readouts,
+  length: jax.Array | None = None,
+) -> tuple[network.NetState, Any]:
+  """Runs the network over the inputs `xs` `[T, N]`: the one scan of `network_step` in the library.
 
-  `problem.remat` chooses what a gradient through the unroll stores (see `REMAT_POLICIES`); the
-  numbers are the same under every policy.
+  Returns the final state and what `record(Step(before, x, after, out))` gives at each step, stacked over T
+  (default: the readouts `[T, n_out]`). `problem.remat` chooses what a gradient through the unroll
+  stores (see `REMAT_POLICIES`); the numbers are the same under every policy. With `length` (a traced
+  step count <= T, for padded episodes: another length compiles nothing), only the first `length`
+  steps run and later records are zeros; that form is forward-only.
   """
 
   def body(state, x):
-    state, out = network.network_step(theta, topo, problem.rule, state, x)
+    after, out = network.network_step(theta, topo, problem.rule, state, x)
     # Under `_batched_unroll`'s vmap the batch axis is added to these specs (`spmd_axis_name`).
-    return sharding.constrain_net_state(state, problem.mesh, batched=False), out.readout
+    after = sharding.constrain_net_state(after, problem.mesh, batched=False)
+    return after, record(Step(state, x, after, out))
 
+  if length is not None:
+    return _unroll_for(body, net_state, xs, length)
   if problem.remat == "none":
     return jax.lax.scan(body, net_state, xs)
   if problem.remat == "step":
@@ -92,8 +122,22 @@ def unroll(
   def run_chunk(state, xs_chunk):
     return jax.lax.scan(step, state, xs_chunk)
 
-  state, readout = jax.lax.scan(run_chunk, net_state, xs.reshape(num_steps // chunk, chunk, *xs.shape[1:]))
-  return state, readout.reshape(num_steps, *readout.shape[2:])
+  state, recorded = jax.lax.scan(run_chunk, net_state, xs.reshape(num_steps // chunk, chunk, *xs.shape[1:]))
+  return state, jax.tree.map(lambda r: r.reshape(num_steps, *r.shape[2:]), recorded)
+
+
+def _unroll_for(body, net_state, xs: jax.Array, length: jax.Array):
+  """`body` over the first `length` steps of `xs` (a loop with a run-time trip count); the records of
+  the steps not run are zeros."""
+  shapes = jax.eval_shape(body, net_state, xs[0])[1]
+  recorded = jax.tree.map(lambda s: jnp.zeros((xs.shape[0], *s.shape), s.dtype), shapes)
+
+  def step(t, carry):
+    state, recorded = carry
+    state, out = body(state, xs[t])
+    return state, jax.tree.map(lambda r, o: r.at[t].set(o), recorded, out)
+
+  return jax.lax.fori_loop(0, length, step, (net_state, recorded))
 
 
 def _scored_mean(values: jax.Array, score: jax.Array) -> jax.Array:

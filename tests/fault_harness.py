@@ -38,8 +38,8 @@ def poison(objective_and_grads, grad_steps=(), loss_steps=()):
   step from the step number, so a resumed run is poisoned at the same steps."""
   grad_bad, loss_bad = (jnp.asarray(list(s) or [-1], jnp.int32) for s in (grad_steps, loss_steps))
 
-  def poisoned(state, topo, problem, key, batch):
-    metrics, grads, carry = objective_and_grads(state, topo, problem, key, batch)
+  def poisoned(state, topos, meta_batch, key):
+    metrics, grads, carry = objective_and_grads(state, topos, meta_batch, key)
     number = state.step + 1
     grads = jax.tree.map(lambda g: jnp.where(jnp.any(number == grad_bad), jnp.nan, g), grads)
     loss = jnp.where(jnp.any(number == loss_bad), jnp.nan, metrics["loss"])
@@ -115,9 +115,7 @@ def install_from_environment() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app
-
   from experiments import remember
 
   install_from_environment()
-  app.run(remember.main)
+  remember.cli()

@@ -1,8 +1,9 @@
-"""Smoke tests of `experiments.benchmark` at tiny sizes: the JSON it writes, and its reference.
+"""Tests of the benchmark (`learned_rules.benchmarking`, `learned_rules.benchmark_cases`) at tiny sizes,
+of the reference it times against (`learned_rules.reference`), and one run of its command.
 
 No timing is asserted: the throughputs only have to be positive and finite. The reference (dense
-synapses, unsplit first layer, no remat) must compute the library's readouts, or the speedups it
-reports would compare different computations.
+synapses, unsplit first layer, no remat) must compute the library's readouts and meta-gradients, or the
+speedups the benchmark reports would compare different computations.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import numpy as np
 import pytest
 
 from experiments import benchmark
-from learned_rules import rules, unroll
+from learned_rules import benchmark_cases, benchmarking, reference, rules, unroll
+from learned_rules.configs import benchmark as benchmark_config
 
+TINY = benchmark_cases.PLANS["tiny"]
 CASE_KEYS = {
   "name",
   "topology",
@@ -34,6 +37,8 @@ CASE_KEYS = {
   "peak_bytes",
   "reference_peak_bytes",
   "peak_rss_bytes",
+  "max_abs_readout_diff",
+  "max_abs_meta_grad_diff",
 }
 THROUGHPUTS = (
   "forward_synapse_steps_per_s",
@@ -49,9 +54,10 @@ def _positive_finite(value) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory):
-  """`benchmark.run(tiny=True)` once, and the JSON it wrote (into a directory it has to create)."""
+  """`benchmarking.run` of the tiny plan once, and the JSON it wrote (into a directory it has to
+  create)."""
   out = tmp_path_factory.mktemp("benchmark") / "new_dir" / "benchmark.json"
-  results = benchmark.run(tiny=True, out=str(out))
+  results = benchmarking.run(benchmarking.Options(plan="tiny"), out=str(out))
   with open(out) as f:
     return results, json.load(f)
 
@@ -62,7 +68,8 @@ def test_json_has_the_required_keys(tiny_results):
   for key in ("matmul_flops_per_s", "device", "jax_version", "flops_convention", "cases"):
     assert key in written, key
   assert _positive_finite(written["matmul_flops_per_s"])
-  assert [c["name"] for c in written["cases"]] == [c.name for c in benchmark.PLANS["tiny"].cases]
+  assert written["mode"] == "tiny" and written["chunk_synapses"] == rules.RuleSpec.chunk_synapses
+  assert [c["name"] for c in written["cases"]] == [c.name for c in TINY.cases]
   for case in written["cases"]:
     assert CASE_KEYS <= set(case), CASE_KEYS - set(case)
 
@@ -82,41 +89,41 @@ def test_remat_and_memory_sections_cover_every_policy(tiny_results):
   assert tuple(r["remat"] for r in written["remat_policies"]) == policies
   for record in written["remat_policies"]:
     assert _positive_finite(record["meta_grad_synapse_steps_per_s"]), record
-  steps = benchmark.PLANS["tiny"].memory_steps
+  steps = TINY.memory_steps
   assert {(r["remat"], r["T"]) for r in written["memory_vs_T"]} == {(p, t) for p in policies for t in steps}
   for record in written["memory_vs_T"]:
     assert set(record) >= {"N", "B", "T", "remat", "peak_bytes"}
 
 
-def test_benchmarked_forwards_agree(tiny_results):
-  """Each case's library and reference forwards, run on the same states and inputs, agree."""
+def test_benchmarked_forwards_and_meta_gradients_agree(tiny_results):
+  """Each case's library and reference programs, run on the same states and inputs, agree."""
   _, written = tiny_results
   for case in written["cases"]:
     assert case["max_abs_readout_diff"] < 1e-4, case
+    assert case["max_abs_meta_grad_diff"] < 1e-5, case
 
 
 def test_tables_show_every_case_and_policy(tiny_results):
-  text = benchmark.format_tables(tiny_results[0])
-  for name in [c.name for c in benchmark.PLANS["tiny"].cases] + list(unroll.REMAT_POLICIES):
+  text = benchmarking.format_tables(tiny_results[0])
+  for name in [c.name for c in TINY.cases] + list(unroll.REMAT_POLICIES):
     assert name in text
 
 
 def test_million_case_runs_or_says_why_not(tiny_results):
   """`run_million` at a tiny size (the program the run above compiled): it runs, or with no memory
   to spare it is compiled only and the record says so."""
-  case = benchmark.PLANS["tiny"].remat_case
-  settings = benchmark.Settings(repeats=1, max_run_bytes=1 << 40, compile_threads=1)
-  record = benchmark.run_million(case, settings)
+  settings = benchmark_cases.Settings(repeats=1, max_run_bytes=1 << 40, compile_threads=1)
+  record = benchmarking.run_million(TINY.remat_case, settings)
   assert record["ran"] and _positive_finite(record["meta_grad_synapse_steps_per_s"]), record
-  record = benchmark.run_million(case, dataclasses.replace(settings, max_run_bytes=0))
+  record = benchmarking.run_million(TINY.remat_case, dataclasses.replace(settings, max_run_bytes=0))
   assert not record["ran"] and record["seconds"] is None and "not run" in record["note"], record
 
 
 def test_programs_over_the_memory_limit_are_not_run():
   x = np.ones((4,), np.float32)
   compiled = jax.jit(lambda x: x + 1).lower(x).compile()
-  settings = benchmark.Settings(repeats=1, max_run_bytes=0, compile_threads=1)
-  timed = benchmark.time_compiled(compiled, (x,), 4.0, settings, "tiny")
+  settings = benchmark_cases.Settings(repeats=1, max_run_bytes=0, compile_threads=1)
+  timed = benchmark_cases.time_compiled(compiled, (x,), 4.0, settings, "tiny")
   if timed.peak_bytes is not None:  # without a memory analysis there is nothing to compare
     assert timed.steps_per_s is None and "not run" in timed.note
 
@@ -130,7 +137,7 @@ def _perturbed(theta: rules.Theta, scale: float = 0.3, seed: int = 0) -> rules.T
   )
 
 
-@pytest.mark.parametrize("case", benchmark.PLANS["tiny"].cases, ids=lambda case: case.topology)
+@pytest.mark.parametrize("case", TINY.cases, ids=lambda case: case.topology)
 def test_reference_unroll_matches_library(case):
   """Same theta, initial states and inputs: same readouts, bodies and synapses after the unroll.
 
@@ -138,17 +145,21 @@ def test_reference_unroll_matches_library(case):
   shares them with the in-process run above.
   """
   topo = case.make_topology()
-  theta = _perturbed(benchmark.default_theta(rules.RuleSpec(num_types=topo.num_types)))
-  s = benchmark.make_setup(case, theta=theta)
+  theta = _perturbed(benchmark_cases.default_theta(topo.num_types))
+  s = benchmark_cases.make_setup(case, theta=theta)
   args = (s.theta, s.topo, s.states, s.xs)
-  final, readout = benchmark.programs("library", s.problem)[0](*args)
-  ref_states = benchmark.reference_states(s.topo, s.states)
-  ref_final, ref_readout = benchmark.programs("reference", s.problem)[0](s.theta, s.topo, ref_states, s.xs)
+  final, readout = benchmark_cases.programs("library", s.problem)[0](*args)
+  ref_states = benchmark_cases.dense_states(s.topo, s.states)
+  ref_forward = benchmark_cases.programs("reference", s.problem)[0]
+  ref_final, ref_readout = ref_forward(s.theta, s.topo, ref_states, s.xs)
+  assert isinstance(ref_final, reference.DenseState)
   assert readout.shape == (case.batch, case.steps, case.n_out)
   np.testing.assert_allclose(np.asarray(ref_readout), np.asarray(readout), atol=1e-4)
   np.testing.assert_allclose(np.asarray(ref_final.bodies), np.asarray(final.bodies), atol=1e-4)
   np.testing.assert_allclose(
-    np.asarray(ref_final.synapses), np.asarray(benchmark.reference_states(s.topo, final).synapses), atol=1e-4
+    np.asarray(ref_final.synapses),
+    np.asarray(benchmark_cases.dense_states(s.topo, final).synapses),
+    atol=1e-4,
   )
   # The dense form really is dense: every pair, with zeros where the mask has no synapse.
   assert ref_states.synapses.shape == (
@@ -164,21 +175,75 @@ def test_reference_unroll_matches_library(case):
 def test_flops_per_synapse_step_counts_the_straightforward_form():
   spec = rules.RuleSpec(synapse_dim=4, act_dim=4, emb_dim=8, hidden=32)
   first, bilinear, second = 2 * 28 * 32, 2 * 32 * 16 + 2 * 32 * 4, 2 * 32 * 4
-  assert benchmark.flops_per_synapse_step(spec) == first + bilinear + second == 3328
+  assert benchmark_cases.flops_per_synapse_step(spec) == first + bilinear + second == 3328
   no_bilinear = rules.RuleSpec(synapse_dim=4, act_dim=4, emb_dim=8, hidden=32, bilinear=False)
-  assert benchmark.flops_per_synapse_step(no_bilinear) == first + second
+  assert benchmark_cases.flops_per_synapse_step(no_bilinear) == first + second
 
 
 def test_layered_case_has_about_the_synapses_of_full_256():
-  plan = {c.name: c for c in benchmark.PLANS["full"].cases}
+  plan = {c.name: c for c in benchmark_cases.PLANS["full"].cases}
   full = plan["full-256"].make_topology().num_synapses
   layered = plan["layered-256"].make_topology().num_synapses
   assert full == 256 * 255 and abs(layered - full) / full < 0.1
 
 
-def test_unknown_names_are_refused_before_anything_runs():
-  plan = benchmark.PLANS["tiny"]
-  with pytest.raises(ValueError, match="unknown case"):
-    benchmark.check_args(plan, ["full-99"], benchmark.SECTIONS, [])
-  with pytest.raises(ValueError, match="unknown remat policy"):
-    benchmark.check_args(plan, [], benchmark.SECTIONS, ["sometimes"])
+def test_the_chunk_size_is_a_field_of_the_problems_rule_spec():
+  """The benchmark's chunk size reaches the traced programs through the problem, no module global."""
+  topo = TINY.cases[0].make_topology()
+  assert benchmark_cases.make_problem(topo).rule.chunk_synapses == rules.RuleSpec.chunk_synapses
+  assert benchmark_cases.make_problem(topo, chunk_synapses=8).rule.chunk_synapses == 8
+  assert benchmark_cases.make_problem(topo, "nested", 0).rule == dataclasses.replace(
+    benchmark_cases.make_problem(topo).rule, chunk_synapses=0
+  )
+
+
+@pytest.mark.parametrize(
+  "fields,message",
+  [
+    ({"cases": ("full-99",)}, "unknown case"),
+    ({"sections": ("cases", "speed")}, "unknown section"),
+    ({"remat_policies": ("sometimes",)}, "unknown remat policy"),
+    ({"plan": "huge"}, "unknown plan"),
+    ({"chunk_synapses": -1}, "chunk_synapses must be >= 0"),
+    ({"repeats": 0}, "repeats must be >= 1"),
+  ],
+)
+def test_unknown_names_and_bad_numbers_are_refused_before_anything_runs(fields, message):
+  with pytest.raises(ValueError, match=message):
+    benchmarking.Options(**{"plan": "tiny", **fields})
+
+
+@pytest.mark.parametrize("variant,plan", [("", "full"), ("quick", "quick"), ("tiny", "tiny")])
+def test_every_config_variant_gives_valid_options(variant, plan):
+  options = benchmark.options_of(benchmark_config.get_config(variant))
+  assert options.plan == plan and options.sections == benchmarking.SECTIONS
+  assert options.selected_cases() == benchmark_cases.PLANS[plan].cases
+  assert options.policies() == tuple(unroll.REMAT_POLICIES)
+
+
+def test_command_runs_one_tiny_case_with_chunks(run_module, tmp_path):
+  """`python -m experiments.benchmark` end to end: config, overrides, the JSON in the workdir and the
+  table; chunks of 8 synapses (the full-16 block in 16 chunks) still compute the reference's numbers."""
+  proc = run_module(
+    "experiments.benchmark",
+    "--config=learned_rules/configs/benchmark.py:tiny",
+    "--config.sections=cases",
+    "--config.cases=full-16",
+    "--config.chunk_synapses=8",
+    f"--workdir={tmp_path}",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "benchmark.json") as f:
+    written = json.load(f)
+  assert written["mode"] == "tiny" and written["chunk_synapses"] == 8
+  assert [c["name"] for c in written["cases"]] == ["full-16"] and not written["remat_policies"]
+  (case,) = written["cases"]
+  assert case["max_abs_readout_diff"] < 1e-4 and case["max_abs_meta_grad_diff"] < 1e-5, case
+  assert "full-16" in proc.stdout and "benchmark.json" in proc.stdout
+
+
+def test_command_refuses_an_unknown_case_with_exit_2(run_module, tmp_path):
+  proc = run_module("experiments.benchmark", "--config.cases=full-99", f"--workdir={tmp_path}")
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: --config: unknown case")
+  assert not list(tmp_path.iterdir())

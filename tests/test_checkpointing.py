@@ -64,7 +64,7 @@ def test_resumed_run_equals_uninterrupted_run(runs):
   # Theta, optimizer state, step and (streaming) the carried streams: the same bits.
   chex.assert_trees_all_equal(state_resumed, state_whole)
   if "streaming" in cfg.task.protocol:
-    assert state_whole.carry is not None
+    assert state_whole.carries[0] is not None
   # Same held-out results, and the same training losses at the steps both logged.
   for key in ("loss", "bit_accuracy", "perfect_recall"):
     assert runs["resumed"][key] == runs["whole"][key]

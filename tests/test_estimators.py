@@ -1,11 +1,9 @@
-"""Tests of `learned_rules.gradient_estimators` and `experiments.estimators`: the tiny study end to end, full
-back-propagation as the whole-window case of truncation, the reset schedule, and the ES steps.
-
-Every test shares the estimators the tiny study compiles (`gradient_estimators.make_estimator` is cached)."""
+"""Tests of `learned_rules.gradient_estimators` and `learned_rules.estimator_study`: the tiny study end
+to end on the one training loop, full back-propagation as the whole-window case of truncation, the reset
+schedule, and the ES gradients."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -14,41 +12,45 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import estimators as study_lib
 from learned_rules import config as config_lib
-from learned_rules import gradient_estimators, meta_train, rules
+from learned_rules import estimator_study, gradient_estimators, meta_train, rules
 from learned_rules.configs import estimators as estimator_configs
 
 
 @pytest.fixture(scope="module")
 def tiny():
-  """`(study, specs by name, topo, problem, theta)` of the tiny study."""
+  """`(study, run configs by name, topo, problem, theta)` of the tiny study."""
   study = estimator_configs.get_config("tiny")
   topo, problem, _ = meta_train.setup(study.base)
   theta = rules.init_theta(meta_train.train_key(0), problem.rule)
-  return study, {s.name: s for s in study_lib.specs(study)}, topo, problem, theta
+  return study, estimator_study.run_configs(study), topo, problem, theta
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("estimators"))
-  return workdir, study_lib.run(tiny[0], workdir, workdir)
+  out = estimator_study.run_study(tiny[0], workdir)
+  estimator_study.plot(out["results"], os.path.join(workdir, "estimators.png"))
+  return workdir, out
 
 
 def test_tiny_study_writes_curves_summary_and_figure(tiny, tiny_run):
-  study, specs, *_ = tiny
+  study, configs, *_ = tiny
   workdir, out = tiny_run
   with open(os.path.join(workdir, "results.json")) as f:
     saved = json.load(f)
-  assert list(saved["results"]) == list(specs) == ["truncated_8", "full", "open_es", "pes_8"]
+  assert list(saved["results"]) == list(configs) == ["truncated_8", "full", "open_es", "pes_8"]
   for name, result in saved["results"].items():
+    cfg = configs[name]
     num_steps = study.estimator[name].num_steps
+    _, problem, _ = meta_train.setup(cfg)
+    per_step = config_lib.estimator_spec(cfg).stream_steps(problem.task, cfg.train.batch_size)
     assert [run["seed"] for run in result["runs"]] == list(study.seeds)
     for run in result["runs"]:
       curve = run["curve"]
       assert (
         [r["step"] for r in curve]
-        == study_lib.eval_steps(num_steps, study.eval_points)
+        == estimator_study.eval_steps(num_steps, study.eval_points)
         == [0, num_steps // 2, num_steps]
       )
       for r in curve:  # a step not recalled perfectly misses at least half a bit of its n_out
@@ -57,7 +59,10 @@ def test_tiny_study_writes_curves_summary_and_figure(tiny, tiny_run):
       assert np.all(np.diff([r["cpu_s"] for r in curve]) >= 0) and np.all(
         np.diff([r["wall_s"] for r in curve]) >= 0
       )
-      assert curve[-1]["stream_steps"] == num_steps * specs[name].stream_steps(study.horizon)
+      assert curve[-1]["stream_steps"] == num_steps * per_step
+      # Each run is a trainer run with its checkpoints: the study resumes from them.
+      run_dir = os.path.join(workdir, name, f"seed{run['seed']}")
+      assert os.path.isdir(os.path.join(run_dir, "checkpoints", str(num_steps)))
     assert result["compile_s"] > 0
   # Every estimator starts from the same theta (per seed) and is evaluated on the same streams.
   for i in range(len(study.seeds)):
@@ -76,6 +81,13 @@ def test_tiny_study_writes_curves_summary_and_figure(tiny, tiny_run):
   assert full["reach_reference"]["step"] <= full["meta_steps"]
   assert out["summary"] == summary
   assert os.path.getsize(os.path.join(workdir, "estimators.png")) > 1000
+
+
+def test_a_finished_study_reruns_from_its_checkpoints(tiny, tiny_run):
+  """Rerun on the same folder, every run resumes at its last step: nothing trains, the curves stay."""
+  workdir, out = tiny_run
+  again = estimator_study.run_study(tiny[0], workdir)
+  assert again["results"] == out["results"]
 
 
 def test_full_window_is_back_propagation_through_the_episode(tiny, trees_close):
@@ -99,63 +111,83 @@ def test_full_window_is_back_propagation_through_the_episode(tiny, trees_close):
   assert float(jnp.abs(grad_e["init_body"]).sum()) > 0  # the initial states get a gradient too
 
 
-def test_truncated_streams_restart_every_horizon_over_window_windows(tiny, tiny_run):
-  study, specs, topo, problem, theta = tiny
-  spec = specs["truncated_8"]
-  n_windows = study.horizon // spec.window
-  est = gradient_estimators.make_estimator(spec, problem, study.horizon)
-  state = est.init(jax.random.PRNGKey(5), theta, topo)
-  window = np.asarray(state.carry.window)
-  np.testing.assert_array_equal(window, np.arange(spec.batch) % n_windows)  # staggered
-  np.testing.assert_array_equal(np.asarray(state.carry.streams.position.t), window * spec.window)
-  for _ in range(2 * n_windows):
-    before = jax.device_get(state.carry)
-    state, _ = est.step(state, topo)
-    after = jax.device_get(state.carry)
+def test_truncated_streams_restart_every_horizon_over_window_windows(tiny):
+  study, configs, topo, problem, theta = tiny
+  cfg = configs["truncated_8"]
+  spec = config_lib.estimator_spec(cfg)
+  batch, n_windows = cfg.train.batch_size, study.horizon // spec.window
+  est = gradient_estimators.make_estimator(spec, problem, batch)
+  carry = est.init(jax.random.PRNGKey(5), theta, topo)
+  window = np.asarray(carry.window)
+  np.testing.assert_array_equal(window, np.arange(batch) % n_windows)  # staggered
+  np.testing.assert_array_equal(np.asarray(carry.streams.position.t), window * spec.window)
+  grad = jax.jit(est.grad)
+  for step in range(2 * n_windows):
+    before = jax.device_get(carry)
+    grads, metrics, carry = grad(theta, topo, carry, jax.random.PRNGKey(step))
+    after = jax.device_get(carry)
     restarted = before.window == 0
     np.testing.assert_array_equal(after.window, (before.window + 1) % n_windows)
     expected_t = np.where(restarted, spec.window, before.streams.position.t + spec.window)
     np.testing.assert_array_equal(after.streams.position.t, expected_t)
     same_key = np.all(after.streams.position.key == before.streams.position.key, axis=-1)
     np.testing.assert_array_equal(same_key, ~restarted)  # a restarted stream is a new stream
+    assert jax.tree.structure(grads) == jax.tree.structure(theta)
+
+
+def test_es_gradient_estimates_the_gradient_of_a_quadratic():
+  """On f(x) = |x - c|^2 / 2, OpenAI-ES's antithetic estimate (the form `open_es` and `pes` use) is
+  unbiased for the gradient x - c: with many members it lies close to it, and it is not just noise."""
+  theta = {"a": jnp.arange(6.0), "b": jnp.ones((2, 2))}
+  target = {"a": jnp.full(6, 2.0), "b": jnp.zeros((2, 2))}
+  flat_c, _ = jax.flatten_util.ravel_pytree(target)
+  population, std = 20000, 0.05
+  eps, unravel = gradient_estimators._antithetic(jax.random.PRNGKey(0), theta, population, std)
+  assert np.allclose(eps[: population // 2], -eps[population // 2 :])  # antithetic pairs
+  members = gradient_estimators._members(theta, eps, unravel)
+  fitness = jax.vmap(lambda th: 0.5 * jnp.sum((jax.flatten_util.ravel_pytree(th)[0] - flat_c) ** 2))(members)
+  grads = gradient_estimators._es_gradient(eps, fitness, population * std**2, unravel)
+  want = jax.tree.map(jnp.subtract, theta, target)
+  est, exact = (jax.flatten_util.ravel_pytree(t)[0] for t in (grads, want))
+  assert float(jnp.linalg.norm(est - exact)) < 0.05 * float(jnp.linalg.norm(exact))
 
 
 @pytest.mark.parametrize("name", ["open_es", "pes_8"])
-def test_es_step_moves_theta_and_keeps_its_shapes(tiny, tiny_run, name):
-  study, specs, topo, problem, theta = tiny
-  spec = specs[name]
-  est = gradient_estimators.make_estimator(spec, problem, study.horizon)
-  state = est.init(jax.random.PRNGKey(6), theta, topo)
-  start = est.theta_of(state)
-  assert jax.tree.structure(start) == jax.tree.structure(theta)
-  np.testing.assert_allclose(
-    jax.flatten_util.ravel_pytree(start)[0], jax.flatten_util.ravel_pytree(theta)[0], rtol=1e-6
-  )
-  state, metrics = est.step(state, topo)
-  moved = est.theta_of(state)
-  assert jax.tree.map(jnp.shape, moved) == jax.tree.map(jnp.shape, theta)
-  delta = jax.flatten_util.ravel_pytree(jax.tree.map(jnp.subtract, moved, theta))[0]
-  assert 0 < float(jnp.max(jnp.abs(delta))) <= 2 * spec.learning_rate  # Adam moves each by about lr
-  assert np.isfinite(float(metrics["loss"]))
+def test_es_estimators_give_finite_gradients_of_theta_shape(tiny, name):
+  study, configs, topo, problem, theta = tiny
+  cfg = configs[name]
+  spec = config_lib.estimator_spec(cfg)
+  est = gradient_estimators.make_estimator(spec, problem, cfg.train.batch_size)
+  carry = est.init(jax.random.PRNGKey(6), theta, topo)
+  grad = jax.jit(est.grad)
+  grads, metrics, carry = grad(theta, topo, carry, jax.random.PRNGKey(7))
+  assert jax.tree.map(jnp.shape, grads) == jax.tree.map(jnp.shape, theta)
+  flat = jax.flatten_util.ravel_pytree(grads)[0]
+  assert np.all(np.isfinite(flat)) and np.isfinite(float(metrics["loss"]))
+  # A window with no scored step gives every member the same loss, hence a zero gradient; an episode
+  # has scored steps, so some window of it moves theta.
+  largest = float(jnp.abs(flat).max())
   if spec.kind == "pes":
-    # Each member runs its own streams; evosax drops the accumulated perturbations exactly when the
-    # streams restart (after T / W windows).
-    assert state.streams.net_state.bodies.shape[:2] == (spec.population, spec.batch)
-    for _ in range(study.horizon // spec.window - 1):
-      assert float(jnp.abs(state.es_state.pert_accum).max()) > 0
-      state, _ = est.step(state, topo)
-    assert (
-      float(jnp.abs(state.es_state.pert_accum).max()) == 0 and int(state.es_state.inner_step_counter) == 0
-    )
+    # Each member runs its own streams; its accumulated perturbations grow over an episode's T / W
+    # windows and restart with the streams.
+    assert carry.streams.net_state.bodies.shape[:2] == (spec.population, cfg.train.batch_size)
+    norms = [float(jnp.linalg.norm(carry.xi))]
+    for step in range(study.horizon // spec.window):
+      grads, _, carry = grad(theta, topo, carry, jax.random.PRNGKey(8 + step))
+      largest = max(largest, float(jnp.abs(jax.flatten_util.ravel_pytree(grads)[0]).max()))
+      norms.append(float(jnp.linalg.norm(carry.xi)))
+    n_windows = study.horizon // spec.window
+    assert int(carry.next_window) == 1 and norms[n_windows - 1] > 1.2 * norms[0] and norms[-1] < norms[-2]
+  assert largest > 0
 
 
 @pytest.mark.parametrize(
   "field,value,match",
   [
     ("estimators", "truncated_8,adjoint", "estimators"),
-    ("estimator.truncated_8.window", 5, "window"),
-    ("estimator.open_es.population", 3, "population"),
-    ("estimator.full.kind", "sgd", "kind"),
+    ("estimator.truncated_8.window", 5, "estimator.truncated_8.window"),
+    ("estimator.open_es.population", 3, "estimator.open_es.population"),
+    ("estimator.full.kind", "sgd", "estimator.full.estimator.kind|estimator.full.kind"),
   ],
 )
 def test_invalid_study_fails_before_anything_runs(tmp_path, field, value, match):
@@ -170,7 +202,7 @@ def test_invalid_study_fails_before_anything_runs(tmp_path, field, value, match)
   else:
     study[node] = value
   with pytest.raises(config_lib.ConfigError, match=match):
-    study_lib.run(study, str(tmp_path / "out"), str(tmp_path / "out"))
+    estimator_study.run_study(study, str(tmp_path / "out"))
   assert not os.path.exists(tmp_path / "out")
 
 
@@ -184,12 +216,13 @@ def test_bad_flag_is_a_clear_error_and_quick_keeps_overrides(run_module):
     "--workdir=/nonexistent/never",
     timeout=120,
   )
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert "error: estimator.full.num_steps" in result.stderr
 
 
-def test_spec_counts_the_steps_it_simulates():
-  spec = gradient_estimators.EstimatorSpec("x", "pes", 8, 1e-2, batch=3, population=4, std=0.1)
-  assert spec.stream_steps(16) == 8 * 3 * 4 and spec.windows_per_episode(16) == 2
-  es = dataclasses.replace(spec, kind="open_es")
-  assert es.stream_steps(16) == 16 * 3 * 4 and es.windows_per_episode(16) == 1
+def test_spec_counts_the_steps_it_simulates(tiny):
+  task = tiny[3].task
+  spec = gradient_estimators.EstimatorSpec("pes", window=8, horizon=16, population=4, std=0.1)
+  assert spec.stream_steps(task, 3) == 8 * 3 * 4
+  es = gradient_estimators.EstimatorSpec("open_es", horizon=16, population=4, std=0.1)
+  assert es.stream_steps(task, 3) == 16 * 3 * 4

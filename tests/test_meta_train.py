@@ -31,12 +31,11 @@ def run():
   """
   cfg = remember.get_config("tiny")
   topo, problem, optimizer = meta_train.setup(cfg)
+  topos, meta_batch, _ = meta_train.setup_meta_batch(cfg)
   key = meta_train.train_key(cfg.seed)
-  state = meta_train.init_train_state(key, topo, problem, optimizer, cfg.train.batch_size)
+  state = meta_train.init_train_state(key, topos, meta_batch, optimizer)
   initial_theta = jax.tree.map(np.array, state.theta)  # host copy: the meta step donates `state`
-  meta_step = meta_train.make_meta_step(
-    problem, optimizer, cfg.train.batch_size, meta_train.step_key(cfg.seed)
-  )
+  meta_step = meta_train.make_meta_step(meta_batch, optimizer, meta_train.step_key(cfg.seed))
 
   def held_out(theta):
     # Batches of the driver's evaluation size, so the compiled eval program is shared as well.
@@ -47,7 +46,7 @@ def run():
   before = held_out(state.theta)
   history = []
   for _ in range(META_STEPS):
-    state, metrics = meta_step(state, topo)
+    state, metrics = meta_step(state, topos)
     history.append(jax.device_get(metrics))
   after = held_out(state.theta)
   # The best answer that ignores the cue, on exactly the episodes `held_out` gives the network.
@@ -85,7 +84,7 @@ def test_meta_trained_rule_recalls_above_the_key_blind_floor(run):
 def test_meta_step_advances_the_state(run):
   state, history = run["state"], run["history"]
   assert int(state.step) == META_STEPS and int(state.nonfinite_steps) == int(state.nonfinite_streak) == 0
-  assert state.carry is None  # episode protocol: nothing carried between meta steps
+  assert state.carries == (None,)  # episode protocol: nothing carried between meta steps
   chex.assert_trees_all_equal_shapes(state.theta, run["initial_theta"])
   assert not np.allclose(state.theta["body"]["w1"], run["initial_theta"]["body"]["w1"])
   for metrics in history:
@@ -126,12 +125,14 @@ def test_optimizer_is_adam_on_globally_clipped_gradients():
 
 def test_init_train_state():
   cfg = remember.get_config("tiny")
-  topo, problem, optimizer = meta_train.setup(cfg)
-  state = meta_train.init_train_state(jax.random.PRNGKey(0), topo, problem, optimizer, 1)
-  assert state.carry is None and int(state.step) == 0
+  topos, meta_batch, optimizer = meta_train.setup_meta_batch(cfg)
+  state = meta_train.init_train_state(jax.random.PRNGKey(0), topos, meta_batch, optimizer)
+  assert state.carries == (None,) and int(state.step) == 0
   streaming = remember.get_config("tiny,streaming")
-  topo_s, problem_s, optimizer_s = meta_train.setup(streaming)
-  state_s = meta_train.init_train_state(jax.random.PRNGKey(0), topo_s, problem_s, optimizer_s, 2)
+  streaming.train.batch_size = 2
+  topos_s, batch_s, optimizer_s = meta_train.setup_meta_batch(streaming)
+  state_s = meta_train.init_train_state(jax.random.PRNGKey(0), topos_s, batch_s, optimizer_s)
   # Streaming runs carry their never-reset streams, staggered in phase, in the train state.
-  chex.assert_shape(state_s.carry.net_state.bodies, (2, topo_s.num_neurons, streaming.rule.body_dim))
-  np.testing.assert_array_equal(state_s.carry.position.t, [0, streaming.task.window // 2])
+  (carry,) = state_s.carries
+  chex.assert_shape(carry.net_state.bodies, (2, topos_s[0].num_neurons, streaming.rule.body_dim))
+  np.testing.assert_array_equal(carry.position.t, [0, streaming.task.window // 2])

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from learned_rules import network, rules
+from learned_rules import network, reference, rules
 from learned_rules.network import HIDDEN_TYPE, INPUT_TYPE, OUTPUT_TYPE
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -408,32 +408,14 @@ def test_network_step_jit_matches_eager(
   trees_close(jitted, eager, rtol=RTOL, atol=ATOL)
 
 
-def _dense_reference_step(theta, topo, spec, state, x):
-  """`network_step` written on the `[N, N, Ds]` matrix with the dense mask, one synapse at a time."""
-  syn = network.dense_synapses(topo, state.synapses)
-  emb = theta["type_emb"][topo.types]
-  act_fn = jax.vmap(rules.activation, in_axes=(None, 0, 0, None))
-  act = act_fn(theta, state.bodies, x, spec)
-  msg = network.messages(syn, topo.mask, act, spec.message_norm)
-  bodies = jax.vmap(rules.body_update, in_axes=(None, 0, 0, 0, 0, None, None))(
-    theta, state.bodies, msg, x, emb, spec, topo.body_recurrence
-  )
-  new_act = act_fn(theta, bodies, x, spec)
-  # result[i, j] is the synapse j -> i: inner vmap over the pre neuron j, outer over the post neuron i.
-  per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0))
-  per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, None, 0, None))
-  new_syn = per_pair(theta, syn, new_act, new_act, emb, emb) * topo.mask[..., None]
-  readout = jax.vmap(rules.readout, in_axes=(None, 0))(theta, bodies[topo.n_in : topo.n_in + topo.n_out])
-  return bodies, new_syn, readout
-
-
 @functools.partial(jax.jit, static_argnums=2)
 def _three_steps(theta, topo, spec, state, x):
-  """The fast step, the per-synapse step and the dense reference step, in one compiled program."""
+  """The fast step, the per-synapse step and the reference step (learned_rules/reference.py: the
+  `[N, N, Ds]` matrix with the dense mask, one synapse at a time), in one compiled program."""
   return (
     _eager_step(theta, topo, spec, state, x, True),
     _eager_step(theta, topo, spec, state, x, False),
-    _dense_reference_step(theta, topo, spec, state, x),
+    reference.step(theta, topo, spec, reference.dense_state(topo, state), x),
   )
 
 
@@ -453,7 +435,7 @@ def test_fast_and_per_synapse_steps_equal_a_dense_reference(
   topo = _topology(name)
   state = make_net_state(21, topo, spec)
   x = jnp.asarray(np.random.default_rng(22).choice([-1.0, 1.0], topo.num_neurons), jnp.float32)
-  fast, slow, (bodies, synapses, readout) = _three_steps(theta, topo, spec, state, x)
+  fast, slow, ((bodies, synapses), readout) = _three_steps(theta, topo, spec, state, x)
   trees_close(fast, slow, rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(fast[0].bodies, bodies, rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(_dense(topo, fast[0]), synapses, rtol=RTOL, atol=ATOL)

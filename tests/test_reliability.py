@@ -31,7 +31,16 @@ import pytest
 from hypothesis import strategies as st
 
 from experiments import remember as remember_cmd
-from learned_rules import checkpointing, evaluation, meta_train, metrics, network, tasks, unroll
+from learned_rules import (
+  checkpointing,
+  evaluation,
+  gradient_estimators,
+  meta_train,
+  metrics,
+  network,
+  tasks,
+  unroll,
+)
 from learned_rules import config as config_lib
 from learned_rules.configs import remember
 
@@ -351,10 +360,10 @@ def nan_topology_at_steps_3_and_4(monkeypatch):
   def make_poisoned(*args, **kwargs):
     meta_step = make(*args, **kwargs)
 
-    def step(state, topo):
+    def step(state, topos):
       if int(state.step) + 1 in (3, 4):
-        topo = topo.replace(fan_in=topo.fan_in * np.float32(np.nan))
-      return meta_step(state, topo)
+        topos = tuple(topo.replace(fan_in=topo.fan_in * np.float32(np.nan)) for topo in topos)
+      return meta_step(state, topos)
 
     return step
 
@@ -363,8 +372,8 @@ def nan_topology_at_steps_3_and_4(monkeypatch):
 
 def _checkpoints_of(cfg, workdir: str, steps) -> dict:
   ckpt = checkpointing.Checkpointer(workdir, create=False)
-  topo, problem, optimizer = meta_train.setup(cfg)
-  like = meta_train.initial_train_state(topo, problem, optimizer, cfg.train.batch_size, cfg.seed)
+  topos, meta_batch, optimizer = meta_train.setup_meta_batch(cfg)
+  like = meta_train.initial_train_state(topos, meta_batch, optimizer, cfg.seed)
   try:
     return {step: ckpt.restore(like, step) for step in steps}
   finally:
@@ -509,6 +518,20 @@ INVALID_VALUES = {
   "train.max_to_keep": ("", _int_below(1)),
   "train.remat": ("", _not_one_of(unroll.REMAT_POLICIES)),
   "train.max_nonfinite_steps": ("", _int_below(1)),
+  "train.estimator.kind": ("", _not_one_of(gradient_estimators.KINDS)),
+  "train.estimator.window": ("", _int_below(0)),
+  "train.estimator.horizon": ("", _int_below(0)),
+  "train.estimator.population": ("", _int_below(0)),
+  "train.estimator.std": ("", _float_outside(0.0, float("inf"), False, True)),
+  "train.mixture": (
+    "",
+    st.one_of(
+      st.integers(),
+      st.sampled_from(["net.nope=1", "net.num_hidden=-1", ",seed=3", "noequals", "rule.hidden=3"]).map(
+        lambda bad: ("", bad)
+      ),
+    ),
+  ),
   "eval.num_episodes": ("", _int_below(1)),
   "eval.k_values": ("", st.one_of(NOT_A_SIZE_LIST, st.just([]))),
   "mesh.batch": ("", _int_below(0)),

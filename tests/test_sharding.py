@@ -32,13 +32,13 @@ def _config(variant: str = "tiny"):
 
 def _steps(cfg, mesh=None, steps: int = STEPS):
   """`steps` meta steps of `cfg`, unsharded (`mesh` None) or as the trainer runs them on `mesh`."""
-  topo, problem, optimizer = meta_train.setup(cfg)
+  topos, meta_batch, optimizer = meta_train.setup_meta_batch(cfg)
   if mesh is not None:
-    topo, problem = meta_train.on_mesh(topo, problem, mesh)
-  state = meta_train.initial_train_state(topo, problem, optimizer, BATCH, cfg.seed)
-  meta_step = meta_train.make_run_meta_step(topo, problem, optimizer, BATCH, cfg.seed)
+    topos, meta_batch = meta_train.on_mesh(topos, meta_batch, mesh)
+  state = meta_train.initial_train_state(topos, meta_batch, optimizer, cfg.seed)
+  meta_step = meta_train.make_run_meta_step(topos, meta_batch, optimizer, cfg.seed)
   for _ in range(steps):
-    state, step_metrics = meta_step(state, topo)
+    state, step_metrics = meta_step(state, topos)
   return state, step_metrics
 
 
@@ -76,20 +76,20 @@ def test_sharded_streams_equal_one_device_and_carry_their_shardings(streaming_ru
   for shape in ((8, 1), (2, 4)):
     _assert_same(streaming_runs[None], streaming_runs[shape], trees_close)
     state, step_metrics = streaming_runs[shape]
-    trees_close(state.carry, streaming_runs[None][0].carry, rtol=1e-5, atol=1e-6)
+    trees_close(state.carries, streaming_runs[None][0].carries, rtol=1e-5, atol=1e-6)
     mesh = jax.tree.leaves(state.theta)[0].sharding.mesh
     assert dict(mesh.shape) == {"batch": shape[0], "neurons": shape[1]}
     replicated = NamedSharding(mesh, P())
     for leaf in jax.tree.leaves((state.theta, state.opt_state, state.step, step_metrics)):
       assert leaf.sharding.is_equivalent_to(replicated, leaf.ndim)
-    for block in state.carry.net_state.synapses:  # [B, post, pre, Ds]: batch and post neurons split
+    for block in state.carries[0].net_state.synapses:  # [B, post, pre, Ds]: batch and post neurons split
       assert block.sharding.is_equivalent_to(NamedSharding(mesh, P("batch", "neurons")), block.ndim)
       assert block.addressable_shards[0].data.shape == (
         BATCH // shape[0],
         block.shape[1] // shape[1],
         *block.shape[2:],
       )
-    bodies = state.carry.net_state.bodies
+    bodies = state.carries[0].net_state.bodies
     assert bodies.sharding.is_equivalent_to(NamedSharding(mesh, P("batch")), bodies.ndim)
 
 
@@ -107,17 +107,17 @@ def test_checkpoint_of_8_devices_restores_onto_one_device_and_a_2x4_mesh(
   ckpt = checkpointing.Checkpointer(str(tmp_path))
   ckpt.save(STEPS, saved, cfg)
 
-  topo, problem, optimizer = meta_train.setup(cfg)
-  one = ckpt.restore(meta_train.initial_train_state(topo, problem, optimizer, BATCH, cfg.seed))
+  topos, meta_batch, optimizer = meta_train.setup_meta_batch(cfg)
+  one = ckpt.restore(meta_train.initial_train_state(topos, meta_batch, optimizer, cfg.seed))
   trees_close(one, saved)
   assert all(len(leaf.devices()) == 1 for leaf in jax.tree.leaves(one))
 
   mesh = sharding.make_mesh(2, 4)
-  topo, problem = meta_train.on_mesh(topo, problem, mesh)
-  onto = ckpt.restore(meta_train.initial_train_state(topo, problem, optimizer, BATCH, cfg.seed))
+  topos, meta_batch = meta_train.on_mesh(topos, meta_batch, mesh)
+  onto = ckpt.restore(meta_train.initial_train_state(topos, meta_batch, optimizer, cfg.seed))
   ckpt.close()
   trees_close(onto, saved)
-  expected = meta_train.state_shardings(topo, problem, optimizer, BATCH)
+  expected = meta_train.state_shardings(topos, meta_batch, optimizer)
   for leaf, want in zip(jax.tree.leaves(onto), jax.tree.leaves(expected), strict=True):
     assert leaf.sharding.is_equivalent_to(want, leaf.ndim)
 

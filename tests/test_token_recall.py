@@ -1,10 +1,12 @@
-"""Tests of `experiments.token_recall`: the tiny run end to end, the frozen rule, the sequence sampler, the
+"""Tests of the token-recall study (`learned_rules.token_task`, `host_models`, `host_study`, and the
+command `experiments.token_recall`): the tiny run end to end, the frozen rule, the sequence sampler, the
 LSTM host's padding, and config errors."""
 
 from __future__ import annotations
 
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -12,26 +14,32 @@ import numpy as np
 import pytest
 
 from experiments import token_recall
-from learned_rules import trained_baselines
+from learned_rules import host_models, host_study, supervised, token_task
 from learned_rules.config import ConfigError
 from learned_rules.configs import token_recall as token_recall_configs
 
 
+def _main(cfg, workdir: str, figure_dir: str | None = None) -> dict:
+  """The command's body, as `python -m experiments.token_recall` runs it."""
+  return token_recall.main(cfg, workdir, types.SimpleNamespace(figure_dir=figure_dir))
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  """`(workdir, figures, results, evaluated)`: the tiny run, and the `(module, trained variables)` of
-  every host in the order the run evaluates them."""
+  """`(workdir, figures, results, evaluated)`: the tiny run (the command, whose one library call is
+  `host_study.run_study`), and the `(module, trained variables)` of every host in the order the study
+  evaluates them."""
   workdir = str(tmp_path_factory.mktemp("token_recall"))
   figures = os.path.join(workdir, "figures")
-  evaluated, evaluate_host = [], token_recall.evaluate_host
+  evaluated, evaluate_host = [], host_study.evaluate_host
 
-  def spy(module, variables, cfg):
+  def spy(module, variables, study):
     evaluated.append((module, variables))
-    return evaluate_host(module, variables, cfg)
+    return evaluate_host(module, variables, study)
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(token_recall, "evaluate_host", spy)
-    out = token_recall.run(token_recall_configs.get_config("tiny"), workdir, figures)
+    patch.setattr(host_study, "evaluate_host", spy)
+    out = _main(token_recall_configs.get_config("tiny"), workdir, figures)
   return workdir, figures, out, evaluated
 
 
@@ -64,8 +72,8 @@ def test_tiny_run_writes_results_and_figure(tiny_run):
   assert [n for n in saved["hosts"]] == ["plastic", *lstm] and len(evaluated) == 3
   module, _ = evaluated[1]
   logits = jax.jit(jax.vmap(module.apply, in_axes=(None, 0, 0, 0)))
-  rng = token_recall._rng(cfg.seed, token_recall._EVAL_TAG, 1)
-  s = token_recall.sample_sequences(rng, cfg.eval.num_sequences, 1, cfg.task.num_keys, cfg.task.num_values)
+  rng = token_task.sequence_rng(cfg.seed, token_task.EVAL_TAG, 1)
+  s = token_task.sample_sequences(rng, cfg.eval.num_sequences, 1, cfg.task.num_keys, cfg.task.num_values)
   for name, (host_module, variables) in zip(lstm, evaluated[1:], strict=True):
     assert host_module is module
     predicted = np.argmax(logits(variables, s.keys, s.values, s.query), axis=-1)
@@ -83,37 +91,45 @@ def test_tiny_run_writes_results_and_figure(tiny_run):
     assert os.path.getsize(os.path.join(folder, token_recall.FIGURE)) > 1000
 
 
+def _codes(cfg, key_width: int, value_width: int) -> host_models.TokenCodes:
+  t, h = cfg.task, cfg.host
+  return host_models.TokenCodes(
+    t.num_keys, t.num_values, key_width, value_width, h.code, h.code_scale, h.embed_init_std
+  )
+
+
 def _tiny_plastic():
   cfg = token_recall_configs.get_config("tiny")
-  memory, info = token_recall.load_memory(cfg)
-  codes = token_recall._codes(cfg, memory.topology.n_in, memory.topology.n_out)
-  host = token_recall.PlasticHost(memory, codes, cfg.task.num_values)
-  return cfg, memory, info, host, token_recall._init(host, cfg.seed)
+  study = token_recall_configs.study(cfg)
+  memory, info = host_study.load_memory(study.rule, study.random_rule, study.seed)
+  codes = _codes(cfg, memory.topology.n_in, memory.topology.n_out)
+  host = host_models.PlasticHost(memory, codes, cfg.task.num_values)
+  return cfg, study, memory, info, host, host_models.init_host(host, cfg.seed)
 
 
 def test_the_rule_stays_frozen_and_gradients_reach_the_encoders():
-  cfg, memory, info, host, variables = _tiny_plastic()
+  cfg, study, memory, info, host, variables = _tiny_plastic()
   assert set(variables) == {"params", "rule", "memory"}
   assert set(variables["params"]) == {"codes", "decoder"}  # no theta among the trained parameters
   for got, want in zip(jax.tree.leaves(variables["rule"]), jax.tree.leaves(memory.theta), strict=True):
     np.testing.assert_array_equal(got, want)  # the loaded rule
   before = jax.device_get(variables)
 
-  trained, record = token_recall.train_host("plastic", host, variables, cfg, log=lambda text: None)
-  assert token_recall._rule_unchanged(before["rule"], trained["rule"])
+  trained, record = host_study.train_host("plastic", host, variables, study, log=lambda text: None)
+  assert host_study.trees_equal(before["rule"], trained["rule"])
   for a, b in zip(jax.tree.leaves(before["rule"]), jax.tree.leaves(trained["rule"]), strict=True):
     np.testing.assert_array_equal(a, b)
   changed = jax.tree.map(
     lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), before["params"], trained["params"]
   )
   assert changed["codes"]["key_embed"]["embedding"] and changed["decoder"]["kernel"]
-  assert trained_baselines.param_count(trained["params"]) == trained_baselines.param_count(before["params"])
+  assert supervised.param_count(trained["params"]) == supervised.param_count(before["params"])
 
   # The key encoder learns only through the memory: its gradient is nonzero, the rule's is zero.
   rng = np.random.default_rng(0)
-  seqs = token_recall.sample_sequences(rng, 3, 2, cfg.task.num_keys, cfg.task.num_values)
-  batch = token_recall._batch(host, seqs, 2)
-  logits_fn = token_recall._logits_fn(host)
+  seqs = token_task.sample_sequences(rng, 3, 2, cfg.task.num_keys, cfg.task.num_values)
+  batch = host_models.to_batch(host, seqs, 2)
+  logits_fn = host_models.logits_fn(host)
 
   def loss(variables):
     return jnp.sum(logits_fn(variables, batch)[jnp.arange(3), batch.target])
@@ -121,13 +137,13 @@ def test_the_rule_stays_frozen_and_gradients_reach_the_encoders():
   grads = jax.grad(loss)(before)
   assert float(jnp.abs(grads["params"]["codes"]["key_embed"]["embedding"]).sum()) > 0
   assert all(float(jnp.abs(g).sum()) == 0 for g in jax.tree.leaves(grads["rule"]))
-  assert not token_recall._rule_unchanged(before["rule"], jax.tree.map(lambda a: a + 1, before["rule"]))
+  assert not host_study.trees_equal(before["rule"], jax.tree.map(lambda a: a + 1, before["rule"]))
 
 
 @pytest.mark.parametrize("length", [1, 3, 6])
 def test_sampler_queries_one_of_the_keys_and_targets_its_value(length):
   num_keys, num_values, batch = 6, 4, 200
-  s = token_recall.sample_sequences(np.random.default_rng(length), batch, length, num_keys, num_values)
+  s = token_task.sample_sequences(np.random.default_rng(length), batch, length, num_keys, num_values)
   assert s.keys.shape == s.values.shape == (batch, length)
   assert s.query.shape == s.target.shape == s.query_index.shape == (batch,)
   for row in range(batch):
@@ -139,17 +155,17 @@ def test_sampler_queries_one_of_the_keys_and_targets_its_value(length):
     assert s.target[row] == values[keys.index(s.query[row])]
   assert set(s.query_index) == set(range(length))  # every position gets asked
   with pytest.raises(ValueError, match="length 7"):
-    token_recall.sample_sequences(np.random.default_rng(0), 1, 7, num_keys, num_values)
+    token_task.sample_sequences(np.random.default_rng(0), 1, 7, num_keys, num_values)
 
 
 def test_padded_lstm_host_computes_what_the_unpadded_one_does():
   cfg = token_recall_configs.get_config("tiny")
-  codes = token_recall._codes(cfg, 4, 4)
-  host = token_recall.LSTMHost(5, codes, cfg.task.num_values)
-  variables = token_recall._init(host, 0)
-  logits_fn = token_recall._logits_fn(host)
-  s = token_recall.sample_sequences(np.random.default_rng(1), 4, 2, cfg.task.num_keys, cfg.task.num_values)
-  padded = token_recall._batch(host, s, 5)
+  codes = _codes(cfg, 4, 4)
+  host = host_models.LSTMHost(5, codes, cfg.task.num_values)
+  variables = host_models.init_host(host, 0)
+  logits_fn = host_models.logits_fn(host)
+  s = token_task.sample_sequences(np.random.default_rng(1), 4, 2, cfg.task.num_keys, cfg.task.num_values)
+  padded = host_models.to_batch(host, s, 5)
   assert padded.keys.shape == (4, 5) and list(padded.length) == [2] * 4
   exact = jax.vmap(lambda k, v, q: host.apply(variables, k, v, q))(*(jnp.asarray(a) for a in s[:3]))
   np.testing.assert_allclose(logits_fn(variables, padded), exact, rtol=1e-5, atol=1e-6)
@@ -181,7 +197,7 @@ def test_invalid_config_names_the_field_before_writing_anything(tmp_path, field,
   (cfg[group] if group else cfg)[name] = value
   workdir = str(tmp_path / "run")
   with pytest.raises(ConfigError, match=f"^{field}: ") as error:
-    token_recall.run(cfg, workdir)
+    _main(cfg, workdir)
   assert error.value.field == field
   assert not os.path.exists(workdir)
 
@@ -201,7 +217,7 @@ def test_command_line_exits_non_zero_on_an_invalid_config(run_module, tmp_path):
 
 
 def test_sign_codes_are_plus_minus_one_with_tanh_gradients():
-  codes = token_recall.TokenCodes(5, 3, 4, 2, code="sign")
+  codes = host_models.TokenCodes(5, 3, 4, 2, code="sign")
   tokens = jnp.arange(3)
   variables = codes.init(jax.random.PRNGKey(0), tokens, tokens, tokens[0])
   k, v, q = codes.apply(variables, tokens, tokens, tokens[0])
@@ -212,3 +228,17 @@ def test_sign_codes_are_plus_minus_one_with_tanh_gradients():
     variables["params"]
   )
   assert float(jnp.abs(grads["key_embed"]["embedding"]).sum()) > 0
+
+
+def test_training_stream_draws_every_length_and_held_out_sequences_are_reproducible():
+  task = token_task.TokenTask(num_keys=6, num_values=4, train_lengths=(1, 3), eval_lengths=(2, 5))
+  batches = token_task.training_batches(token_task.sequence_rng(0, token_task.TRAIN_TAG), task, 4)
+  shapes = [next(batches).keys.shape for _ in range(30)]
+  assert {b for b, _ in shapes} == {4} and {length for _, length in shapes} == {1, 2, 3}
+  held_out = list(token_task.held_out_sequences(0, task, 5, 12, 4))
+  assert len(held_out) == 3 and all(s.keys.shape == (4, 5) for s in held_out)
+  for a, b in zip(held_out, token_task.held_out_sequences(0, task, 5, 12, 4), strict=True):
+    for x, y in zip(a, b, strict=True):  # the same sequences for every host
+      np.testing.assert_array_equal(x, y)
+  other = next(token_task.held_out_sequences(1, task, 5, 12, 4))  # another seed, other sequences
+  assert not np.array_equal(other.keys, held_out[0].keys)

@@ -84,7 +84,9 @@ def episode_run():
   cfg = _routing()
   topo, problem, optimizer = meta_train.setup(cfg)
   batch = 2
-  state = meta_train.init_train_state(meta_train.train_key(0), topo, problem, optimizer, batch)
+  state = meta_train.init_train_state(
+    meta_train.train_key(0), (topo,), meta_train.MetaBatch.of(problem, batch), optimizer
+  )
   key_ep, key_state = jax.random.split(jax.random.PRNGKey(5))
   episodes = jax.vmap(tasks.sample_episode, in_axes=(0, None))(jax.random.split(key_ep, batch), problem.task)
 
@@ -147,7 +149,9 @@ def runs(tmp_path_factory):
 
 def test_meta_steps_change_the_synapse_weights(runs):
   topo, problem, optimizer = meta_train.setup(runs["cfg"])
-  initial = meta_train.initial_train_state(topo, problem, optimizer, 2, runs["cfg"].seed)
+  initial = meta_train.initial_train_state(
+    (topo,), meta_train.MetaBatch.of(problem, 2), optimizer, runs["cfg"].seed
+  )
   trained = runs["after_two"]
   assert int(trained.step) == 2
   for w0, w in zip(initial.theta[SW], trained.theta[SW], strict=True):

@@ -12,7 +12,8 @@ then the same network meta-trained with synapse updates off, on CPU in a few min
 Variants (`:name`, combinable with `,`, e.g. `:tiny,auto`): `tiny` (seconds, for tests), `auto`
 (completion from a corrupted cue), `streaming` (never-reset stream, truncated windows), `layered`,
 `layered_feedback` (both with one query step more and keys held for the latency, which one hidden
-layer adds), `sparse`, `mesh2d` (a 2-D device mesh: batch x neurons), `routing` (the
+layer adds), `sparse`, `mesh2d` (a 2-D device mesh: batch x neurons), `mixture` (a meta-batch of
+the network and one twice as large, at K and 2K: one rule trained on both), `routing` (the
 activation-only control that can route: synapse updates off, every synapse's fixed weights
 meta-trained; no learned rule, and no synapses-off twin run: it is a synapses-off network itself).
 """
@@ -86,6 +87,19 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   # A meta step whose loss or gradient is not finite is skipped (theta unchanged); this many in a row
   # stop the run with an error, its last checkpoint intact (docs/RELIABILITY.md).
   cfg.train.max_nonfinite_steps = 10
+  # The meta-gradient estimator (learned_rules/gradient_estimators.py): `truncated` back-propagation
+  # through whole episodes (or, on `streaming`, windows of never-reset streams); `window` and `horizon`
+  # set truncations within episodes of `horizon` steps; `open_es` and `pes` need population and std.
+  cfg.train.estimator = config_lib.ConfigDict()
+  cfg.train.estimator.kind = "truncated"  # truncated | open_es | pes
+  cfg.train.estimator.window = 0  # streaming: W steps per meta step (0: task.window)
+  cfg.train.estimator.horizon = 0  # streaming: streams restart every T steps (0: never)
+  cfg.train.estimator.population = 0
+  cfg.train.estimator.std = 0.0
+  # The meta-batch: problems whose mean meta-gradient each step follows, each a comma-separated list of
+  # `field=value` overrides of this config (net, rule, task, train.batch_size), e.g.
+  # ("net.num_hidden=32", "net.num_hidden=96,task.num_snippets=16"); empty: this config's one problem.
+  cfg.train.mixture = ()
 
   # The device mesh (learned_rules/sharding.py): `batch` devices split the episodes of a meta step
   # (0: every device that `neurons` leaves), `neurons` devices split each network's synapses.
@@ -115,6 +129,17 @@ def _tiny(cfg):
   cfg.eval.num_episodes = 4
   cfg.eval.k_values = (1, 2, 3)
   cfg.mesh.batch = 1  # its 2 episodes fit one device, whatever the machine has
+
+
+def _mixture(cfg):
+  """A meta-batch of two sizes: the configured network and K, and the network twice as large (inputs,
+  outputs and hidden neurons) with twice the K. Put it after the variants that set the sizes."""
+  n = cfg.net
+  cfg.train.mixture = (
+    "",
+    f"net.num_inputs={2 * n.num_inputs},net.num_outputs={2 * n.num_outputs},"
+    f"net.num_hidden={2 * n.num_hidden},task.num_snippets={2 * cfg.task.num_snippets}",
+  )
 
 
 def _mesh2d(cfg):
@@ -158,5 +183,6 @@ VARIANTS = {
   "layered_feedback": _topology("layered_feedback"),
   "sparse": _topology("sparse"),
   "mesh2d": _mesh2d,
+  "mixture": _mixture,
   "routing": _routing,
 }

@@ -1,0 +1,101 @@
+"""The main experiment: a learned rule meta-trained to remember, beside its controls, on the same episodes.
+
+`run_experiment(cfg, workdir)` is what `python -m experiments.remember` runs: it meta-trains the rule of
+`cfg` in `workdir` (`meta_train.train_and_evaluate`), and, unless `baseline_synapses_off` is False, the
+same network with synapse updates off in `<workdir>/synapses_off`; then it scores the key-blind floor
+(the best answer that ignores the cue) on the same held-out episodes, and writes `summary.json`. A
+meta-batch of several problems (`train.mixture`) reports each problem's recall and floor as well.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+
+import jax
+
+from learned_rules import baselines, meta_train, network
+from learned_rules import config as config_lib
+
+CHANCE = 0.5  # targets are uniform +-1 bits, so any fixed guess is right half the time
+
+
+def synapses_off_config(cfg):
+  """`cfg` with synapse updates off: the run that tells whether the rule stores in its synapses."""
+  off = copy.deepcopy(cfg)
+  with off.unlocked():
+    off.net.synapse_updates = False
+  return off
+
+
+def run_name(cfg) -> str:
+  """What the run of `cfg` trains: a learned rule, or (`net.trained_synapses`) fixed trained weights."""
+  return "trained synapses, updates off" if config_lib.trained_synapses(cfg) else "learned rule"
+
+
+def task_label(cfg) -> str:
+  t = cfg.task
+  if t.protocol == "streaming":
+    return f"streaming, recall of the snippet 1..{t.max_lag} slots back"
+  return f"{t.protocol}, K = {t.num_snippets} snippets per episode"
+
+
+def format_table(rows: list[tuple[str, float]], label: str) -> str:
+  lines = [f"Held-out recall ({label})", f"{'rule':<44}{'bit accuracy':>14}"]
+  lines += [f"{name:<44}{value:>14.3f}" for name, value in rows]
+  return "\n".join(lines)
+
+
+def _member_rows(cfg, learned: dict, summary: dict) -> list[tuple[str, float]]:
+  """Rows (and summary entries) of each problem of a meta-batch: its recall and its key-blind floor."""
+  rows, summary["members"] = [], []
+  for i, (member, result) in enumerate(zip(config_lib.mixture(cfg), learned["members"], strict=True)):
+    floor = baselines.key_blind_floor(member, network.make_topology(member.net))
+    n = network.make_topology(member.net).num_neurons
+    label = f"problem {i}: N = {n}, K = {member.task.num_snippets}"
+    rows += [(f"{label}, rule", result["bit_accuracy"]), (f"{label}, key-blind floor", floor)]
+    summary["members"].append(
+      {
+        "num_neurons": n,
+        "num_snippets": member.task.num_snippets,
+        "bit_accuracy": result["bit_accuracy"],
+        "key_blind_bit_accuracy": floor,
+      }
+    )
+  return rows
+
+
+def run_experiment(cfg, workdir: str) -> tuple[dict, str]:
+  """Both runs and the summary: returns the summary dict (also written to `<workdir>/summary.json` by
+  process 0) and the table of held-out recall. Raises what `meta_train.train_and_evaluate` raises."""
+  start = time.perf_counter()
+  config_lib.validate(cfg)  # fail before any compilation, and before anything is written
+  name = run_name(cfg)
+  learned = meta_train.train_and_evaluate(cfg, workdir, label=f"{name}: ")
+  summary = {
+    "bit_accuracy": learned["bit_accuracy"],
+    "perfect_recall": learned["perfect_recall"],
+    "chance_bit_accuracy": CHANCE,
+    "num_snippets": cfg.task.num_snippets,
+    "protocol": cfg.task.protocol,
+    "topology": cfg.net.topology,
+    "meta_steps": learned["meta_steps"],
+  }
+  rows = [(name + (", mean over problems" if "members" in learned else ""), learned["bit_accuracy"])]
+  if "members" in learned:
+    rows += _member_rows(cfg, learned, summary)
+  if cfg.baseline_synapses_off and cfg.net.synapse_updates:
+    off_dir = os.path.join(workdir, "synapses_off")
+    off = meta_train.train_and_evaluate(synapses_off_config(cfg), off_dir, label="synapses off: ")
+    summary["bit_accuracy_synapses_off"] = off["bit_accuracy"]
+    rows.append(("same network, synapse updates off", off["bit_accuracy"]))
+  floor = baselines.key_blind_floor(cfg, network.make_topology(cfg.net))
+  summary["key_blind_bit_accuracy"] = floor  # the best answer that ignores the cue, same held-out episodes
+  rows += [("key-blind floor (ignores the cue)", floor), ("chance", CHANCE)]
+  summary["wall_seconds"] = time.perf_counter() - start
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return summary, format_table(rows, task_label(cfg))
