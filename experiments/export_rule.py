@@ -1,80 +1,77 @@
 r"""Save a meta-trained rule as a few-KB file that `learned_rules.load_rule` reads.
 
-  python -m experiments.export_rule --workdir=runs/remember-hetero-full-K8-seed0 --name=hetero
+  python -m experiments.export_rule --workdir=DIR --name=mine                    # DIR/exported/mine.json
   python -m experiments.export_rule --workdir=DIR --name=mine --out_dir=/tmp/rules  # /tmp/rules/mine.json
+  python -m experiments.export_rule --workdir=runs/remember-hetero-full-K8-seed0 --name=hetero \
+      --out_dir=learned_rules/pretrained                                         # ship it with the package
 
-Restores the run's latest checkpoint, measures its held-out recall against K (the run's
-`eval.k_values` and `eval.num_episodes`), and writes `<out_dir>/<name>.msgpack` (theta) and
-`<out_dir>/<name>.json` (config, meta steps, recall, and the commands that made it). The default
-`out_dir` is the package's own `learned_rules/pretrained/`, whose rules `load_rule(name)` finds.
-A `net.trained_synapses` run (fixed trained weights, no learned rule) is refused.
+Restores the latest checkpoint of the run in `--workdir`, measures its held-out recall against K (the
+run's `eval.k_values` and `eval.num_episodes`), and writes `<out_dir>/<name>.msgpack` (theta) and
+`<out_dir>/<name>.json` (config, meta steps, recall, and the commands that made it)
+(`learned_rules.rule_export`). `--out_dir` defaults to `<workdir>/exported/`; `load_rule` reads a rule
+there by its path. Shipping a rule means `--out_dir=learned_rules/pretrained`, the package's own
+folder, whose rules `load_rule(name)` finds by name.
+
+Exit status: 0 done; 2 a bad --name, no rule in the workdir, or a `net.trained_synapses` run (fixed
+trained weights, no learned rule: refused); see experiments/harness.py.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-from experiments import flagutil
-from learned_rules import evaluation as evaluate_lib
-from learned_rules import metrics as metrics_lib
-from learned_rules import pretrained
-
-_WORKDIR = flagutil.define(
-  flags.DEFINE_string, "workdir", None, "Run directory written by experiments.remember.", required=True
-)
-_NAME = flagutil.define(
-  flags.DEFINE_string, "name", None, "Name of the saved rule (letters, digits, - and _).", required=True
-)
-_OUT_DIR = flagutil.define(flags.DEFINE_string, "out_dir", pretrained.PRETRAINED_DIR, "Where to write it.")
-_TRAINED_BY = flagutil.define(
-  flags.DEFINE_string,
-  "trained_by",
-  "python -m experiments.remember",
-  "The command that trained the run, for the record.",
-)
+from experiments import harness
+from learned_rules import pretrained, rule_export
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  name = _NAME.value
+def main(cfg, workdir: str, opts) -> rule_export.Export:
+  del cfg  # the run's own, saved with its checkpoints
+  name = opts.name
+  if not name:
+    raise harness.UsageError("--name: required (letters, digits, - and _)")
   if not name.replace("-", "").replace("_", "").isalnum():
-    sys.exit(f"--name: {name!r} is not a name of letters, digits, - and _")
-  metrics_lib.quiet_library_logs()
+    raise harness.UsageError(f"--name: {name!r} is not a name of letters, digits, - and _")
   try:
-    rule = pretrained.load_rule(_WORKDIR.value)
-  except (FileNotFoundError, pretrained.RuleLoadError) as e:
-    sys.exit(str(e))
-  if rule.topology.trained_synapses:
-    sys.exit(
-      f"{_WORKDIR.value} is a net.trained_synapses run: a trained network with fixed per-synapse weights, "
-      "no learned rule to export; load_rule(<its run directory>) reads it as it is"
-    )
-  cfg = rule.config
-  key = evaluate_lib.eval_key(cfg.seed)
-  k_values = [int(k) for k in cfg.eval.k_values]
-  records = evaluate_lib.recall_vs_k(rule.theta, rule.topology, cfg, k_values, cfg.eval.num_episodes, key)
-  caps = {str(level): evaluate_lib.capacity(records, level) for level in (0.99, 0.95)}
-  paths = pretrained.save_rule(
+    rule = pretrained.load_rule(workdir)
+  except FileNotFoundError as e:
+    raise harness.UsageError(str(e)) from e
+  command = f"python -m experiments.export_rule --workdir={workdir} --name={name}"
+  out_dir = opts.out_dir or os.path.join(workdir, "exported")
+  exported = rule_export.export_rule(
     rule,
-    os.path.join(_OUT_DIR.value, name),
-    trained_by=_TRAINED_BY.value,
-    exported_by=f"python -m experiments.export_rule --workdir={_WORKDIR.value} --name={name}",
-    held_out_episodes=int(cfg.eval.num_episodes),
-    recall_vs_k=records,
-    capacity=caps,
+    os.path.join(out_dir, name),
+    trained_by=opts.trained_by,
+    exported_by=command + (f" --out_dir={opts.out_dir}" if opts.out_dir else ""),
   )
+  caps, topo = exported.capacity, rule.topology
   print(
-    f"{name}: {rule.meta_steps} meta steps, {cfg.task.protocol} on {cfg.net.topology} "
-    f"({rule.topology.num_neurons} neurons); capacity K@0.99 {caps['0.99']}, K@0.95 {caps['0.95']}"
+    f"{name}: {rule.meta_steps} meta steps, {rule.config.task.protocol} on {rule.config.net.topology} "
+    f"({topo.num_neurons} neurons); capacity K@0.99 {caps['0.99']}, K@0.95 {caps['0.95']}"
   )
-  for r in records:
+  for r in exported.records:
     print(f"  K={r['K']:3d}  bit accuracy {r['bit_accuracy']:.4f}  perfect recall {r['perfect_recall']:.4f}")
-  print(f"wrote {', '.join(paths)} ({sum(os.path.getsize(p) for p in paths) / 1024:.1f} KB)")
+  size = sum(os.path.getsize(p) for p in exported.paths) / 1024
+  print(f"wrote {', '.join(exported.paths)} ({size:.1f} KB)")
+  return exported
 
 
 if __name__ == "__main__":
-  app.run(main)
+  harness.run(
+    main,
+    workdir_help="Run directory written by experiments.remember (required).",
+    options={
+      "name": (flags.DEFINE_string, None, "Name of the saved rule (letters, digits, - and _); required."),
+      "out_dir": (
+        flags.DEFINE_string,
+        None,
+        "Where to write it (default <workdir>/exported/; learned_rules/pretrained ships it).",
+      ),
+      "trained_by": (
+        flags.DEFINE_string,
+        "python -m experiments.remember",
+        "The command that trained the run, for the record.",
+      ),
+    },
+  )

@@ -8,6 +8,7 @@ the dotted name of the offending field, so a typo costs one line of output, not 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import numbers
 
@@ -171,7 +172,7 @@ def key_latency(cfg) -> int:
   outputs: `network.key_latency` of the topology it builds (which traces and compiles nothing)."""
   net = ml_collections.ConfigDict(_get(cfg, "net"))  # also a plain dict's (a config read from JSON)
   try:
-    return network.key_latency(network.make_topology(net))
+    return network.key_latency(make_topology(net))
   except ValueError as e:  # a sparse mask can leave an output unreachable
     raise ConfigError("net.density", f"{e} (net.topology=sparse, net.mask_seed={net.mask_seed})") from None
 
@@ -244,9 +245,7 @@ def mixture(cfg) -> list[ml_collections.ConfigDict]:
   out = []
   for i, member in enumerate(members):
     one = _member(cfg, member, i)
-    if out and rule_spec(one, network.make_topology(one.net)) != rule_spec(
-      out[0], network.make_topology(out[0].net)
-    ):
+    if out and rule_spec(one, make_topology(one)) != rule_spec(out[0], make_topology(out[0])):
       raise ConfigError(
         "train.mixture", f"member {i}: every member must share the rule (rule.*, neuron types)"
       )
@@ -320,6 +319,77 @@ def validate(cfg) -> None:
   mesh_shape(cfg)
   estimator_spec(cfg)
   mixture(cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """What the training loop reads of a config (`train_spec`): frozen and hashable."""
+
+  seed: int
+  batch_size: int
+  num_steps: int
+  learning_rate: float
+  clip_norm: float
+  log_every: int
+  checkpoint_every: int
+  max_to_keep: int
+  max_nonfinite_steps: int
+  mesh: tuple[int, int]  # (mesh.batch, mesh.neurons)
+  eval_episodes: int
+  k_values: tuple[int, ...]
+
+
+def train_spec(cfg) -> TrainSpec:
+  """The training and evaluation settings of a validated config."""
+  t = _get(cfg, "train")
+  return TrainSpec(
+    seed=int(_get(cfg, "seed")),
+    batch_size=int(t["batch_size"]),
+    num_steps=int(t["num_steps"]),
+    learning_rate=float(t["learning_rate"]),
+    clip_norm=float(t["clip_norm"]),
+    log_every=int(t["log_every"]),
+    checkpoint_every=int(t["checkpoint_every"]),
+    max_to_keep=int(t["max_to_keep"]),
+    max_nonfinite_steps=max_nonfinite_steps(cfg),
+    mesh=mesh_shape(cfg),
+    eval_episodes=int(_get(cfg, "eval.num_episodes")),
+    k_values=tuple(int(k) for k in _get(cfg, "eval.k_values")),
+  )
+
+
+def make_topology(net) -> network.Topology:
+  """The network of a config's `net` block (or of the config itself): `network.make_full`,
+  `make_layered` or `make_sparse` with its sizes and ablations."""
+  if "net" in net:
+    net = net["net"]
+  get = net.get if hasattr(net, "get") else lambda k, d=None: net[k] if k in net else d
+  ablations = dict(
+    synapse_updates=bool(get("synapse_updates")),
+    body_recurrence=bool(get("body_recurrence")),
+    trained_synapses=bool(get("trained_synapses", False)),  # optional: older configs lack it
+  )
+  n_in, n_out, topology = get("num_inputs"), get("num_outputs"), get("topology")
+  if topology == "full":
+    return network.make_full(n_in, n_out, get("num_hidden"), get("self_connections"), **ablations)
+  if topology in ("layered", "layered_feedback"):
+    feedback = topology == "layered_feedback"
+    return network.make_layered(n_in, n_out, tuple(get("hidden_layers")), feedback=feedback, **ablations)
+  if topology == "sparse":
+    return network.make_sparse(n_in, n_out, get("num_hidden"), get("density"), get("mask_seed"), **ablations)
+  raise ConfigError("net.topology", f"unknown topology {topology!r}; one of {', '.join(network.TOPOLOGIES)}")
+
+
+def problem(cfg, topo: network.Topology | None = None, num_snippets: int | None = None) -> unroll.Problem:
+  """The static problem of a config (rule, task, noise, loss, remat), optionally at another K."""
+  topo = make_topology(cfg) if topo is None else topo
+  return unroll.Problem(
+    rule=rule_spec(cfg, topo),
+    task=task_spec(cfg, topo, num_snippets),
+    init_noise=float(_get(cfg, "net.init_noise")),
+    loss=_get(cfg, "train.loss"),
+    remat=_get(cfg, "train.remat"),
+  )
 
 
 def rule_spec(cfg, topo: network.Topology) -> rules.RuleSpec:

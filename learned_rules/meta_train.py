@@ -180,10 +180,9 @@ def checkpoint_bytes(topos: tuple, meta_batch: MetaBatch, optimizer) -> int:
 def setup(cfg):
   """Validated topology, problem and optimizer of a config (its base problem: the one evaluated)."""
   config_lib.validate(cfg)
-  topo = network.make_topology(cfg.net)
-  problem = evaluate_lib.problem_from_config(cfg, topo)
-  optimizer = make_optimizer(cfg.train.learning_rate, cfg.train.clip_norm)
-  return topo, problem, optimizer
+  topo = config_lib.make_topology(cfg)
+  spec = config_lib.train_spec(cfg)
+  return topo, config_lib.problem(cfg, topo), make_optimizer(spec.learning_rate, spec.clip_norm)
 
 
 def setup_meta_batch(cfg):
@@ -193,10 +192,10 @@ def setup_meta_batch(cfg):
   estimator = config_lib.estimator_spec(cfg)
   topos, problems, batches = [], [], []
   for member in config_lib.mixture(cfg):
-    topo = network.make_topology(member.net)
+    topo = config_lib.make_topology(member)
     topos.append(topo)
-    problems.append(evaluate_lib.problem_from_config(member, topo))
-    batches.append(member.train.batch_size)
+    problems.append(config_lib.problem(member, topo))
+    batches.append(config_lib.train_spec(member).batch_size)
   meta_batch = MetaBatch(tuple(problems), (estimator,) * len(problems), tuple(batches))
   try:
     meta_batch.made()
@@ -206,17 +205,17 @@ def setup_meta_batch(cfg):
   return tuple(topos), meta_batch, optimizer
 
 
-def make_mesh(cfg) -> jax.sharding.Mesh:
-  """The `(batch, neurons)` device mesh of `cfg.mesh` over every device of every process.
+def make_mesh(spec: config_lib.TrainSpec) -> jax.sharding.Mesh:
+  """The `(batch, neurons)` device mesh of `spec.mesh` over every device of every process.
 
   Raises `config.ConfigError` if it does not fit the devices or does not split the batch.
   """
   try:
-    mesh = sharding.make_mesh(*config_lib.mesh_shape(cfg))
+    mesh = sharding.make_mesh(*spec.mesh)
   except ValueError as e:
     field, _, message = str(e).partition(": ")
     raise config_lib.ConfigError(field, message) from e
-  error = sharding.batch_size_error(cfg.train.batch_size, mesh)
+  error = sharding.batch_size_error(spec.batch_size, mesh)
   if error:
     raise config_lib.ConfigError("train.batch_size", f"{error}; set mesh.batch to a divisor of it")
   return mesh
@@ -241,12 +240,12 @@ def make_run_meta_step(topos: tuple, meta_batch: MetaBatch, optimizer, seed: int
   return make_meta_step(meta_batch, optimizer, step_key(seed), shardings)
 
 
-def _latest_or_initial_state(cfg, ckpt, topos, meta_batch, optimizer, set_aside: bool = False):
+def _latest_or_initial_state(seed: int, ckpt, topos, meta_batch, optimizer, set_aside: bool = False):
   """`(state, step)`: the newest intact checkpoint's train state and step, or the initial state and
   None if `ckpt` holds none; on the mesh's shardings when the meta-batch has one (a checkpoint
   restores onto any mesh). Damaged newer checkpoints are warned about and, with `set_aside` (the
   trainer), moved out of the way so their steps can be saved again."""
-  state = initial_train_state(topos, meta_batch, optimizer, cfg.seed)
+  state = initial_train_state(topos, meta_batch, optimizer, seed)
   restored, step, damaged = ckpt.restore_latest(state)
   for bad in damaged if set_aside else ():
     logging.warning("damaged checkpoint step %d moved to %s", bad, ckpt.set_aside(bad))
@@ -276,7 +275,7 @@ class _StopRequest:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_finite(cfg, done: int, step_metrics, label: str) -> None:
+def _check_finite(limit: int, done: int, step_metrics, label: str) -> None:
   """Warns about a skipped (non-finite) step; raises `NonFiniteError` after too many in a row."""
   streak = int(step_metrics["nonfinite_streak"])  # a scalar fetch per step, to stop in time
   if not streak:
@@ -289,7 +288,6 @@ def _check_finite(cfg, done: int, step_metrics, label: str) -> None:
     streak,
     total,
   )
-  limit = config_lib.max_nonfinite_steps(cfg)
   if streak >= limit:
     raise NonFiniteError(
       f"step {done}: {streak} meta steps in a row (steps {done - streak + 1} to {done}) had a non-finite "
@@ -330,12 +328,15 @@ def _record_curve(writer, curve: Curve | None, clock: _TrainClock, done: int, th
     writer.write(done, train_wall_s=clock.wall, train_cpu_s=clock.cpu, **values)
 
 
-def _train_loop(cfg, workdir, ckpt, state: TrainState, meta_step, topos, label: str, curve=None):
-  """Meta steps up to `cfg.train.num_steps`, with metrics, progress, checkpoints and the `curve`
-  evaluations; stops early with `NonFiniteError` or (after saving) `Preempted`."""
+def _train_loop(
+  spec: config_lib.TrainSpec, cfg, workdir, ckpt, state: TrainState, meta_step, topos, label, curve
+):
+  """Meta steps up to `spec.num_steps`, with metrics, progress, checkpoints (each with `cfg`, for
+  provenance) and the `curve` evaluations; stops early with `NonFiniteError` or (after saving)
+  `Preempted`."""
   main = jax.process_index() == 0  # only the first process of a multi-host run logs
   writer = metrics_lib.MetricsWriter(workdir)
-  num_steps = cfg.train.num_steps
+  num_steps = spec.num_steps
   first = int(state.step)
   clock = _TrainClock(metrics_lib.read_metrics(writer.path) if curve and os.path.exists(writer.path) else [])
   if main and first == 0:
@@ -355,14 +356,14 @@ def _train_loop(cfg, workdir, ckpt, state: TrainState, meta_step, topos, label: 
       else:  # timed alone, so that the curve's clocks hold training only
         state, step_metrics = clock.run(meta_step, state, topos)
       done = step + 1
-      _check_finite(cfg, done, step_metrics, label)
-      if main and (done % cfg.train.log_every == 0 or done == num_steps):
+      _check_finite(spec.max_nonfinite_steps, done, step_metrics, label)
+      if main and (done % spec.log_every == 0 or done == num_steps):
         scalars = jax.device_get(step_metrics)
         writer.write(done, **scalars)
         progress.update(done, scalars["loss"], scalars["bit_accuracy"])
       if main:
         _record_curve(writer, curve, clock, done, state.theta)
-      if done % cfg.train.checkpoint_every == 0 or done == num_steps or stop.requested:
+      if done % spec.checkpoint_every == 0 or done == num_steps or stop.requested:
         ckpt.save(done, state, cfg)
       if stop.requested and done < num_steps:
         progress.close()
@@ -388,7 +389,8 @@ def load_run(workdir: str):
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; run experiments.remember first")
     cfg = config_lib.from_dict(saved)
     topos, meta_batch, optimizer = setup_meta_batch(cfg)
-    return cfg, topos[0], _latest_or_initial_state(cfg, ckpt, topos, meta_batch, optimizer)[0]
+    seed = config_lib.train_spec(cfg).seed
+    return cfg, topos[0], _latest_or_initial_state(seed, ckpt, topos, meta_batch, optimizer)[0]
   finally:
     ckpt.close()
 
@@ -396,15 +398,16 @@ def load_run(workdir: str):
 def _train(cfg, workdir: str, label: str, curve: Curve | None) -> TrainState:
   """The training half of `train_and_evaluate`: returns the final train state."""
   topos, meta_batch, optimizer = setup_meta_batch(cfg)
-  mesh = make_mesh(cfg)
+  spec = config_lib.train_spec(cfg)
+  mesh = make_mesh(spec)
   main = jax.process_index() == 0
-  needed = checkpoint_bytes(topos, meta_batch, optimizer) * (cfg.train.max_to_keep + 1)
+  needed = checkpoint_bytes(topos, meta_batch, optimizer) * (spec.max_to_keep + 1)
   checkpointing.check_workdir(workdir, needed + 2**20)
   mesh_topos, sharded = on_mesh(topos, meta_batch, mesh)
-  ckpt = checkpointing.Checkpointer(workdir, cfg.train.max_to_keep)
+  ckpt = checkpointing.Checkpointer(workdir, spec.max_to_keep)
   try:
     ckpt.check_compatible(cfg)
-    state, resumed_step = _latest_or_initial_state(cfg, ckpt, mesh_topos, sharded, optimizer, set_aside=main)
+    state, resumed_step = _latest_or_initial_state(spec.seed, ckpt, mesh_topos, sharded, optimizer, main)
     if resumed_step is not None:
       logging.info("%sresumed from step %d in %s", label, resumed_step, ckpt.directory)
       changes = ckpt.environment_changes(resumed_step)
@@ -419,20 +422,18 @@ def _train(cfg, workdir: str, label: str, curve: Curve | None) -> TrainState:
     if main:
       _write_config(workdir, cfg)
     logging.info("%s%s", label, sharding.describe(mesh))
-    meta_step = make_run_meta_step(mesh_topos, sharded, optimizer, cfg.seed)
-    return _train_loop(cfg, workdir, ckpt, state, meta_step, mesh_topos, label, curve)
+    meta_step = make_run_meta_step(mesh_topos, sharded, optimizer, spec.seed)
+    return _train_loop(spec, cfg, workdir, ckpt, state, meta_step, mesh_topos, label, curve)
   finally:
     ckpt.close()
 
 
-def evaluate_problem(cfg, theta, topo, problem) -> dict:
-  """Held-out recall of `theta` on `problem` (the episodes of `cfg.seed`), and the largest absolute body
-  and synapse state over episodes `STATE_HORIZON` times longer than training."""
-  results = evaluate_lib.evaluate(
-    theta, topo, problem, evaluate_lib.eval_key(cfg.seed), cfg.eval.num_episodes
-  )
-  bounds_key = jax.random.fold_in(evaluate_lib.eval_key(cfg.seed), STATE_HORIZON)
-  batch = min(cfg.eval.num_episodes, evaluate_lib.STATE_BOUNDS_BATCH)
+def evaluate_problem(spec: config_lib.TrainSpec, theta, topo, problem) -> dict:
+  """Held-out recall of `theta` on `problem` (`spec.eval_episodes` episodes of `spec.seed`), and the
+  largest absolute body and synapse state over episodes `STATE_HORIZON` times longer than training."""
+  results = evaluate_lib.evaluate(theta, topo, problem, evaluate_lib.eval_key(spec.seed), spec.eval_episodes)
+  bounds_key = jax.random.fold_in(evaluate_lib.eval_key(spec.seed), STATE_HORIZON)
+  batch = min(spec.eval_episodes, evaluate_lib.STATE_BOUNDS_BATCH)
   results.update(evaluate_lib.state_bounds(theta, topo, problem, bounds_key, batch, STATE_HORIZON))
   return results
 
@@ -463,9 +464,9 @@ def train_and_evaluate(
   members = config_lib.mixture(cfg)
   if len(members) == 1:
     topo, problem, _ = setup(cfg)
-    results = evaluate_problem(cfg, theta, topo, problem)
+    results = evaluate_problem(config_lib.train_spec(cfg), theta, topo, problem)
   else:
-    each = [evaluate_problem(m, theta, *setup(m)[:2]) for m in members]
+    each = [evaluate_problem(config_lib.train_spec(m), theta, *setup(m)[:2]) for m in members]
     results = {k: float(sum(e[k] for e in each) / len(each)) for k in each[0]}
     results["members"] = each
   results.update(meta_steps=int(state.step), wall_seconds=time.perf_counter() - start)

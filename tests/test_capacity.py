@@ -1,17 +1,28 @@
-"""Tests of `experiments.capacity`: a tiny run of every study end to end, resuming, and config checks."""
+"""Tests of the capacity study (`learned_rules.capacity_plan`, `capacity_study`, `capacity_figures`): a
+tiny run of every study end to end, reading a finished one back, and the checks of its config."""
 
 from __future__ import annotations
 
 import json
 import os
+import types
 
 import pytest
 
-from experiments import capacity
-from learned_rules import baselines, network, trained_baselines
+from experiments import capacity as capacity_command
+from learned_rules import (
+  baselines,
+  capacity_figures,
+  capacity_plan,
+  capacity_study,
+  network,
+  trained_baselines,
+)
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
 from learned_rules.configs import capacity as capacity_configs
+
+FIGURES = ("recall_vs_k.png", "auto_recall_vs_k.png", "capacity_vs_n.png", "difficulty.png")
 
 
 def _tiny_study():
@@ -24,16 +35,16 @@ def _tiny_study():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("capacity"))
-  return workdir, capacity.run(_tiny_study(), workdir)
+  return workdir, capacity_study.run(capacity_plan.read_plan(_tiny_study()), workdir)
 
 
 @pytest.mark.slow  # the tiny study trains and evaluates every rule: about a minute
-def test_every_study_writes_its_records_and_figure(tiny_run):
+def test_every_study_writes_its_records_and_figure(tiny_run, tmp_path):
   workdir, records = tiny_run
   assert {r["study"] for r in records} == set(capacity_configs.STUDIES)
   rules = {(r["study"], r["rule"]) for r in records}
   for study in ("networks", "auto"):
-    for rule in ("learned", *capacity.BASELINES):
+    for rule in ("learned", *capacity_plan.BASELINES):
       # hopfield is the Hebbian memory itself on hetero, so only the auto study lists it.
       assert ((study, rule) in rules) == (rule != "hopfield" or study == "auto"), (study, rule)
   assert {r["K"] for r in records if r["study"] == "networks"} == {1, 2}
@@ -49,7 +60,7 @@ def test_every_study_writes_its_records_and_figure(tiny_run):
     assert p - 1e-6 <= bits <= p + (1.0 - p) * (1.0 - 0.5 / r["value_bits"]) + 1e-6, r
   # The networks study's key-blind floor, recomputed by another path (one program per K, episodes not
   # padded) on the same key: the same numbers.
-  cfg = capacity.rule_config(_tiny_study(), "full")[1]
+  cfg = capacity_plan.rule_config(_tiny_study(), "full")
   topo = network.make_topology(cfg.net)
   floors = [r for r in records if (r["study"], r["network"], r["rule"]) == ("networks", "full", "key_blind")]
   assert [r["K"] for r in floors] == [1, 2]
@@ -60,22 +71,22 @@ def test_every_study_writes_its_records_and_figure(tiny_run):
     assert r["perfect_recall"] == pytest.approx(want["perfect_recall"], abs=1e-6), r
   # K = 1 holds no cross-talk: both linear memories recall it perfectly.
   for r in records:
-    if r["rule"] in capacity.LINEAR_BASELINES and r["K"] == 1:
+    if r["rule"] in capacity_plan.LINEAR_BASELINES and r["K"] == 1:
       assert r["bit_accuracy"] == 1.0, r
   size = {r["value"]: r for r in records if r["study"] == "size" and r["rule"] == "learned"}
   assert size[16]["N"] == 16 and size[16]["synapses"] == 16 * 15 and size[16]["key_bits"] == 4
   recurrent = [r for r in records if r["rule"] == "recurrent"]
   assert recurrent and all(r["hidden"] >= 1 for r in recurrent)
-  with open(os.path.join(workdir, "capacity.json")) as f:
-    assert json.load(f)["records"] == records
-  for name in ("recall_vs_k.png", "auto_recall_vs_k.png", "capacity_vs_n.png", "difficulty.png"):
-    assert os.path.getsize(os.path.join(workdir, name)) > 1000
+  plan = capacity_plan.read_plan(_tiny_study())
+  assert capacity_figures.plot_all(records, str(tmp_path), plan.train_neurons, plan.train_k) == list(FIGURES)
+  for name in FIGURES:
+    assert os.path.getsize(tmp_path / name) > 1000
   for run in ("full", "full-auto", "full-synapses_off", "full-auto-synapses_off", "full-routing"):
     assert os.path.isdir(os.path.join(workdir, run, "checkpoints"))  # resumable meta-training runs
 
 
 @pytest.mark.slow  # the tiny study trains and evaluates every rule: about a minute
-def test_a_finished_study_is_read_back_without_evaluating_again(tiny_run, monkeypatch):
+def test_a_finished_study_is_read_back_without_evaluating_again(tiny_run, monkeypatch, capsys):
   workdir, records = tiny_run
 
   def fail(*args, **kwargs):
@@ -84,12 +95,59 @@ def test_a_finished_study_is_read_back_without_evaluating_again(tiny_run, monkey
   for module, name in (
     (evaluate_lib, "recall_vs_k"),
     (baselines, "evaluate"),
+    (baselines, "evaluate_over_k"),
     (trained_baselines, "train_recurrent"),
     (trained_baselines, "evaluate_recurrent"),
     (trained_baselines, "evaluate_online_backprop"),
   ):
     monkeypatch.setattr(module, name, fail)
-  assert capacity.run(_tiny_study(), workdir) == records
+  assert capacity_study.run(capacity_plan.read_plan(_tiny_study()), workdir) == records
+  # The command on the finished study: the same records in capacity.json, every figure in the workdir
+  # (no --figure_dir), and the table.
+  capacity_command.main(_tiny_study(), workdir, types.SimpleNamespace(figure_dir=None))
+  with open(os.path.join(workdir, "capacity.json")) as f:
+    assert json.load(f)["records"] == records
+  for name in FIGURES:
+    assert os.path.getsize(os.path.join(workdir, name)) > 1000
+  assert capacity_study.format_table(records) in capsys.readouterr().out
+
+
+def test_the_table_lists_where_each_memory_beats_the_floor():
+  def row(rule, k, accuracy):
+    common = {"study": "networks", "network": "full", "axis": None, "value": None, "N": 64}
+    return {**common, "rule": rule, "K": k, "bit_accuracy": accuracy}
+
+  floor = [row("key_blind", 1, 1.0), row("key_blind", 2, 0.75), row("key_blind", 4, 0.69)]
+  learned = [row("learned", 1, 1.0), row("learned", 2, 0.995), row("learned", 4, 0.695)]
+  hebbian = [row("hebbian", 1, 1.0), row("hebbian", 2, 0.96), row("hebbian", 4, 0.9)]
+  records = floor + learned + hebbian
+  # Within FLOOR_MARGIN of the floor (K = 1, and learned at K = 4) is not above it.
+  assert capacity_study.above_floor(records, learned) == [2]
+  assert capacity_study.above_floor(records, hebbian) == [2, 4]
+  lines = capacity_study.format_table(records).splitlines()
+  assert lines[1].split() == ["networks", "full", "key_blind", "64", "1", "1"]
+  assert lines[2].split() == ["networks", "full", "learned", "64", "2", "2", "2"]
+  assert lines[3].split() == ["networks", "full", "hebbian", "64", "1", "2", "2,4"]
+
+
+def test_the_study_reads_every_rule_and_setting_it_needs():
+  plan = capacity_plan.read_plan(capacity_configs.get_config("tiny"))
+  assert list(plan.rules) == [
+    "full",
+    "layered-1",
+    "full-auto",
+    "full-synapses_off",
+    "full-routing",
+    "full-auto-synapses_off",
+    "full-auto-routing",
+  ]
+  assert plan.rules["full-auto-routing"].task.protocol == "auto"
+  routing = plan.rules["full-routing"].net
+  assert not routing.synapse_updates and routing.trained_synapses
+  assert plan.sizes == (12, 16) and plan.difficulty == (("delay", 2), ("delay", 6))
+  moved = capacity_plan.with_setting(plan.rules["full"], "size", 32)
+  assert (moved.net.num_inputs, moved.net.num_outputs, moved.net.num_hidden) == (8, 8, 16)
+  assert plan.rules["full"].net.num_inputs == 4  # with_setting leaves its argument alone
 
 
 @pytest.mark.parametrize(
@@ -114,5 +172,5 @@ def test_invalid_study_fails_before_anything_runs(tmp_path, field, value):
   group, _, key = field.rpartition(".")
   (study[group] if group else study)[key] = value
   with pytest.raises(config_lib.ConfigError, match=field):
-    capacity.run(study, str(tmp_path / "study"))
+    capacity_command.main(study, str(tmp_path / "study"), types.SimpleNamespace(figure_dir=None))
   assert not os.path.exists(tmp_path / "study")  # nothing written

@@ -1,4 +1,4 @@
-"""Tests of `learned_rules.teacher` and `experiments.learning`: learning from remembering."""
+"""Tests of `learned_rules.teacher` and `learned_rules.learning_study`: learning from remembering."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import learning
-from learned_rules import baselines, pretrained, tasks, teacher
+from learned_rules import baselines, learning_figures, learning_study, pretrained, tasks, teacher
 from learned_rules import config as config_lib
 from learned_rules.configs import learning as learning_configs
 
@@ -87,11 +86,11 @@ def test_pseudo_inverse_learns_a_linear_teacher():
 def test_tiny_study_end_to_end(tmp_path):
   cfg = learning_configs.get_config("tiny")
   cfg.teachers = "mlp"  # one teacher is enough here (each compiles its own episodes); the others test both
-  result = learning.run(cfg, str(tmp_path / "run"))
-  with open(tmp_path / "run" / "results.json") as f:
-    saved = json.load(f)
-  assert os.path.exists(tmp_path / "run" / "learning.png")
-  methods = learning.METHODS
+  result = learning_study.run(cfg)
+  saved = json.loads(json.dumps(result))  # as experiments.learning writes it to results.json
+  learning_figures.plot(saved, str(tmp_path / "learning.png"))  # as --plot_only draws it, from the JSON
+  assert os.path.getsize(tmp_path / "learning.png") > 0
+  methods = learning_study.METHODS
   keys = {(r["teacher"], r["method"], r["K"]) for r in saved["records"]}
   assert keys == {("mlp", m, k) for m in methods for k in cfg.k_values}
   rule = pretrained.load_rule(cfg.rule)
@@ -127,11 +126,17 @@ def test_tiny_study_end_to_end(tmp_path):
   assert tuned["recall_distance"][str(tuned["best"])] == pytest.approx(distance, rel=1e-5, abs=1e-9)
   assert min(tuned["recall_distance"].values()) == tuned["recall_distance"][str(tuned["best"])]
   assert 0.5 < saved["linear_ceiling"]["mlp"] <= 1.0
-  assert "wrote" not in learning.format_table(result) and "teacher mlp" in learning.format_table(result)
+  table = learning_study.format_table(result)
+  assert "wrote" not in table and "teacher mlp" in table and table == learning_study.format_table(saved)
 
 
-def test_bad_config_is_refused():
+def test_bad_config_is_refused(tmp_path):
   cfg = learning_configs.get_config("tiny")
   cfg.teachers = "linear,quadratic"
   with pytest.raises(config_lib.ConfigError, match="quadratic"):
-    learning.validate(cfg)
+    learning_study.validate(cfg)
+  with pytest.raises(config_lib.ConfigError, match="quadratic"):
+    learning_study.run(cfg)  # before the rule is loaded or anything compiled
+  cfg.teachers, cfg.rule = "linear", str(tmp_path / "missing")
+  with pytest.raises(config_lib.ConfigError, match="^rule: load_rule: no rule"):
+    learning_study.run(cfg)

@@ -1,4 +1,4 @@
-"""Tests of the rule probe (`learned_rules.probe`) and its command."""
+"""Tests of the rule probe (`learned_rules.probe`) and its study of a rule (`learned_rules.probe_study`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import probe_rule
-from learned_rules import baselines, network, probe, rules, tasks, unroll
+from learned_rules import Rule, baselines, load_rule, network, probe, probe_study, rules, tasks, unroll
+from learned_rules import config as config_lib
+from learned_rules.configs import remember
 
 
 def test_variance_shares_recover_a_known_mixture():
@@ -87,12 +88,13 @@ def test_increment_at_the_real_inputs_is_the_one_the_network_applied(theta, smal
   assert probe.sample_contexts(dataclasses.replace(ctx, mask=np.asarray(layered.mask)), 0, 0, 4) is None
 
 
-def test_command_writes_table_and_figure(tmp_path, capsys):
-  probe_rule.run("hetero", str(tmp_path))
-  out = capsys.readouterr().out
+def test_shipped_rule_probe_table_and_figure(tmp_path):
+  rule = load_rule("hetero")
+  result = probe_study.probe_rule(rule)
+  out = probe_study.describe("hetero", rule) + "\n" + probe_study.format_table(result.records())
   assert "input->output" in out and "hebbian" in out
-  with open(os.path.join(tmp_path, "probe.json")) as f:
-    records = json.load(f)["records"]
+  records = json.loads(json.dumps(result.records()))  # as experiments.probe_rule writes them
+  assert records == result.records()
   assert {r["rule"] for r in records} == {"learned", "untrained"} and len(records) == 2 * 9
   for r in records:
     assert sum(r[t] for t in probe.TERMS) == pytest.approx(1.0, abs=1e-6)
@@ -100,4 +102,14 @@ def test_command_writes_table_and_figure(tmp_path, capsys):
   # Meta-training made the synapse that stores key -> value pairs Hebbian (docs/RESULTS.md).
   shares = {r["rule"]: r["hebbian"] for r in records if r["pair"] == "input->output"}
   assert shares["learned"] > 0.6 and shares["learned"] > shares["untrained"] + 0.3, shares
+  probe_study.plot(result, os.path.join(tmp_path, "probe.png"), "the shipped rule")
   assert os.path.getsize(os.path.join(tmp_path, "probe.png")) > 10_000
+
+
+def test_a_network_without_synapse_updates_is_refused():
+  cfg = remember.get_config("tiny")
+  cfg.net.synapse_updates = False
+  topo = network.make_topology(cfg.net)
+  theta = rules.init_theta(jax.random.PRNGKey(0), config_lib.rule_spec(cfg, topo))
+  with pytest.raises(config_lib.ConfigError, match="^net.synapse_updates: test: .*synapse updates off"):
+    probe_study.probe_rule(Rule(theta=theta, config=cfg, meta_steps=0, source="test"))

@@ -1,4 +1,5 @@
-"""Tests of `learned_rules.streaming` and `experiments.streams`: never-reset streams run for many windows."""
+"""Tests of `learned_rules.streaming`, `learned_rules.streams_study` and `experiments.streams`: never-reset
+streams run for many windows."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import streams as streams_exp
-from learned_rules import Rule, baselines, network, rules, save_rule, streaming, tasks
+from learned_rules import (
+  Rule,
+  baselines,
+  network,
+  rules,
+  save_rule,
+  streaming,
+  streams_figures,
+  streams_study,
+  tasks,
+)
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
 from learned_rules.configs import remember
@@ -42,7 +52,7 @@ def tiny_run(tmp_path_factory, run_module):
   save_rule(_tiny_rule(synapse_updates=False), str(folder / "tiny_off"))
   args = [f"--rule={folder}/tiny", f"--synapses_off={folder}/tiny_off", "--probe_max_lag=4"]
   args += [f"--num_streams={SIZES['num_streams']}", f"--num_windows={SIZES['num_windows']}"]
-  done = run_module("experiments.streams", *args, f"--out_dir={folder}/out", f"--figure_dir={folder}/fig")
+  done = run_module("experiments.streams", *args, f"--workdir={folder}/out", f"--figure_dir={folder}/fig")
   assert done.returncode == 0, done.stderr[-3000:]
   with open(folder / "out" / "results.json") as f:
     return folder, json.load(f), done.stdout
@@ -99,7 +109,7 @@ def test_palimpsest_forgets_and_no_decay_forgets_less():
 
 def test_long_stream_runs_many_windows_with_finite_bounded_norms():
   rule = _tiny_rule()
-  topo, problem = streams_exp._on_protocol(rule, rule.config.task.max_lag)
+  topo, problem = streams_study.on_protocol(rule, rule.config.task.max_lag)
   key = jax.random.PRNGKey(4)
   counts, norms = streaming.run_long_streams(rule.theta, topo, problem, key, 2, SIZES["num_windows"])
   assert counts.correct_by_lag.shape == (SIZES["num_windows"], problem.task.max_lag)
@@ -118,15 +128,15 @@ def test_long_stream_runs_many_windows_with_finite_bounded_norms():
 
 def test_only_streaming_rules_are_accepted(tiny_run, tmp_path):
   save_rule(dataclasses.replace(_tiny_rule(), config=remember.get_config("tiny")), str(tmp_path / "h"))
-  with pytest.raises(streams_exp.StreamsError, match="'hetero' protocol, not 'streaming'"):
-    streams_exp.load_streaming_rule(str(tmp_path / "h"))
-  with pytest.raises(streams_exp.StreamsError, match="cannot load"):
-    streams_exp.load_streaming_rule(str(tmp_path / "missing"))
+  with pytest.raises(streams_study.StreamsError, match="'hetero' protocol, not 'streaming'"):
+    streams_study.load_streaming_rule(str(tmp_path / "h"))
+  with pytest.raises(streams_study.StreamsError, match="cannot load"):
+    streams_study.load_streaming_rule(str(tmp_path / "missing"))
   folder = str(tiny_run[0])
-  rule = streams_exp.load_streaming_rule(f"{folder}/tiny")
-  with pytest.raises(streams_exp.StreamsError, match="synapse updates on"):
-    streams_exp.synapses_off_rule(folder, rule, f"{folder}/tiny")
-  assert streams_exp.synapses_off_rule(folder, rule, "") is None  # no <rule>/synapses_off run there
+  rule = streams_study.load_streaming_rule(f"{folder}/tiny")
+  with pytest.raises(streams_study.StreamsError, match="synapse updates on"):
+    streams_study.synapses_off_rule(folder, rule, f"{folder}/tiny")
+  assert streams_study.synapses_off_rule(folder, rule, "") is None  # no <rule>/synapses_off run there
 
 
 def test_command_records_every_memory(tiny_run, tmp_path):
@@ -134,19 +144,19 @@ def test_command_records_every_memory(tiny_run, tmp_path):
   assert "recall bit accuracy by lag" in stdout and "state norms" in stdout
   assert set(out["protocols"]) == {"train"}  # the probe's Dmax 4 is the rule's own
   p = out["protocols"]["train"]
-  assert set(streams_exp.MEMORIES) <= set(p) and len(p["learned"]["accuracy_by_lag"]) == p["max_lag"] == 4
+  assert set(streams_study.MEMORIES) <= set(p) and len(p["learned"]["accuracy_by_lag"]) == p["max_lag"] == 4
   assert len(p["synapses_off"]["accuracy_by_window"]) == SIZES["num_windows"]
   assert len(p["learned"]["norms"]["max_synapse"]) == SIZES["num_windows"] and p["learned"]["norms"]["finite"]
   tuning = p["decay_tuning"]
   assert tuning["chosen"] == p["palimpsest"]["decay"] and p["hebbian_no_decay"]["decay"] == 1.0
-  assert tuning["accuracy_tuning_streams"][streams_exp.DECAY_GRID.index(tuning["chosen"])] == max(
+  assert tuning["accuracy_tuning_streams"][streams_study.DECAY_GRID.index(tuning["chosen"])] == max(
     tuning["accuracy_tuning_streams"]
   )
   # Every memory is scored on the same stream steps; its overall accuracy is the forgetting curve's
   # mean weighted by the scored bits at each lag, each a whole number of half bits.
   bits = np.asarray(p["learned"]["scored_bits_by_lag"], np.float64)
   assert bits.sum() > 0 and np.all(bits % remember.get_config("tiny,streaming").net.num_outputs == 0)
-  for m in streams_exp.MEMORIES:
+  for m in streams_study.MEMORIES:
     assert p[m]["scored_bits_by_lag"] == p["learned"]["scored_bits_by_lag"], m
     by_lag = np.array([np.nan if a is None else a for a in p[m]["accuracy_by_lag"]], np.float64)
     assert np.array_equal(np.isnan(by_lag), bits == 0), m
@@ -158,11 +168,12 @@ def test_command_records_every_memory(tiny_run, tmp_path):
   assert p["palimpsest"]["bit_accuracy"] == pytest.approx(on_eval[p["palimpsest"]["decay"]], rel=1e-6)
   assert p["hebbian_no_decay"]["bit_accuracy"] == pytest.approx(on_eval[1.0], rel=1e-6)
   assert os.path.getsize(folder / "fig" / "streams.png") > 1000
+  assert out["sizes"] == SIZES and not os.path.exists(folder / "out" / "streams.png")  # drawn where named
   # The figure with a probe protocol too (its records have the train protocol's layout, longer lags).
   probe = json.loads(json.dumps(p))
-  for m in streams_exp.MEMORIES:
+  for m in streams_study.MEMORIES:
     probe[m]["accuracy_by_lag"] = probe[m]["accuracy_by_lag"] * 2
-  streams_exp.plot(
+  streams_figures.plot(
     {**out, "protocols": {"train": p, "probe": {**probe, "max_lag": 8}}}, str(tmp_path / "p.png")
   )
   assert os.path.getsize(tmp_path / "p.png") > 1000

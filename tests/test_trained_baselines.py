@@ -8,6 +8,7 @@ few hidden sizes, so each jitted program compiles once; the recurrent net is fit
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
@@ -16,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import capacity
-from learned_rules import baselines, network, rules, tasks
+from learned_rules import baselines, capacity_baselines, capacity_plan, network, rules, tasks
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
 from learned_rules import trained_baselines as tb
@@ -223,7 +223,7 @@ def test_fit_recurrent_chooses_the_rate_that_recalls_best_on_the_tuning_episodes
 
 
 def test_the_study_tunes_the_recurrent_baselines_on_episodes_of_their_own():
-  train_key, tune_key = capacity._Study.recurrent_keys(0)
+  train_key, tune_key = capacity_baselines.recurrent_keys(0)
   eval_key = evaluate_lib.eval_key(0)
   tuning, _ = evaluate_lib.held_out_episodes(jax.random.fold_in(tune_key, 0), MIX, BATCH)
   held_out, _ = evaluate_lib.held_out_episodes(jax.random.fold_in(eval_key, 0), MIX, BATCH)
@@ -294,7 +294,7 @@ def _spec_for_over_k(k: int) -> tasks.TaskSpec:
   )
 
 
-def test_state_size_counts_the_bodies_and_synapses_of_the_topology(tmp_path):
+def test_state_size_counts_the_bodies_and_synapses_of_the_topology():
   # the default network: 64 neurons x Db = 8, 4,032 synapses x Ds = 4
   cfg = capacity_configs.get_config("").base
   topo = network.make_topology(cfg.net)
@@ -308,11 +308,12 @@ def test_state_size_counts_the_bodies_and_synapses_of_the_topology(tmp_path):
     assert tb.state_size(topo, spec) == topo.num_neurons * 3 + int(np.asarray(topo.mask).sum()) * 2
   # the study: `recurrent_state` gets min(state size, cap) units, `recurrent` the rule's parameter count
   study = capacity_configs.get_config("tiny")
-  s = capacity._Study(study, str(tmp_path), {})
+  rc = capacity_plan.read_plan(study).recurrent
+  size = capacity_baselines.recurrent_size
   cfg = study.base
   topo = network.make_topology(cfg.net)
   state = 12 * cfg.rule.body_dim + 12 * 11 * cfg.rule.synapse_dim
-  assert s.recurrent_size("recurrent_state", cfg, topo, 500) == (study.recurrent.state_hidden_cap, state)
-  study.recurrent.state_hidden_cap = 10**6
-  assert s.recurrent_size("recurrent_state", cfg, topo, 500) == (state, state)
-  assert s.recurrent_size("recurrent", cfg, topo, 500) == (tb.hidden_for_params(500, 4, 4), state)
+  assert size("recurrent_state", rc, cfg, topo, 500) == (study.recurrent.state_hidden_cap, state)
+  rc = dataclasses.replace(rc, state_hidden_cap=10**6)
+  assert size("recurrent_state", rc, cfg, topo, 500) == (state, state)
+  assert size("recurrent", rc, cfg, topo, 500) == (tb.hidden_for_params(500, 4, 4), state)

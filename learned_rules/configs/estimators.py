@@ -12,8 +12,8 @@ theta (per seed) and is evaluated on the same held-out streams.
 Estimators (`estimators`, comma-separated names of `estimator.<name>`):
 - `truncated_8`, `truncated_24`: truncated back-propagation, windows of W = 8 and 24 steps;
 - `full`: back-propagation through the whole episode (W = horizon);
-- `open_es`: OpenAI-ES (evosax) on the whole-episode loss, antithetic, forward passes only;
-- `pes_24`: persistent ES (evosax), windows of 24 steps, unbiased under truncation.
+- `open_es`: OpenAI-ES on the whole-episode loss, antithetic pairs, forward passes only;
+- `pes_24`: persistent ES (Vicol et al. 2021), windows of 24 steps, unbiased under truncation.
 
 Budget: the back-propagation estimators simulate the same number of network steps (`num_steps` x B x W
 is the same for each). The two ES estimators are given about the same training CPU time as `full`

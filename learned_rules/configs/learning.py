@@ -1,6 +1,7 @@
 r"""Learning from remembering: does a rule meta-trained only to remember random pairs learn a function?
 
   python -m experiments.learning                  # full: 10 K values, 256 held-out episodes per point
+  python -m experiments.learning --figure_dir=docs/figures/learning   # ... and redraw the docs' figure
   python -m experiments.learning --quick          # the same figure at reduced resolution (minutes)
   python -m experiments.learning --config=learned_rules/configs/learning.py:tiny --workdir=/tmp/learning
   python -m experiments.learning --config.teachers=mlp --config.rule=runs/remember-hetero-full-K8-seed0
@@ -14,8 +15,8 @@ n_in -> hidden tanh -> n_out net per episode, one SGD step per teaching step, it
 teacher and per K on `tune_episodes` other episodes, for the measure `tune_on`), `hebbian` (outer-product
 memory, no decay), `hebbian_decay` (the same with a per-step decay, the one of `hebbian_decays` whose
 recall against K is closest to the rule's: a memory that forgets as fast) and `pseudo_inverse` (the
-least-squares linear store). Variants: `tiny` (seconds, for
-tests), `quick`.
+least-squares linear store). Variants: `tiny` (seconds, for tests), `quick`. The study itself is
+`learned_rules.learning_study`.
 """
 
 from learned_rules import config as config_lib
@@ -24,7 +25,7 @@ from learned_rules import configs
 
 def get_config(variant: str = "") -> config_lib.ConfigDict:
   cfg = config_lib.ConfigDict()
-  cfg.seed = 0  # evaluation episodes: evaluate.eval_key(seed); tuning episodes: another fold of it
+  cfg.seed = 0  # evaluation episodes: evaluation.eval_key(seed); tuning episodes: another fold of it
   cfg.rule = "hetero"
   cfg.teachers = "linear,mlp"  # comma-separated, from teacher.TEACHERS
   cfg.teacher_hidden = 32  # hidden units of the mlp teacher

@@ -1,0 +1,254 @@
+"""The capacity studies: recall against K of learned rules and baselines, across network types, size and
+difficulty, every memory of a setting on the very same held-out episodes.
+
+`run(plan, workdir)` runs the studies of a `capacity_plan.Plan` and returns one record per study,
+network, rule, N, K and difficulty setting. It meta-trains each learned rule a study needs in
+`<workdir>/<run name>/` (resuming one that was interrupted, skipping one that is done), fits the trained
+baselines (`capacity_baselines.py`), and keeps every evaluated group of records in `<workdir>/cache.json`
+as soon as it is done, so a study that is stopped resumes where it was and a finished one is read back in
+seconds. `format_table` reads the records: capacities, and the K at which each memory beats the
+key-blind floor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+
+from learned_rules import capacity_baselines, meta_train, network, result_cache, trained_baselines
+from learned_rules import evaluation as evaluate_lib
+from learned_rules.capacity_plan import (
+  CONTROLS,
+  LINEAR_BASELINES,
+  RECURRENT_BASELINES,
+  Plan,
+  run_name,
+  with_setting,
+)
+
+
+class Study:
+  """What one invocation shares across studies: trained rules and baselines, the cache, progress."""
+
+  def __init__(self, plan: Plan, workdir: str):
+    self.plan, self.workdir = plan, workdir
+    self.cache = result_cache.ResultCache(workdir)
+    self.start = time.perf_counter()
+    self.rules = {}
+    self.recurrent = {}
+    self.memo = {}
+    self.episode_specs = None  # the tasks of the last evaluation's episodes
+
+  def log(self, text: str) -> None:
+    print(f"[{time.perf_counter() - self.start:6.0f} s] {text}", flush=True)
+
+  def rule(self, run: str):
+    """`(cfg, topo, theta, meta_steps)` of learned rule `run`, meta-trained first where needed."""
+    if run not in self.rules:
+      cfg = self.plan.rules[run]
+      run_dir = os.path.join(self.workdir, run)
+      meta_train.train_and_evaluate(cfg, run_dir, label=f"{run}: ", evaluate=False)
+      _, topo, state = meta_train.load_run(run_dir)
+      self.rules[run] = (cfg, topo, state.theta, int(state.step))
+      self.log(f"rule {run}: {int(state.step)} meta steps")
+    return self.rules[run]
+
+  def recurrent_records(self, rule: str, cfg, topo, specs: tuple, key, num_episodes: int, theta):
+    """`capacity_baselines.recurrent_records` of recurrent baseline `rule` next to the learned rule
+    `theta` on `(cfg, topo)`, fitted once per sweep, seed and size in an invocation."""
+    spec = self.plan.recurrent
+    size = trained_baselines.param_count(theta)
+    hidden, state = capacity_baselines.recurrent_size(rule, spec, cfg, topo, size)
+    memo = (specs, cfg.seed, hidden)
+    if memo not in self.recurrent:
+      folder = os.path.join(self.workdir, "recurrent")
+      self.recurrent[memo] = capacity_baselines.fit_recurrent(*memo, spec, folder, rule, self.log)
+    fit = self.recurrent[memo]
+    return capacity_baselines.recurrent_records(fit, specs, key, num_episodes, hidden, state, spec.cell)
+
+  def _evaluate(self, rule: str, cfg, topo, k_values, specs: tuple, key, num_episodes: int, learned):
+    """Records of `rule` at every K of `k_values` (tasks `specs`) on the held-out episodes of `key`."""
+    # Drop the compiled programs when the episodes change: a study compiles hundreds, and XLA:CPU keeps
+    # each mapped until the process ends, which exhausts the memory maps of a long study. The memories
+    # of one setting share their episodes (`evaluate.held_out_episodes`), compiled once.
+    if specs != self.episode_specs:
+      jax.clear_caches()
+      self.episode_specs = specs
+    if rule in ("learned", *CONTROLS):
+      return evaluate_lib.recall_vs_k(learned[0], topo, cfg, k_values, num_episodes, key)
+    if rule in LINEAR_BASELINES:
+      out = capacity_baselines.linear_records(rule, specs, key, num_episodes)
+    elif rule in RECURRENT_BASELINES:
+      out = self.recurrent_records(rule, cfg, topo, specs, key, num_episodes, learned[0])
+    else:
+      spec = self.plan.online_backprop
+      out = capacity_baselines.online_backprop_records(spec, specs, cfg.seed, key, num_episodes)
+    return [{"K": int(k), **r} for k, r in zip(k_values, out, strict=True)]
+
+  def records(self, meta: dict, cfg, topo, k_values, num_episodes: int, rule: str, learned=None):
+    """Records of `rule` at every K of `k_values` on `cfg`'s task, cached. `learned` is
+    `(theta, meta_steps)` for a learned rule (or a control), and for the recurrent baseline the rule
+    whose parameter count it matches."""
+    key = evaluate_lib.eval_key(cfg.seed)
+    common = {**meta, "rule": rule, **_shape(cfg, topo), "num_episodes": num_episodes}
+    specs = tuple(evaluate_lib.problem_from_config(cfg, topo, num_snippets=int(k)).task for k in k_values)
+
+    def compute() -> list[dict]:
+      t0 = time.perf_counter()
+      out = self._evaluate(rule, cfg, topo, k_values, specs, key, num_episodes, learned)
+      setting = f" {meta['axis']}={meta['value']}" if meta["axis"] else ""
+      self.log(
+        f"{meta['study']}: {meta['network']} {rule}{setting}: K@0.99 {evaluate_lib.capacity(out, 0.99)}, "
+        f"K@0.95 {evaluate_lib.capacity(out, 0.95)} ({time.perf_counter() - t0:.0f} s)"
+      )
+      return out
+
+    cache_key = {**common, "K": [int(k) for k in k_values]}
+    if learned is not None:
+      cache_key["meta_steps"] = learned[1]
+    if rule in RECURRENT_BASELINES:
+      cache_key[rule] = dataclasses.asdict(self.plan.recurrent)
+    elif rule == "online_backprop":
+      cache_key[rule] = dataclasses.asdict(self.plan.online_backprop)
+    # The same memory on the same episodes under another label (each difficulty axis passes through
+    # the base setting) is evaluated once per invocation.
+    same = {k: v for k, v in cache_key.items() if k not in ("study", "axis", "value")}
+    same.update(net=cfg.net.to_dict(), task=cfg.task.to_dict(), seed=cfg.seed)
+    same = json.dumps(same, sort_keys=True, default=str)
+    if same not in self.memo:
+      self.memo[same] = self.cache.get(cache_key, compute)
+    else:
+      self.cache.get(cache_key, lambda: self.memo[same])
+    return [{**common, **r} for r in self.memo[same]]
+
+  def rule_and_baselines(self, meta: dict, protocol: str, baseline_names, k_values, num_episodes: int):
+    """Records of the learned rule of network `meta["network"]` on `protocol`, and of `baseline_names`,
+    on the rule's network moved to the setting `meta["axis"] = meta["value"]` (none if the axis is)."""
+    axis, value = meta["axis"], meta["value"]
+
+    def moved(run: str):
+      cfg, topo, theta, steps = self.rule(run)
+      if axis is not None:
+        cfg = with_setting(cfg, axis, value)
+        topo = network.make_topology(cfg.net)
+      return cfg, topo, (theta, steps)
+
+    cfg, topo, learned = moved(run_name(meta["network"], protocol))
+    out = self.records(meta, cfg, topo, k_values, num_episodes, "learned", learned)
+    for baseline in baseline_names:
+      if baseline == "hopfield" and protocol != "auto":
+        continue  # on `hetero` it is the Hebbian memory itself (no diagonal to drop)
+      if baseline in CONTROLS:
+        off_cfg, off_topo, off = moved(run_name(meta["network"], protocol, baseline))
+        out += self.records(meta, off_cfg, off_topo, k_values, num_episodes, baseline, off)
+      else:
+        out += self.records(meta, cfg, topo, k_values, num_episodes, baseline, learned)
+    return out
+
+
+def _shape(cfg, topo: network.Topology) -> dict:
+  """What a record says of the network and task it was evaluated on."""
+  return {
+    "N": topo.num_neurons,
+    "synapses": topo.num_synapses,
+    "key_bits": topo.n_in,
+    "value_bits": topo.n_out,
+    "protocol": cfg.task.protocol,
+  }
+
+
+def _meta(study: str, network_name: str = "full", axis: str | None = None, value=None) -> dict:
+  return {"study": study, "network": network_name, "axis": axis, "value": value}
+
+
+def run(plan: Plan, workdir: str) -> list[dict]:
+  """Runs the studies of `plan` in `workdir`; returns all their records, those of `networks` first, then
+  `auto`, `size` and `difficulty`."""
+  os.makedirs(workdir, exist_ok=True)
+  s = Study(plan, workdir)
+  records = []
+  if "networks" in plan.studies:
+    for i, name in enumerate(plan.networks):
+      # Baselines are evaluated once, on the first network; the key-blind floor on every network, whose
+      # task may differ (the layered networks' longer queries and held keys).
+      names = plan.baselines if i == 0 else [b for b in plan.baselines if b == "key_blind"]
+      records += s.rule_and_baselines(
+        _meta("networks", name), "hetero", names, plan.k_values, plan.num_episodes
+      )
+  if "auto" in plan.studies:
+    records += s.rule_and_baselines(_meta("auto"), "auto", plan.baselines, plan.k_values, plan.num_episodes)
+  for n in plan.sizes:
+    topo = network.make_topology(with_setting(plan.rules["full"], "size", n).net)
+    ks = sorted({max(1, round(m * topo.n_in)) for m in plan.size_k_multiples})
+    episodes = min(plan.num_episodes, max(8, plan.size_episode_synapse_budget // topo.num_synapses))
+    records += s.rule_and_baselines(
+      _meta("size", "full", "size", n), "hetero", plan.size_baselines, ks, episodes
+    )
+  for axis, value in plan.difficulty:
+    records += s.rule_and_baselines(
+      _meta("difficulty", "full", axis, value),
+      "hetero",
+      plan.difficulty_baselines,
+      plan.difficulty_k_values,
+      plan.num_episodes,
+    )
+  return records
+
+
+def groups(records: list[dict], study: str) -> dict[tuple, list[dict]]:
+  """Records of `study` grouped by (network, rule, axis, value), in order of appearance."""
+  out: dict[tuple, list[dict]] = {}
+  for r in records:
+    if r["study"] == study:
+      out.setdefault((r["network"], r["rule"], r["axis"], r["value"]), []).append(r)
+  return out
+
+
+# A memory "beats the key-blind floor" at a K where its bit accuracy is higher than the floor's on the
+# same episodes by more than this; one within it uses the key not measurably.
+FLOOR_MARGIN = 0.01
+
+
+def floor_of(records: list[dict], row: dict) -> float | None:
+  """The key-blind floor's bit accuracy on `row`'s episodes (same study, network, setting and K), or
+  None if the records hold none."""
+  same = ("study", "network", "axis", "value", "K", "N")
+  return next(
+    (r["bit_accuracy"] for r in records if r["rule"] == "key_blind" and all(r[k] == row[k] for k in same)),
+    None,
+  )
+
+
+def above_floor(records: list[dict], rows: list[dict]) -> list[int]:
+  """The K of `rows` at which they beat the key-blind floor by more than `FLOOR_MARGIN`."""
+  out = []
+  for row in rows:
+    floor = floor_of(records, row)
+    if floor is not None and row["bit_accuracy"] > floor + FLOOR_MARGIN:
+      out.append(row["K"])
+  return out
+
+
+def _k_list(ks: list[int], all_ks: list[int]) -> str:
+  if not ks:
+    return "none"
+  return "all" if ks == all_ks else ",".join(str(k) for k in ks)
+
+
+def format_table(records: list[dict]) -> str:
+  """Capacities of every memory, and the K at which each beats the key-blind floor on its episodes."""
+  head = f"{'study':<11}{'network':<18}{'rule':<16}{'setting':<16}{'N':>5}{'K@0.99':>8}{'K@0.95':>8}"
+  lines = [head + "  above key-blind floor at K"]
+  for study in dict.fromkeys(r["study"] for r in records):
+    for (network_name, rule, axis, value), rows in groups(records, study).items():
+      setting = f"{axis}={value}" if axis else ""
+      beats = "" if rule == "key_blind" else _k_list(above_floor(records, rows), [r["K"] for r in rows])
+      lines.append(
+        f"{study:<11}{network_name:<18}{rule:<16}{setting:<16}{rows[0]['N']:>5}"
+        f"{evaluate_lib.capacity(rows, 0.99):>8}{evaluate_lib.capacity(rows, 0.95):>8}  {beats}"
+      )
+  return "\n".join(lines)

@@ -1,0 +1,258 @@
+r"""Streams that never reset: a streaming rule run for 100-200 times its training window, beside the
+memories that see the same stream steps (`python -m experiments.streams`).
+
+Fresh streams of the rule's streaming protocol (`learned_rules.streaming`) run window by window, never
+reset, for `num_windows` windows of the training length W, on one or two protocols:
+
+- `train`: the protocol the rule was meta-trained on (lags d = 1..Dmax): recall over stream time and the
+  state norms (the largest |body| and |synapse| entry of every window, their RMS);
+- `probe`: the same with lags up to `probe_max_lag`: a forgetting curve past the lags the rule was
+  trained on (its input then holds cues of older snippets than it ever saw in training).
+
+On exactly the same stream steps run: the palimpsest, a Hebbian outer-product memory with decay
+(`baselines.hebbian`, online), its decay tuned over `DECAY_GRID` on separate streams of the same protocol,
+and the same memory with decay 1 (no forgetting); and, when there is one, the same network meta-trained
+with synapse updates off (no synaptic memory). Recall is scored, as in training, on both query steps of
+every slot whose asked-for snippet was shown whole in the stream. `streams_figures.plot` draws the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from learned_rules import config as config_lib
+from learned_rules import evaluation, pretrained, streaming
+
+DECAY_GRID = (0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0)
+MEMORIES = ("learned", "palimpsest", "hebbian_no_decay", "synapses_off")
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSizes:
+  """How many streams run, and for how many windows of W steps each."""
+
+  num_streams: int = 64
+  num_windows: int = 200
+
+
+FULL = StreamSizes(64, 200)
+QUICK = StreamSizes(32, 100)
+
+
+class StreamsError(pretrained.RuleLoadError):
+  """The rule given cannot be run on never-reset streaming (missing, or of another protocol)."""
+
+
+def _clock():
+  return time.perf_counter(), time.process_time()
+
+
+def _since(start) -> dict[str, float]:
+  return {"wall_seconds": time.perf_counter() - start[0], "cpu_seconds": time.process_time() - start[1]}
+
+
+def _nan_to_none(values) -> list:
+  return [None if not math.isfinite(v) else float(v) for v in np.asarray(values, np.float64).ravel()]
+
+
+def load_streaming_rule(path: str, what: str = "rule") -> pretrained.Rule:
+  """The rule at `path`, checked to be meta-trained on the streaming protocol; `StreamsError` if not."""
+  try:
+    rule = pretrained.load_rule(path)
+  except (FileNotFoundError, pretrained.RuleLoadError) as e:
+    raise StreamsError(f"cannot load the {what} {path!r}: {e}") from e
+  protocol = rule.config.task.protocol
+  if protocol != "streaming":
+    raise StreamsError(
+      f"the {what} {path!r} was meta-trained on the {protocol!r} protocol, not 'streaming'; meta-train one "
+      "with: python -m experiments.remember --config=learned_rules/configs/remember.py:streaming "
+      "--workdir=runs/streaming"
+    )
+  return rule
+
+
+def on_protocol(rule: pretrained.Rule, max_lag: int):
+  """`(topology, problem)` of `rule` on its streaming protocol with lags up to `max_lag`."""
+  cfg = config_lib.with_overrides(rule.config, {"task.max_lag": max_lag})
+  return rule.topology, evaluation.problem_from_config(cfg, rule.topology)
+
+
+def synapses_off_rule(rule_path: str, rule: pretrained.Rule, synapses_off: str) -> pretrained.Rule | None:
+  """The synapses-off run to compare `rule` with, or None: `synapses_off` names it ('': the run's own
+  `<rule_path>/synapses_off` if it exists; 'none': none). `StreamsError` if it has synapse updates on
+  or was trained on another stream."""
+  if synapses_off == "none":
+    return None
+  path = synapses_off or os.path.join(rule_path, "synapses_off")
+  if not synapses_off and not os.path.isdir(os.path.join(path, "checkpoints")):
+    return None
+  off = load_streaming_rule(path, "synapses-off run")
+  if off.config.net.synapse_updates:
+    raise StreamsError(f"the synapses-off run {path!r} has synapse updates on (net.synapse_updates)")
+  if on_protocol(off, 1)[1].task != on_protocol(rule, 1)[1].task:
+    raise StreamsError(f"the synapses-off run {path!r} was trained on another stream than the rule")
+  return off
+
+
+def _memory_record(counts: streaming.RecallCounts, **extra) -> dict:
+  """Forgetting curve and per-window accuracy of one memory's `[num_windows, Dmax]` counts."""
+  return {
+    "bit_accuracy": _nan_to_none(streaming.accuracy(counts))[0],
+    "accuracy_by_lag": _nan_to_none(streaming.accuracy(counts, axis=0)),
+    "scored_bits_by_lag": _nan_to_none(np.sum(counts.bits_by_lag, axis=0)),
+    "accuracy_by_window": _nan_to_none(streaming.accuracy(counts, axis=1)),
+    **extra,
+  }
+
+
+def _norm_record(norms: streaming.StateNorms) -> dict:
+  """Per-window `[num_windows]` norms, the first, last and largest maximum, and whether all are finite."""
+  record = {name: _nan_to_none(getattr(norms, name)) for name in streaming.StateNorms._fields}
+  for name in ("max_body", "max_synapse"):
+    values = np.asarray(getattr(norms, name))
+    first, last, most = _nan_to_none([values[0], values[-1], values.max()])  # NaN: not finite
+    record[f"{name}_summary"] = {"first_window": first, "last_window": last, "max": most}
+  record["finite"] = bool(all(np.all(np.isfinite(np.asarray(v))) for v in norms))
+  return record
+
+
+def _hebbian_memories(task, keys, sizes: StreamSizes) -> dict:
+  """The palimpsest (its decay the best of `DECAY_GRID` on the tuning streams of `keys[1]`) and decay 1,
+  on the evaluation streams of `keys[0]`, with the tuning table."""
+  k_eval, k_tune = keys
+  b, w = sizes.num_streams, sizes.num_windows
+  start = _clock()
+  grid = jnp.asarray(DECAY_GRID)
+  tune_counts, _ = streaming.run_hebbian_streams(task, k_tune, b, w, grid)
+  counts, max_weight = streaming.run_hebbian_streams(task, k_eval, b, w, grid)
+  pick = lambda tree, i: jax.tree.map(lambda a: a[i], tree)  # noqa: E731
+  tuned = [float(streaming.accuracy(pick(tune_counts, i))) for i in range(len(DECAY_GRID))]
+  best = int(np.argmax(tuned))
+  out = {
+    "decay_tuning": {
+      "grid": list(DECAY_GRID),
+      "accuracy_tuning_streams": tuned,
+      "accuracy_eval_streams": [float(streaming.accuracy(pick(counts, i))) for i in range(len(DECAY_GRID))],
+      "chosen": DECAY_GRID[best],
+    }
+  }
+  timing = _since(start)  # both Hebbian runs, every decay of the grid
+  for name, i in (("palimpsest", best), ("hebbian_no_decay", DECAY_GRID.index(1.0))):
+    extra = {"decay": DECAY_GRID[i], "max_abs_weight": _nan_to_none(max_weight[i])}
+    out[name] = _memory_record(pick(counts, i), **extra, **timing)
+  return out
+
+
+def _network_memory(rule: pretrained.Rule, max_lag: int, key, sizes: StreamSizes) -> dict:
+  """`rule`'s network on the streams of `key`: its recall record with its state norms and timing."""
+  start = _clock()
+  topo, problem = on_protocol(rule, max_lag)
+  run = streaming.run_long_streams(rule.theta, topo, problem, key, sizes.num_streams, sizes.num_windows)
+  counts, norms = jax.block_until_ready(run)
+  return _memory_record(counts, norms=_norm_record(norms), **_since(start))
+
+
+def run_protocol(rule, off_rule, max_lag: int, keys, sizes: StreamSizes) -> dict:
+  """Every memory on `sizes.num_streams` streams of `rule`'s protocol with lags up to `max_lag`,
+  `sizes.num_windows` windows each: the learned rule, the palimpsest (its decay the best of
+  `DECAY_GRID` on as many other streams of `keys[1]`), decay 1, and synapses off (`off_rule`, if any)."""
+  task = on_protocol(rule, max_lag)[1].task
+  out = {"max_lag": max_lag, "window": task.window, "num_streams": sizes.num_streams}
+  out["num_windows"] = sizes.num_windows
+  out.update(_hebbian_memories(task, keys, sizes))
+  out["learned"] = _network_memory(rule, max_lag, keys[0], sizes)
+  if off_rule is not None:
+    out["synapses_off"] = _network_memory(off_rule, max_lag, keys[0], sizes)
+  return out
+
+
+def _meta_training(rule_path: str) -> dict | None:
+  """What `experiments.remember` recorded of the rule's meta-training (its summary.json), if anything."""
+  path = os.path.join(rule_path, "summary.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def run(rule_path: str, sizes: StreamSizes = FULL, probe_max_lag: int = 16, synapses_off: str = "") -> dict:
+  """Every protocol (`train`, and `probe` if `probe_max_lag` exceeds the rule's Dmax) of the streaming
+  rule at `rule_path`, JSON-ready. `synapses_off` as in `synapses_off_rule`. Raises `StreamsError` for
+  a rule that is not a streaming rule or cannot be loaded."""
+  start = _clock()
+  rule = load_streaming_rule(rule_path)
+  off = synapses_off_rule(rule_path, rule, synapses_off)
+  train_lag = int(rule.config.task.max_lag)
+  keys = jax.random.split(evaluation.eval_key(int(rule.config.seed)))  # evaluation, decay tuning
+  lags = {"train": train_lag, **({"probe": probe_max_lag} if probe_max_lag > train_lag else {})}
+  out = {
+    "rule": rule_path,
+    "meta_steps": rule.meta_steps,
+    "meta_training": _meta_training(rule_path),
+    "synapses_off_run": None if off is None else off.source,
+    "train_max_lag": train_lag,
+    "sizes": dataclasses.asdict(sizes),
+    "synapse_bound": streaming.synapse_bound(rule.theta),
+    "protocols": {name: run_protocol(rule, off, lag, keys, sizes) for name, lag in lags.items()},
+  }
+  out.update(_since(start))
+  return out
+
+
+def present(p: dict) -> list[str]:
+  """The memories of `MEMORIES` that protocol record `p` holds."""
+  return [m for m in MEMORIES if m in p]
+
+
+def label(name: str, p: dict) -> str:
+  """Memory `name` as the tables and the figure name it, with its decay."""
+  if name in ("palimpsest", "hebbian_no_decay"):
+    return f"{'palimpsest' if name == 'palimpsest' else 'Hebbian'} (decay {p[name]['decay']:g})"
+  return {"learned": "learned rule", "synapses_off": "synapses off"}[name]
+
+
+def _num(value) -> str:
+  return "inf/nan" if value is None else f"{value:.3f}"
+
+
+def _curve_table(name: str, p: dict) -> list[str]:
+  """Protocol `name`'s forgetting curve: recall bit accuracy by lag, every memory."""
+  memories = present(p)
+  steps = p["num_windows"] * p["window"]
+  lines = [
+    f"\n{name} protocol: lags 1..{p['max_lag']}, {p['num_streams']} streams x {p['num_windows']} windows "
+    f"of W={p['window']} ({steps} steps, never reset); recall bit accuracy by lag d (slots)",
+    f"{'d':>4}{'bits':>9}" + "".join(f"{label(m, p):>26}" for m in memories),
+  ]
+  for d in range(p["max_lag"]):
+    row = [p[m]["accuracy_by_lag"][d] for m in memories]
+    cells = "".join(f"{'-' if v is None else _num(v):>26}" for v in row)
+    lines.append(f"{d + 1:>4}{p['learned']['scored_bits_by_lag'][d]:>9.0f}{cells}")
+  lines.append(f"{'all':>4}{'':>9}" + "".join(f"{_num(p[m]['bit_accuracy']):>26}" for m in memories))
+  return lines
+
+
+def format_tables(out: dict) -> str:
+  """The forgetting curve of every protocol and the state-norm summary, as text."""
+  lines = [line for name, p in out["protocols"].items() for line in _curve_table(name, p)]
+  lines.append("\nstate norms: largest |entry| over every step of a window and every stream")
+  lines.append(f"{'protocol':<10}{'memory':<14}{'state':<9}{'first window':>14}{'last window':>13}{'max':>9}")
+  for name, p in out["protocols"].items():
+    for m in ("learned", "synapses_off"):
+      for state in ("body", "synapse") if m in p else ():
+        s = p[m]["norms"][f"max_{state}_summary"]
+        lines.append(
+          f"{name:<10}{m:<14}{state:<9}{_num(s['first_window']):>14}{_num(s['last_window']):>13}{_num(s['max']):>9}"
+        )
+  lines.append(
+    f"(the bounded synapse update allows |synapse| <= {out['synapse_bound']:.3f}; bodies are gated tanh)"
+  )
+  return "\n".join(lines)
