@@ -5,13 +5,15 @@ The public API, for use inside other JAX models (shapes in each docstring; `N` n
 
 - the rules: `body_update` (one neuron) and `synapse_update` (one synapse), pure functions of the
   meta-parameters `theta` (`init_theta(key, RuleSpec(...))`);
-- the network: `make_full`, `make_layered`, `make_sparse` (topologies), `init_net_state`, and
+- the network: `make_full`, `make_layered`, `make_sparse` (topologies; `make_topology` from a config's
+  `net` block), `init_net_state`, and
   `network_step`, the one function that vmaps the rules over every neuron and synapse;
 - `PlasticMemory`, a Flax module holding a network and its rule, with `write`, `read` and `step`;
 - `load_rule` (a shipped rule by name, a run of `experiments.remember`, or a saved rule),
   `available_rules`, `save_rule`, and `Rule`.
 """
 
+from learned_rules.config import make_topology
 from learned_rules.memory import PlasticMemory
 from learned_rules.network import (
   NetState,
@@ -20,7 +22,6 @@ from learned_rules.network import (
   make_full,
   make_layered,
   make_sparse,
-  make_topology,
   network_step,
 )
 from learned_rules.pretrained import Rule, RuleLoadError, available_rules, load_rule, save_rule

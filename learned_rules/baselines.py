@@ -169,14 +169,6 @@ def key_blind_metrics(spec: tasks.TaskSpec, key: jax.Array, num_episodes: int) -
   return evaluate_lib.mean_over_batches(lambda k, n: stream_key_blind_batch(spec, k, n), key, num_episodes)
 
 
-def key_blind_floor(cfg, topo, num_episodes: int | None = None) -> float:
-  """Bit accuracy of the key-blind floor on exactly the held-out episodes (or streams) `evaluate.evaluate`
-  gives the network of config `cfg` (`evaluate.eval_key(cfg.seed)`, `cfg.eval.num_episodes` of them)."""
-  task = evaluate_lib.problem_from_config(cfg, topo).task
-  num = cfg.eval.num_episodes if num_episodes is None else num_episodes
-  return key_blind_metrics(task, evaluate_lib.eval_key(cfg.seed), num)["bit_accuracy"]
-
-
 # Several K in one program. Every baseline here is causal and stores nothing on a step without a
 # teaching input, so an episode padded with blank, unscored steps gives the same readouts on its own
 # steps: the episodes of every K are padded to the longest and evaluated together, one compilation

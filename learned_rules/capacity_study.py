@@ -20,6 +20,7 @@ import time
 import jax
 
 from learned_rules import capacity_baselines, meta_train, network, result_cache, trained_baselines
+from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
 from learned_rules.capacity_plan import (
   CONTROLS,
@@ -79,7 +80,9 @@ class Study:
       jax.clear_caches()
       self.episode_specs = specs
     if rule in ("learned", *CONTROLS):
-      return evaluate_lib.recall_vs_k(learned[0], topo, cfg, k_values, num_episodes, key)
+      return evaluate_lib.recall_vs_k(
+        learned[0], topo, config_lib.problem(cfg, topo), k_values, num_episodes, key
+      )
     if rule in LINEAR_BASELINES:
       out = capacity_baselines.linear_records(rule, specs, key, num_episodes)
     elif rule in RECURRENT_BASELINES:
@@ -95,7 +98,7 @@ class Study:
     whose parameter count it matches."""
     key = evaluate_lib.eval_key(cfg.seed)
     common = {**meta, "rule": rule, **_shape(cfg, topo), "num_episodes": num_episodes}
-    specs = tuple(evaluate_lib.problem_from_config(cfg, topo, num_snippets=int(k)).task for k in k_values)
+    specs = tuple(config_lib.problem(cfg, topo, num_snippets=int(k)).task for k in k_values)
 
     def compute() -> list[dict]:
       t0 = time.perf_counter()
@@ -134,7 +137,7 @@ class Study:
       cfg, topo, theta, steps = self.rule(run)
       if axis is not None:
         cfg = with_setting(cfg, axis, value)
-        topo = network.make_topology(cfg.net)
+        topo = config_lib.make_topology(cfg.net)
       return cfg, topo, (theta, steps)
 
     cfg, topo, learned = moved(run_name(meta["network"], protocol))
@@ -182,7 +185,7 @@ def run(plan: Plan, workdir: str) -> list[dict]:
   if "auto" in plan.studies:
     records += s.rule_and_baselines(_meta("auto"), "auto", plan.baselines, plan.k_values, plan.num_episodes)
   for n in plan.sizes:
-    topo = network.make_topology(with_setting(plan.rules["full"], "size", n).net)
+    topo = config_lib.make_topology(with_setting(plan.rules["full"], "size", n).net)
     ks = sorted({max(1, round(m * topo.n_in)) for m in plan.size_k_multiples})
     episodes = min(plan.num_episodes, max(8, plan.size_episode_synapse_budget // topo.num_synapses))
     records += s.rule_and_baselines(

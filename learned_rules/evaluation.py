@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_rules import config as config_lib
 from learned_rules import network, rules, tasks, unroll
 
 # Evaluation keys are folded from the run's seed with this tag; training uses tag 0.
@@ -176,21 +175,18 @@ def eval_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), EVAL_TAG)
 
 
-def problem_from_config(cfg, topo: network.Topology, num_snippets: int | None = None):
-  return unroll.Problem(
-    rule=config_lib.rule_spec(cfg, topo),
-    task=config_lib.task_spec(cfg, topo, num_snippets),
-    init_noise=float(cfg.net.init_noise),
-    loss=cfg.train.loss,
-    remat=cfg.train.remat,
-  )
-
-
 def recall_vs_k(
-  theta: rules.Theta, topo: network.Topology, cfg, k_values, num_episodes: int, key: jax.Array
+  theta: rules.Theta,
+  topo: network.Topology,
+  problem: unroll.Problem,
+  k_values,
+  num_episodes: int,
+  key: jax.Array,
 ) -> list[dict]:
-  """Recall metrics at every K in `k_values` (all K snippets queried), one record per K."""
-  problems = tuple(problem_from_config(cfg, topo, num_snippets=int(k)) for k in k_values)
+  """Recall metrics of `problem` at every K in `k_values` (all K snippets queried), one record per K."""
+  problems = tuple(
+    dataclasses.replace(problem, task=tasks.with_snippets(problem.task, int(k))) for k in k_values
+  )
   eval_fn = lambda k, n: eval_batch_over_k(theta, topo, k, problems, n)  # noqa: E731
   means = mean_over_batches(eval_fn, key, num_episodes)
   return [{"K": int(k), **{name: float(v[i]) for name, v in means.items()}} for i, k in enumerate(k_values)]

@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from learned_rules import baselines, meta_train, network
+from learned_rules import baselines, evaluation, meta_train
 from learned_rules import config as config_lib
 
 CHANCE = 0.5  # targets are uniform +-1 bits, so any fixed guess is right half the time
@@ -48,12 +48,20 @@ def format_table(rows: list[tuple[str, float]], label: str) -> str:
   return "\n".join(lines)
 
 
+def key_blind_floor(cfg) -> float:
+  """Bit accuracy of the key-blind floor on exactly the held-out episodes (or streams) that the
+  trainer evaluates the network of `cfg` on (`evaluation.eval_key(seed)`, as many episodes)."""
+  spec = config_lib.train_spec(cfg)
+  task = config_lib.problem(cfg).task
+  return baselines.key_blind_metrics(task, evaluation.eval_key(spec.seed), spec.eval_episodes)["bit_accuracy"]
+
+
 def _member_rows(cfg, learned: dict, summary: dict) -> list[tuple[str, float]]:
   """Rows (and summary entries) of each problem of a meta-batch: its recall and its key-blind floor."""
   rows, summary["members"] = [], []
   for i, (member, result) in enumerate(zip(config_lib.mixture(cfg), learned["members"], strict=True)):
-    floor = baselines.key_blind_floor(member, network.make_topology(member.net))
-    n = network.make_topology(member.net).num_neurons
+    floor = key_blind_floor(member)
+    n = config_lib.make_topology(member).num_neurons
     label = f"problem {i}: N = {n}, K = {member.task.num_snippets}"
     rows += [(f"{label}, rule", result["bit_accuracy"]), (f"{label}, key-blind floor", floor)]
     summary["members"].append(
@@ -91,7 +99,7 @@ def run_experiment(cfg, workdir: str) -> tuple[dict, str]:
     off = meta_train.train_and_evaluate(synapses_off_config(cfg), off_dir, label="synapses off: ")
     summary["bit_accuracy_synapses_off"] = off["bit_accuracy"]
     rows.append(("same network, synapse updates off", off["bit_accuracy"]))
-  floor = baselines.key_blind_floor(cfg, network.make_topology(cfg.net))
+  floor = key_blind_floor(cfg)
   summary["key_blind_bit_accuracy"] = floor  # the best answer that ignores the cue, same held-out episodes
   rows += [("key-blind floor (ignores the cue)", floor), ("chance", CHANCE)]
   summary["wall_seconds"] = time.perf_counter() - start

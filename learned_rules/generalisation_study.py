@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 
-from learned_rules import baselines, evaluation, network, pretrained
+from learned_rules import baselines, evaluation, pretrained
 from learned_rules import config as config_lib
 
 
@@ -62,8 +62,8 @@ def evaluate_setting(rule: pretrained.Rule, setting: str, overrides: dict, num_e
   """The record of `rule` on `num_episodes` held-out episodes of its config moved by `overrides`."""
   start = time.perf_counter()
   cfg = config_lib.with_overrides(rule.config, overrides)
-  topo = network.make_topology(cfg.net)
-  problem = evaluation.problem_from_config(cfg, topo)
+  topo = config_lib.make_topology(cfg.net)
+  problem = config_lib.problem(cfg, topo)
   key = evaluation.eval_key(cfg.seed)
   metrics = evaluation.evaluate(rule.theta, topo, problem, key, num_episodes)
   floor = baselines.key_blind_metrics(problem.task, key, num_episodes)["bit_accuracy"]

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from learned_rules import config as config_lib
-from learned_rules import figures, host_models, network, pretrained, rules, supervised, token_task
+from learned_rules import figures, host_models, pretrained, rules, supervised, token_task
 from learned_rules.configs import remember as remember_configs
 from learned_rules.memory import PlasticMemory
 
@@ -87,7 +87,7 @@ def load_memory(rule: str, random_rule: str, seed: int) -> tuple[PlasticMemory, 
   Raises `ConfigError` ("rule") when there is no such rule or it cannot be loaded."""
   if rule == "random":
     rcfg = remember_configs.get_config(random_rule)
-    topo = network.make_topology(rcfg.net)
+    topo = config_lib.make_topology(rcfg.net)
     theta = rules.init_theta(jax.random.PRNGKey(seed), config_lib.rule_spec(rcfg, topo))
     loaded = pretrained.Rule(theta=theta, config=rcfg, meta_steps=0, source=f"random ({random_rule})")
   else:

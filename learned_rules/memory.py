@@ -70,16 +70,16 @@ class PlasticMemory(nn.Module):
   @classmethod
   def from_rule(cls, rule, trainable: bool = False, **overrides) -> PlasticMemory:
     """The network, theta and protocol a loaded rule (`load_rule`) was meta-trained with."""
-    cfg = rule.config
+    problem = rule.problem()
     fields = dict(
       topology=rule.topology,
       spec=rule.spec,
       theta=rule.theta,
       trainable=trainable,
-      present_steps=int(cfg.task.present_steps),
-      delay_steps=int(cfg.task.delay_steps),
-      query_steps=int(cfg.task.query_steps),
-      init_noise=float(cfg.net.init_noise),
+      present_steps=problem.task.present_steps,
+      delay_steps=problem.task.delay_steps,
+      query_steps=problem.task.query_steps,
+      init_noise=problem.init_noise,
     )
     return cls(**{**fields, **overrides})
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import jax
 
 from learned_rules import config as config_lib
-from learned_rules import meta_train, network, sharding
+from learned_rules import meta_train, sharding
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
@@ -76,7 +76,7 @@ def survey(cfg, batch: int, steps: int) -> Iterator[dict]:
 def describe(cfg, batch: int) -> str:
   """The devices and the network of `cfg` surveyed, in a line. Raises `ConfigError` on an invalid config."""
   config_lib.validate(cfg)
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   devices = jax.devices()
   return (
     f"{len(devices)} {devices[0].device_kind} device(s); {cfg.net.topology} network of {topo.num_neurons} "

@@ -212,29 +212,6 @@ def make_sparse(n_in: int, n_out: int, n_hidden: int, density: float, seed: int 
   return _topology(mask, types, n_in, n_out, [block], [None], [index], **ablations)
 
 
-def make_topology(net_cfg) -> Topology:
-  """Builds the topology named by `net_cfg.topology` from a `config.net` block."""
-  ablations = dict(
-    synapse_updates=bool(net_cfg.synapse_updates),
-    body_recurrence=bool(net_cfg.body_recurrence),
-    trained_synapses=bool(net_cfg.get("trained_synapses", False)),  # optional: older configs lack it
-  )
-  n_in, n_out = net_cfg.num_inputs, net_cfg.num_outputs
-  if net_cfg.topology == "full":
-    return make_full(n_in, n_out, net_cfg.num_hidden, net_cfg.self_connections, **ablations)
-  if net_cfg.topology in ("layered", "layered_feedback"):
-    return make_layered(
-      n_in,
-      n_out,
-      tuple(net_cfg.hidden_layers),
-      feedback=net_cfg.topology == "layered_feedback",
-      **ablations,
-    )
-  if net_cfg.topology == "sparse":
-    return make_sparse(n_in, n_out, net_cfg.num_hidden, net_cfg.density, net_cfg.mask_seed, **ablations)
-  raise ValueError(f"net.topology: unknown topology {net_cfg.topology!r}; one of {TOPOLOGIES}")
-
-
 def key_hops(mask, n_in: int, n_out: int) -> int:
   """Synapse hops from the input neurons to the farthest output neuron: for every output neuron the
   shortest directed path from any input neuron, and the largest of those (1 in `full`, the hidden-layer

@@ -23,7 +23,6 @@ from flax import serialization
 
 from learned_rules import checkpointing, meta_train, network, rules, unroll
 from learned_rules import config as config_lib
-from learned_rules import evaluation as evaluate_lib
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 FORMAT_VERSION = 1
@@ -55,7 +54,7 @@ class Rule:
   @property
   def topology(self) -> network.Topology:
     """The network it was meta-trained on."""
-    return network.make_topology(self.config.net)
+    return config_lib.make_topology(self.config.net)
 
   @property
   def spec(self) -> rules.RuleSpec:
@@ -63,7 +62,7 @@ class Rule:
 
   def problem(self, num_snippets: int | None = None) -> unroll.Problem:
     """Its training problem, optionally at another K (for `evaluate.evaluate`)."""
-    return evaluate_lib.problem_from_config(self.config, self.topology, num_snippets)
+    return config_lib.problem(self.config, self.topology, num_snippets)
 
 
 def available_rules() -> tuple[str, ...]:
@@ -144,7 +143,7 @@ def _load_file(prefix: str) -> Rule:
       else f"{prefix}.json is not a saved rule"
     )
   cfg = _validated_config(meta.get("config"), f"{prefix}.json")
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   like = rules.init_theta(jax.random.PRNGKey(0), config_lib.rule_spec(cfg, topo))
   with open(prefix + ".msgpack", "rb") as f:
     raw = serialization.msgpack_restore(f.read())

@@ -26,8 +26,8 @@ def recall_against_k(theta, topo, cfg, k_values: list[int], num_episodes: int) -
   """`evaluation.recall_vs_k` of `theta` on the held-out episodes of `cfg` at every K of `k_values`,
   each record with `key_blind_bit_accuracy`: the best answer that ignores the cue, on the same episodes."""
   key = evaluation.eval_key(cfg.seed)
-  records = evaluation.recall_vs_k(theta, topo, cfg, k_values, num_episodes, key)
-  specs = tuple(evaluation.problem_from_config(cfg, topo, num_snippets=k).task for k in k_values)
+  records = evaluation.recall_vs_k(theta, topo, config_lib.problem(cfg, topo), k_values, num_episodes, key)
+  specs = tuple(config_lib.problem(cfg, topo, num_snippets=k).task for k in k_values)
   floors = baselines.evaluate_over_k(baselines.READOUT_FNS["key_blind"], None, specs, key, num_episodes)
   for r, floor in zip(records, floors, strict=True):
     r["key_blind_bit_accuracy"] = floor["bit_accuracy"]

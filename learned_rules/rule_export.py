@@ -29,7 +29,9 @@ def export_rule(rule: pretrained.Rule, prefix: str, *, trained_by: str, exported
   cfg = rule.config
   key = evaluation.eval_key(cfg.seed)
   k_values = [int(k) for k in cfg.eval.k_values]
-  records = evaluation.recall_vs_k(rule.theta, rule.topology, cfg, k_values, cfg.eval.num_episodes, key)
+  records = evaluation.recall_vs_k(
+    rule.theta, rule.topology, rule.problem(), k_values, cfg.eval.num_episodes, key
+  )
   caps = recall_study.capacities(records)
   paths = pretrained.save_rule(
     rule,

@@ -82,7 +82,7 @@ def load_streaming_rule(path: str, what: str = "rule") -> pretrained.Rule:
 def on_protocol(rule: pretrained.Rule, max_lag: int):
   """`(topology, problem)` of `rule` on its streaming protocol with lags up to `max_lag`."""
   cfg = config_lib.with_overrides(rule.config, {"task.max_lag": max_lag})
-  return rule.topology, evaluation.problem_from_config(cfg, rule.topology)
+  return rule.topology, config_lib.problem(cfg, rule.topology)
 
 
 def synapses_off_rule(rule_path: str, rule: pretrained.Rule, synapses_off: str) -> pretrained.Rule | None:

@@ -105,6 +105,11 @@ class Episode:
   score: jax.Array
 
 
+def with_snippets(spec: TaskSpec, num_snippets: int) -> TaskSpec:
+  """`spec` at another K, every stored snippet queried (the evaluation's sweep over K)."""
+  return dataclasses.replace(spec, num_snippets=num_snippets, num_queries=num_snippets)
+
+
 def _random_bits(key: jax.Array, shape) -> jax.Array:
   return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0)
 

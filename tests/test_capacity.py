@@ -15,7 +15,6 @@ from learned_rules import (
   capacity_figures,
   capacity_plan,
   capacity_study,
-  network,
   trained_baselines,
 )
 from learned_rules import config as config_lib
@@ -61,11 +60,11 @@ def test_every_study_writes_its_records_and_figure(tiny_run, tmp_path):
   # The networks study's key-blind floor, recomputed by another path (one program per K, episodes not
   # padded) on the same key: the same numbers.
   cfg = capacity_plan.rule_config(_tiny_study(), "full")
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   floors = [r for r in records if (r["study"], r["network"], r["rule"]) == ("networks", "full", "key_blind")]
   assert [r["K"] for r in floors] == [1, 2]
   for r in floors:
-    spec = evaluate_lib.problem_from_config(cfg, topo, num_snippets=r["K"]).task
+    spec = config_lib.problem(cfg, topo, num_snippets=r["K"]).task
     want = baselines.evaluate("key_blind", spec, evaluate_lib.eval_key(cfg.seed), r["num_episodes"])
     assert r["bit_accuracy"] == pytest.approx(want["bit_accuracy"], abs=1e-6), r
     assert r["perfect_recall"] == pytest.approx(want["perfect_recall"], abs=1e-6), r

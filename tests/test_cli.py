@@ -12,7 +12,7 @@ import subprocess
 import ml_collections
 import pytest
 
-from learned_rules import baselines, metrics, network, tasks
+from learned_rules import baselines, metrics, tasks
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
 from learned_rules.configs import remember
@@ -75,7 +75,7 @@ def test_remember_writes_summary_and_metrics(tiny_run):
   # a mean over its scored steps and their bits, ties half a bit: whole counts of those, and a step not
   # recalled perfectly misses at least half a bit.
   cfg = remember.get_config("tiny")
-  spec = config_lib.task_spec(cfg, network.make_topology(cfg.net))
+  spec = config_lib.task_spec(cfg, config_lib.make_topology(cfg.net))
   steps = cfg.train.batch_size * spec.num_queries * int(tasks.query_score(spec).sum())
   half_bits = 2 * steps * spec.n_out
   for run_dir in (workdir, off_dir):
@@ -114,8 +114,8 @@ def test_evaluate_writes_recall_vs_k(tiny_run):
     assert f"key-blind floor {r['key_blind_bit_accuracy']:.3f}" in proc.stdout
   # The floor on the same episodes: exact at K = 1 (one stored value), and recomputed for K = 2.
   cfg = _saved_config(workdir)
-  topo = network.make_topology(cfg.net)
-  spec = evaluate_lib.problem_from_config(cfg, topo, num_snippets=2).task
+  topo = config_lib.make_topology(cfg.net)
+  spec = config_lib.problem(cfg, topo, num_snippets=2).task
   want = baselines.evaluate("key_blind", spec, evaluate_lib.eval_key(cfg.seed), result["num_episodes"])
   assert records[0]["key_blind_bit_accuracy"] == 1.0
   assert records[1]["key_blind_bit_accuracy"] == pytest.approx(want["bit_accuracy"], abs=1e-6)

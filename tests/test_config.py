@@ -243,7 +243,7 @@ def test_any_integer_field_below_its_minimum_is_named(field, below):
 
 def test_specs_from_tiny_config(make_cfg):
   cfg = make_cfg("tiny")
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   rule = config_lib.rule_spec(cfg, topo)
   assert (rule.body_dim, rule.synapse_dim, rule.act_dim, rule.emb_dim, rule.hidden) == (
     cfg.rule.body_dim,
@@ -272,8 +272,8 @@ def test_remat_default_is_the_library_default(make_cfg):
 @pytest.mark.parametrize("variant", ["", "layered", "layered_feedback", "sparse"])
 def test_key_latency_from_the_config_is_the_topologys(make_cfg, variant):
   cfg = make_cfg(variant)
-  assert config_lib.key_latency(cfg) == network.key_latency(network.make_topology(cfg.net))
-  assert config_lib.task_spec(cfg, network.make_topology(cfg.net)).latency == config_lib.key_latency(cfg)
+  assert config_lib.key_latency(cfg) == network.key_latency(config_lib.make_topology(cfg.net))
+  assert config_lib.task_spec(cfg, config_lib.make_topology(cfg.net)).latency == config_lib.key_latency(cfg)
 
 
 def test_a_task_whose_scored_steps_cannot_see_the_key_is_refused(make_cfg, tmp_path, capsys):

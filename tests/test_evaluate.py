@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from learned_rules import config as config_lib
 from learned_rules import evaluation, meta_train, rules
 from learned_rules.configs import remember
 
@@ -35,7 +36,7 @@ def test_problem_from_config(make_cfg):
   assert problem.loss == "logistic" and problem.rule.fast_synapse is False and problem.remat == "nested"
   assert problem.init_noise == cfg.net.init_noise
   assert problem.rule.num_types == topo.num_types
-  swept = evaluation.problem_from_config(cfg, topo, num_snippets=3)
+  swept = config_lib.problem(cfg, topo, num_snippets=3)
   assert swept.task.num_snippets == swept.task.num_queries == 3
   hash(problem)  # a static argument of the jitted evaluation
 
@@ -65,10 +66,10 @@ def test_recall_vs_k_equals_one_k_at_a_time():
   topo, problem, _ = meta_train.setup(cfg)
   theta = rules.init_theta(jax.random.PRNGKey(1), problem.rule)
   key = evaluation.eval_key(cfg.seed)
-  records = evaluation.recall_vs_k(theta, topo, cfg, (1, 3), 6, key)
+  records = evaluation.recall_vs_k(theta, topo, problem, (1, 3), 6, key)
   assert [r["K"] for r in records] == [1, 3]
   for record in records:
-    problem_k = evaluation.problem_from_config(cfg, topo, num_snippets=record["K"])
+    problem_k = config_lib.problem(cfg, topo, num_snippets=record["K"])
     alone = evaluation.evaluate(theta, topo, problem_k, key, 6)
     assert set(record) == {"K", *alone}
     for name, value in alone.items():

@@ -15,7 +15,6 @@ from learned_rules import (
   baselines,
   generalisation_study,
   load_rule,
-  network,
   rules,
   save_rule,
   streaming,
@@ -28,11 +27,11 @@ from learned_rules.configs import remember
 
 def test_settings_move_the_config_as_named():
   cfg = remember.get_config("")
-  n = network.make_topology(cfg.net).num_neurons
+  n = config_lib.make_topology(cfg.net).num_neurons
   for name, overrides in generalisation_study.SETTINGS.items():
     moved = config_lib.with_overrides(cfg, overrides(cfg))
     config_lib.validate(moved)
-    topo = network.make_topology(moved.net)
+    topo = config_lib.make_topology(moved.net)
     assert topo.num_types == 3, name  # the rule's type embeddings still fit
     if name.startswith("4x neurons"):
       assert topo.num_neurons == 4 * n and topo.n_in == cfg.net.num_inputs
@@ -42,7 +41,7 @@ def test_settings_move_the_config_as_named():
 
 def test_settings_make_the_table(tmp_path):
   cfg = remember.get_config("tiny")
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   theta = rules.init_theta(jax.random.PRNGKey(0), config_lib.rule_spec(cfg, topo))
   save_rule(Rule(theta=theta, config=cfg, meta_steps=0, source="test"), str(tmp_path / "tiny"))
   keep = ("in distribution", "2x snippets", "other protocol")
@@ -60,7 +59,7 @@ def test_settings_make_the_table(tmp_path):
     # The key-blind floor on the network's own held-out episodes of the setting: recomputed from the
     # setting's config, and near its expectation (0.75 at K = 2, 0.6875 at K = 4; 64 episodes).
     moved = config_lib.with_overrides(cfg, r["overrides"])
-    spec = evaluate_lib.problem_from_config(moved, network.make_topology(moved.net)).task
+    spec = config_lib.problem(moved, config_lib.make_topology(moved.net)).task
     want = baselines.evaluate("key_blind", spec, evaluate_lib.eval_key(cfg.seed), num_episodes)
     assert r["key_blind_bit_accuracy"] == want["bit_accuracy"], r
     assert abs(r["key_blind_bit_accuracy"] - baselines.key_blind_accuracy(r["K"])) < 0.07, r
@@ -95,7 +94,7 @@ def test_streaming_floor_is_the_majority_of_the_values_a_query_can_ask_for():
   """The streaming key-blind floor, recomputed from the streams' own snippets (`tasks.sample_snippets`
   of every slot), on the streams `evaluate.eval_batch` gives the network for the same key."""
   cfg = remember.get_config("tiny,streaming")
-  spec = config_lib.task_spec(cfg, network.make_topology(cfg.net))
+  spec = config_lib.task_spec(cfg, config_lib.make_topology(cfg.net))
   key, batch = jax.random.PRNGKey(3), 3
   whole, starts, readout, values, floor = jax.device_get(_streams_and_floor(spec, key, batch))
   num_windows = evaluate_lib.STREAM_EVAL_WINDOWS

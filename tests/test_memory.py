@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from learned_rules import PlasticMemory, evaluation, network, rules, tasks, unroll
+from learned_rules import PlasticMemory, network, rules, tasks, unroll
 from learned_rules import config as config_lib
 from learned_rules.configs import remember
 
@@ -22,10 +22,10 @@ def setting():
   """The `:tiny` network and task, a random rule, and a memory running them with no initial noise."""
   cfg = remember.get_config("tiny")
   cfg.net.init_noise = 0.0
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   spec = config_lib.rule_spec(cfg, topo)
   theta = rules.init_theta(jax.random.PRNGKey(3), spec)
-  problem = evaluation.problem_from_config(cfg, topo, num_snippets=K)
+  problem = config_lib.problem(cfg, topo, num_snippets=K)
   memory = PlasticMemory(
     topology=topo,
     spec=spec,

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from learned_rules import config as config_lib
 from learned_rules import network, reference, rules
 from learned_rules.network import HIDDEN_TYPE, INPUT_TYPE, OUTPUT_TYPE
 
@@ -250,7 +251,7 @@ def test_make_topology_from_config(make_cfg, variant):
   cfg = make_cfg(",".join(filter(None, ["tiny", variant])))
   cfg.net.synapse_updates = False
   cfg.net.body_recurrence = False
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   assert topo.n_in == cfg.net.num_inputs and topo.n_out == cfg.net.num_outputs
   layered = cfg.net.topology.startswith("layered")
   num_hidden = sum(cfg.net.hidden_layers) if layered else cfg.net.num_hidden
@@ -264,7 +265,7 @@ def test_make_topology_rejects_unknown_name(make_cfg):
   cfg = make_cfg("tiny")
   cfg.net.topology = "ring"
   with pytest.raises(ValueError, match="net.topology"):
-    network.make_topology(cfg.net)
+    config_lib.make_topology(cfg.net)
 
 
 # ---- initial state and messages ----

@@ -74,7 +74,7 @@ def test_shipped_rule_reproduces_its_recorded_recall():
   got = evaluation.recall_vs_k(
     rule.theta,
     rule.topology,
-    rule.config,
+    rule.problem(),
     [8],
     rule.info["held_out_episodes"],
     evaluation.eval_key(rule.config.seed),

@@ -109,7 +109,7 @@ def test_shipped_rule_probe_table_and_figure(tmp_path):
 def test_a_network_without_synapse_updates_is_refused():
   cfg = remember.get_config("tiny")
   cfg.net.synapse_updates = False
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   theta = rules.init_theta(jax.random.PRNGKey(0), config_lib.rule_spec(cfg, topo))
   with pytest.raises(config_lib.ConfigError, match="^net.synapse_updates: test: .*synapse updates off"):
     probe_study.probe_rule(Rule(theta=theta, config=cfg, meta_steps=0, source="test"))

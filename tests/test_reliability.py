@@ -425,8 +425,8 @@ def test_a_nan_gradient_alone_and_a_nan_loss_alone_are_each_caught(monkeypatch, 
 
 def test_long_unrolls_of_a_trained_tiny_rule_stay_finite(clean_runs):
   cfg, (workdir, _), (result, _) = clean_runs
-  topo = network.make_topology(cfg.net)
-  problem = evaluation.problem_from_config(cfg, topo)
+  topo = config_lib.make_topology(cfg.net)
+  problem = config_lib.problem(cfg, topo)
   assert result["horizon_steps"] == meta_train.STATE_HORIZON * problem.task.episode_steps
   assert np.isfinite(result["max_abs_body"]) and np.isfinite(result["max_abs_synapse"])
   assert 0 < result["max_abs_body"] < 1e3 and 0 < result["max_abs_synapse"] < 1e3

@@ -126,15 +126,15 @@ def test_meshes_that_do_not_fit_are_config_errors():
   cfg = _config()
   cfg.mesh.neurons = 3
   with pytest.raises(config_lib.ConfigError, match="mesh.neurons: 3 does not divide the 8 devices"):
-    meta_train.make_mesh(cfg)
+    meta_train.make_mesh(config_lib.train_spec(cfg))
   cfg.mesh.neurons, cfg.mesh.batch = 2, 8
   with pytest.raises(config_lib.ConfigError, match=r"mesh.batch x mesh.neurons: 8 x 2 does not fit the 8"):
-    meta_train.make_mesh(cfg)
+    meta_train.make_mesh(config_lib.train_spec(cfg))
   cfg.mesh.batch = 2  # a smaller mesh takes the first devices
-  assert meta_train.make_mesh(cfg).devices.flatten().tolist() == jax.devices()[:4]
+  assert meta_train.make_mesh(config_lib.train_spec(cfg)).devices.flatten().tolist() == jax.devices()[:4]
   cfg.mesh.batch, cfg.train.batch_size = 0, 6
   with pytest.raises(config_lib.ConfigError, match="train.batch_size: 6 episodes do not split over the 4"):
-    meta_train.make_mesh(cfg)
+    meta_train.make_mesh(config_lib.train_spec(cfg))
   cfg.mesh.batch = -1
   with pytest.raises(config_lib.ConfigError, match="mesh.batch"):
     config_lib.validate(cfg)

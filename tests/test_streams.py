@@ -15,7 +15,6 @@ import pytest
 from learned_rules import (
   Rule,
   baselines,
-  network,
   rules,
   save_rule,
   streaming,
@@ -34,7 +33,7 @@ WIDE = tasks.TaskSpec(protocol="streaming", num_neurons=32, n_in=16, n_out=16, m
 def _tiny_rule(synapse_updates: bool = True) -> Rule:
   cfg = remember.get_config("tiny,streaming")
   cfg.net.synapse_updates = synapse_updates
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   theta = rules.init_theta(jax.random.PRNGKey(0), config_lib.rule_spec(cfg, topo))
   return Rule(theta=theta, config=cfg, meta_steps=0, source="test")
 

@@ -297,7 +297,7 @@ def _spec_for_over_k(k: int) -> tasks.TaskSpec:
 def test_state_size_counts_the_bodies_and_synapses_of_the_topology():
   # the default network: 64 neurons x Db = 8, 4,032 synapses x Ds = 4
   cfg = capacity_configs.get_config("").base
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   assert tb.state_size(topo, config_lib.rule_spec(cfg, topo)) == 64 * 8 + 4032 * 4 == 16_640
   spec = rules.RuleSpec(body_dim=3, synapse_dim=2)
   for topo in (
@@ -311,7 +311,7 @@ def test_state_size_counts_the_bodies_and_synapses_of_the_topology():
   rc = capacity_plan.read_plan(study).recurrent
   size = capacity_baselines.recurrent_size
   cfg = study.base
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   state = 12 * cfg.rule.body_dim + 12 * 11 * cfg.rule.synapse_dim
   assert size("recurrent_state", rc, cfg, topo, 500) == (study.recurrent.state_hidden_cap, state)
   rc = dataclasses.replace(rc, state_hidden_cap=10**6)

@@ -44,11 +44,11 @@ def test_a_config_without_the_field_means_false():
   del old["net"]["trained_synapses"]
   config_lib.validate(ml_collections.ConfigDict(old))
   assert config_lib.trained_synapses(old) is False
-  assert network.make_topology(ml_collections.ConfigDict(old).net).trained_synapses is False
+  assert config_lib.make_topology(ml_collections.ConfigDict(old).net).trained_synapses is False
   assert checkpointing.config_differences(old, today) == []
   routing = checkpointing.config_to_dict(_routing())
   assert "net.trained_synapses: saved False, now True" in checkpointing.config_differences(old, routing)
-  assert network.make_topology(_routing().net).trained_synapses is True
+  assert config_lib.make_topology(_routing().net).trained_synapses is True
 
 
 # ---- the weights and the network state ----
@@ -57,7 +57,7 @@ def test_a_config_without_the_field_means_false():
 @pytest.mark.parametrize("variant", ["tiny", "tiny,layered_feedback", "tiny,sparse"])
 def test_synapse_weights_are_shaped_like_the_synapse_state(variant):
   cfg = _routing(variant)
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   weights = network.init_synapse_weights(jax.random.PRNGKey(0), topo, cfg.rule.synapse_dim)
   assert len(weights) == len(topo.blocks)
   for b, (block, w) in enumerate(zip(topo.blocks, weights, strict=True)):
@@ -67,12 +67,12 @@ def test_synapse_weights_are_shaped_like_the_synapse_state(variant):
     assert 0.5 < np.std(np.asarray(w)[mask > 0]) < 1.5  # standard normal
   # Only a trained_synapses topology gets them.
   theta = {"init_synapse": np.zeros((3, 3, cfg.rule.synapse_dim), np.float32)}
-  plain = network.make_topology(remember.get_config(variant).net)
+  plain = config_lib.make_topology(remember.get_config(variant).net)
   assert network.with_synapse_weights(theta, plain, None) is theta
 
 
 def test_init_net_state_without_the_weights_is_refused():
-  topo = network.make_topology(_routing().net)
+  topo = config_lib.make_topology(_routing().net)
   with pytest.raises(ValueError, match="trained_synapses.*synapse_weights"):
     network.init_net_state({"init_body": np.zeros((3, 8), np.float32)}, topo, jax.random.PRNGKey(0), 0.1)
 

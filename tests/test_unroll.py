@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from learned_rules import config as config_lib
 from learned_rules import meta_train, network, rules, tasks, unroll
 from learned_rules.configs import remember
 
@@ -199,7 +200,7 @@ def test_synapse_rule_gets_no_gradient_when_synapse_updates_are_off(tiny):
   cfg, _, problem, theta = tiny
   cfg = cfg.copy_and_resolve_references()
   cfg.net.synapse_updates = False
-  topo = network.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg.net)
   grad_fn = jax.jit(
     jax.grad(lambda th: unroll.episode_objective(th, topo, problem, jax.random.PRNGKey(2), 2)[0])
   )
