@@ -72,6 +72,14 @@ def test_data_parallel_step_equals_one_device(trees_close):
   _assert_same(_steps(cfg), _steps(cfg, mesh), trees_close)
 
 
+@pytest.mark.slow  # the two-size meta step compiled twice: about a minute
+def test_a_two_size_meta_batch_sharded_equals_one_device(trees_close):
+  """A meta-batch of two network sizes at two K (`:mixture`) on a (batch 4 x neurons 2) mesh: the same
+  train state and metrics as on one device."""
+  cfg = _config("tiny,mixture")
+  _assert_same(_steps(cfg), _steps(cfg, sharding.make_mesh(4, 2)), trees_close)
+
+
 def test_sharded_streams_equal_one_device_and_carry_their_shardings(streaming_runs, trees_close):
   for shape in ((8, 1), (2, 4)):
     _assert_same(streaming_runs[None], streaming_runs[shape], trees_close)
