@@ -118,7 +118,8 @@ def with_setting(cfg, axis: str, value) -> config_lib.ConfigDict:
     quarter = value // 4
     overrides = {"net.num_inputs": quarter, "net.num_outputs": quarter, "net.num_hidden": value - 2 * quarter}
   elif axis == "width":
-    total = cfg.net.num_inputs + cfg.net.num_outputs + cfg.net.num_hidden
+    spec = config_lib.experiment_spec(cfg)
+    total = spec.num_inputs + spec.num_outputs + spec.num_hidden
     overrides = {"net.num_inputs": value, "net.num_outputs": value, "net.num_hidden": total - 2 * value}
   else:
     overrides = {capacity_configs.AXES[axis]: value}

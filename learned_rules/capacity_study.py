@@ -64,7 +64,7 @@ class Study:
     spec = self.plan.recurrent
     size = trained_baselines.param_count(theta)
     hidden, state = capacity_baselines.recurrent_size(rule, spec, cfg, topo, size)
-    memo = (specs, cfg.seed, hidden)
+    memo = (specs, config_lib.train_spec(cfg).seed, hidden)
     if memo not in self.recurrent:
       folder = os.path.join(self.workdir, "recurrent")
       self.recurrent[memo] = capacity_baselines.fit_recurrent(*memo, spec, folder, rule, self.log)
@@ -89,14 +89,16 @@ class Study:
       out = self.recurrent_records(rule, cfg, topo, specs, key, num_episodes, learned[0])
     else:
       spec = self.plan.online_backprop
-      out = capacity_baselines.online_backprop_records(spec, specs, cfg.seed, key, num_episodes)
+      out = capacity_baselines.online_backprop_records(
+        spec, specs, config_lib.train_spec(cfg).seed, key, num_episodes
+      )
     return [{"K": int(k), **r} for k, r in zip(k_values, out, strict=True)]
 
   def records(self, meta: dict, cfg, topo, k_values, num_episodes: int, rule: str, learned=None):
     """Records of `rule` at every K of `k_values` on `cfg`'s task, cached. `learned` is
     `(theta, meta_steps)` for a learned rule (or a control), and for the recurrent baseline the rule
     whose parameter count it matches."""
-    key = evaluate_lib.eval_key(cfg.seed)
+    key = evaluate_lib.eval_key(config_lib.train_spec(cfg).seed)
     common = {**meta, "rule": rule, **_shape(cfg, topo), "num_episodes": num_episodes}
     specs = tuple(config_lib.problem(cfg, topo, num_snippets=int(k)).task for k in k_values)
 
@@ -120,7 +122,8 @@ class Study:
     # The same memory on the same episodes under another label (each difficulty axis passes through
     # the base setting) is evaluated once per invocation.
     same = {k: v for k, v in cache_key.items() if k not in ("study", "axis", "value")}
-    same.update(net=cfg.net.to_dict(), task=cfg.task.to_dict(), seed=cfg.seed)
+    plain = config_lib.as_dict(cfg)
+    same.update(net=plain["net"], task=plain["task"], seed=plain["seed"])
     same = json.dumps(same, sort_keys=True, default=str)
     if same not in self.memo:
       self.memo[same] = self.cache.get(cache_key, compute)
@@ -137,7 +140,7 @@ class Study:
       cfg, topo, theta, steps = self.rule(run)
       if axis is not None:
         cfg = with_setting(cfg, axis, value)
-        topo = config_lib.make_topology(cfg.net)
+        topo = config_lib.make_topology(cfg)
       return cfg, topo, (theta, steps)
 
     cfg, topo, learned = moved(run_name(meta["network"], protocol))
@@ -160,7 +163,7 @@ def _shape(cfg, topo: network.Topology) -> dict:
     "synapses": topo.num_synapses,
     "key_bits": topo.n_in,
     "value_bits": topo.n_out,
-    "protocol": cfg.task.protocol,
+    "protocol": config_lib.problem(cfg, topo).task.protocol,
   }
 
 

@@ -358,6 +358,47 @@ def train_spec(cfg) -> TrainSpec:
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class ExperimentSpec:
+  """What the studies read of an experiment config (`experiment_spec`), frozen: the network's
+  description, its problem, and the training and evaluation settings."""
+
+  topology: str
+  num_inputs: int
+  num_outputs: int
+  num_hidden: int
+  hidden_layers: tuple[int, ...]
+  synapse_updates: bool
+  baseline_synapses_off: bool
+  problem: unroll.Problem
+  train: TrainSpec
+
+  @property
+  def task(self) -> tasks.TaskSpec:
+    return self.problem.task
+
+
+def experiment_spec(cfg) -> ExperimentSpec:
+  """The frozen description of a validated experiment config (a run's, a rule's or a study's base)."""
+  net = _get(cfg, "net")
+  return ExperimentSpec(
+    topology=str(net["topology"]),
+    num_inputs=int(net["num_inputs"]),
+    num_outputs=int(net["num_outputs"]),
+    num_hidden=int(net["num_hidden"]),
+    hidden_layers=tuple(int(h) for h in net["hidden_layers"]),
+    synapse_updates=bool(net["synapse_updates"]),
+    baseline_synapses_off=bool(cfg["baseline_synapses_off"]) if "baseline_synapses_off" in cfg else False,
+    problem=problem(cfg),
+    train=train_spec(cfg),
+  )
+
+
+def as_dict(cfg) -> dict:
+  """A config as a plain JSON-ready dict (for records and cache keys)."""
+  return checkpointing.config_to_dict(cfg)
+
+
 def make_topology(net) -> network.Topology:
   """The network of a config's `net` block (or of the config itself): `network.make_full`,
   `make_layered` or `make_sparse` with its sizes and ablations."""

@@ -88,7 +88,7 @@ def read_curve(workdir: str, cfg) -> tuple[list[dict], float]:
   records = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   spec = config_lib.estimator_spec(cfg)
   _, problem, _ = meta_train.setup(cfg)
-  per_step = spec.stream_steps(problem.task, cfg.train.batch_size)
+  per_step = spec.stream_steps(problem.task, config_lib.train_spec(cfg).batch_size)
   curve = {}
   for r in records:
     if "train_wall_s" in r:
@@ -115,7 +115,7 @@ def run_study(study, workdir: str) -> dict:
     for seed in study.seeds:
       run_cfg = config_lib.with_overrides(cfg, {"seed": int(seed)})
       run_dir = os.path.join(workdir, name, f"seed{seed}")
-      steps = frozenset(eval_steps(run_cfg.train.num_steps, study.eval_points))
+      steps = frozenset(eval_steps(config_lib.train_spec(run_cfg).num_steps, study.eval_points))
       meta_train.train_and_evaluate(
         run_cfg, run_dir, f"{name} seed {seed}: ", False, curve._replace(steps=steps)
       )

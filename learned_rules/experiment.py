@@ -9,7 +9,6 @@ meta-batch of several problems (`train.mixture`) reports each problem's recall a
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -24,10 +23,7 @@ CHANCE = 0.5  # targets are uniform +-1 bits, so any fixed guess is right half t
 
 def synapses_off_config(cfg):
   """`cfg` with synapse updates off: the run that tells whether the rule stores in its synapses."""
-  off = copy.deepcopy(cfg)
-  with off.unlocked():
-    off.net.synapse_updates = False
-  return off
+  return config_lib.with_overrides(cfg, {"net.synapse_updates": False})
 
 
 def run_name(cfg) -> str:
@@ -35,8 +31,8 @@ def run_name(cfg) -> str:
   return "trained synapses, updates off" if config_lib.trained_synapses(cfg) else "learned rule"
 
 
-def task_label(cfg) -> str:
-  t = cfg.task
+def task_label(spec: config_lib.ExperimentSpec) -> str:
+  t = spec.task
   if t.protocol == "streaming":
     return f"streaming, recall of the snippet 1..{t.max_lag} slots back"
   return f"{t.protocol}, K = {t.num_snippets} snippets per episode"
@@ -61,13 +57,13 @@ def _member_rows(cfg, learned: dict, summary: dict) -> list[tuple[str, float]]:
   rows, summary["members"] = [], []
   for i, (member, result) in enumerate(zip(config_lib.mixture(cfg), learned["members"], strict=True)):
     floor = key_blind_floor(member)
-    n = config_lib.make_topology(member).num_neurons
-    label = f"problem {i}: N = {n}, K = {member.task.num_snippets}"
+    n, k = config_lib.make_topology(member).num_neurons, config_lib.problem(member).task.num_snippets
+    label = f"problem {i}: N = {n}, K = {k}"
     rows += [(f"{label}, rule", result["bit_accuracy"]), (f"{label}, key-blind floor", floor)]
     summary["members"].append(
       {
         "num_neurons": n,
-        "num_snippets": member.task.num_snippets,
+        "num_snippets": k,
         "bit_accuracy": result["bit_accuracy"],
         "key_blind_bit_accuracy": floor,
       }
@@ -80,21 +76,21 @@ def run_experiment(cfg, workdir: str) -> tuple[dict, str]:
   process 0) and the table of held-out recall. Raises what `meta_train.train_and_evaluate` raises."""
   start = time.perf_counter()
   config_lib.validate(cfg)  # fail before any compilation, and before anything is written
-  name = run_name(cfg)
+  name, spec = run_name(cfg), config_lib.experiment_spec(cfg)
   learned = meta_train.train_and_evaluate(cfg, workdir, label=f"{name}: ")
   summary = {
     "bit_accuracy": learned["bit_accuracy"],
     "perfect_recall": learned["perfect_recall"],
     "chance_bit_accuracy": CHANCE,
-    "num_snippets": cfg.task.num_snippets,
-    "protocol": cfg.task.protocol,
-    "topology": cfg.net.topology,
+    "num_snippets": spec.task.num_snippets,
+    "protocol": spec.task.protocol,
+    "topology": spec.topology,
     "meta_steps": learned["meta_steps"],
   }
   rows = [(name + (", mean over problems" if "members" in learned else ""), learned["bit_accuracy"])]
   if "members" in learned:
     rows += _member_rows(cfg, learned, summary)
-  if cfg.baseline_synapses_off and cfg.net.synapse_updates:
+  if spec.baseline_synapses_off and spec.synapse_updates:
     off_dir = os.path.join(workdir, "synapses_off")
     off = meta_train.train_and_evaluate(synapses_off_config(cfg), off_dir, label="synapses off: ")
     summary["bit_accuracy_synapses_off"] = off["bit_accuracy"]
@@ -106,4 +102,4 @@ def run_experiment(cfg, workdir: str) -> tuple[dict, str]:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
-  return summary, format_table(rows, task_label(cfg))
+  return summary, format_table(rows, task_label(spec))

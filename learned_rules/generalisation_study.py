@@ -23,31 +23,31 @@ from learned_rules import baselines, evaluation, pretrained
 from learned_rules import config as config_lib
 
 
-def _four_times_neurons(cfg):
-  n = cfg.net.num_inputs + cfg.net.num_outputs + cfg.net.num_hidden
-  return {"net.num_hidden": 4 * n - cfg.net.num_inputs - cfg.net.num_outputs}
+def _four_times_neurons(spec: config_lib.ExperimentSpec):
+  n = spec.num_inputs + spec.num_outputs + spec.num_hidden
+  return {"net.num_hidden": 4 * n - spec.num_inputs - spec.num_outputs}
 
 
-def _other_protocol(cfg):
-  if cfg.task.protocol == "hetero":
+def _other_protocol(spec: config_lib.ExperimentSpec):
+  if spec.task.protocol == "hetero":
     return {"task.protocol": "auto", "task.cue_corruption": 0.25}
   return {"task.protocol": "hetero", "task.cue_corruption": 0.0}
 
 
-# name -> config overrides, as a function of the rule's own config.
+# name -> config overrides, as a function of the rule's own experiment (`config.ExperimentSpec`).
 SETTINGS = {
-  "in distribution": lambda cfg: {},
+  "in distribution": lambda spec: {},
   "4x neurons (more hidden)": _four_times_neurons,
-  "2x snippets": lambda cfg: {"task.num_snippets": 2 * cfg.task.num_snippets},
-  "4x longer episodes": lambda cfg: {
-    "task.present_steps": 4 * cfg.task.present_steps,
-    "task.delay_steps": 4 * cfg.task.delay_steps,
-    "task.query_steps": 4 * cfg.task.query_steps,
+  "2x snippets": lambda spec: {"task.num_snippets": 2 * spec.task.num_snippets},
+  "4x longer episodes": lambda spec: {
+    "task.present_steps": 4 * spec.task.present_steps,
+    "task.delay_steps": 4 * spec.task.delay_steps,
+    "task.query_steps": 4 * spec.task.query_steps,
   },
-  "sparse topology (density 0.5)": lambda cfg: {"net.topology": "sparse", "net.density": 0.5},
-  "layered topology (1 hidden layer)": lambda cfg: {
+  "sparse topology (density 0.5)": lambda spec: {"net.topology": "sparse", "net.density": 0.5},
+  "layered topology (1 hidden layer)": lambda spec: {
     "net.topology": "layered",
-    "net.hidden_layers": (cfg.net.num_hidden,),
+    "net.hidden_layers": (spec.num_hidden,),
   },
   "other protocol": _other_protocol,
 }
@@ -62,9 +62,9 @@ def evaluate_setting(rule: pretrained.Rule, setting: str, overrides: dict, num_e
   """The record of `rule` on `num_episodes` held-out episodes of its config moved by `overrides`."""
   start = time.perf_counter()
   cfg = config_lib.with_overrides(rule.config, overrides)
-  topo = config_lib.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg)
   problem = config_lib.problem(cfg, topo)
-  key = evaluation.eval_key(cfg.seed)
+  key = evaluation.eval_key(config_lib.train_spec(cfg).seed)
   metrics = evaluation.evaluate(rule.theta, topo, problem, key, num_episodes)
   floor = baselines.key_blind_metrics(problem.task, key, num_episodes)["bit_accuracy"]
   return {
@@ -85,7 +85,8 @@ def evaluate_settings(rule: pretrained.Rule, num_episodes: int, settings: dict |
   """One record per setting of `settings` (default `SETTINGS`; the first is the reference), in order,
   each with its bit accuracy relative to the first's."""
   settings = SETTINGS if settings is None else settings
-  records = [evaluate_setting(rule, name, fn(rule.config), num_episodes) for name, fn in settings.items()]
+  spec = rule.experiment
+  records = [evaluate_setting(rule, name, fn(spec), num_episodes) for name, fn in settings.items()]
   for r in records:
     r["relative_bit_accuracy"] = r["bit_accuracy"] / records[0]["bit_accuracy"]
   return records
@@ -94,7 +95,7 @@ def evaluate_settings(rule: pretrained.Rule, num_episodes: int, settings: dict |
 def format_table(name: str, rule: pretrained.Rule, records: list[dict], num_episodes: int) -> str:
   """The records of rule `name` as a table, with a legend of the key-blind columns."""
   lines = [
-    f"{name}: {rule.meta_steps} meta steps, {rule.config.task.protocol} on {rule.config.net.topology}; "
+    f"{name}: {rule.meta_steps} meta steps, {rule.experiment.task.protocol} on {rule.experiment.topology}; "
     f"{num_episodes} held-out episodes per setting",
     f"{'setting':<36}{'N':>6}{'K':>4}{'T':>5}{'bit acc.':>10}{'vs in-dist.':>13}{'perfect':>9}"
     f"{'key-blind':>11}{'beats it':>10}",

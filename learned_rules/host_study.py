@@ -87,7 +87,7 @@ def load_memory(rule: str, random_rule: str, seed: int) -> tuple[PlasticMemory, 
   Raises `ConfigError` ("rule") when there is no such rule or it cannot be loaded."""
   if rule == "random":
     rcfg = remember_configs.get_config(random_rule)
-    topo = config_lib.make_topology(rcfg.net)
+    topo = config_lib.make_topology(rcfg)
     theta = rules.init_theta(jax.random.PRNGKey(seed), config_lib.rule_spec(rcfg, topo))
     loaded = pretrained.Rule(theta=theta, config=rcfg, meta_steps=0, source=f"random ({random_rule})")
   else:
@@ -95,6 +95,7 @@ def load_memory(rule: str, random_rule: str, seed: int) -> tuple[PlasticMemory, 
       loaded = pretrained.load_rule(rule)
     except (FileNotFoundError, pretrained.RuleLoadError) as e:
       raise config_lib.ConfigError("rule", str(e)) from None
+  task = loaded.experiment.task
   info = {
     "name": rule,
     "source": loaded.source,
@@ -103,7 +104,7 @@ def load_memory(rule: str, random_rule: str, seed: int) -> tuple[PlasticMemory, 
     "neurons": loaded.topology.num_neurons,
     "key_width": loaded.topology.n_in,
     "value_width": loaded.topology.n_out,
-    "meta_trained_on": f"{loaded.config.task.protocol}, K = {loaded.config.task.num_snippets} snippets",
+    "meta_trained_on": f"{task.protocol}, K = {task.num_snippets} snippets",
   }
   return PlasticMemory.from_rule(loaded), info
 

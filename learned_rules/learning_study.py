@@ -122,9 +122,9 @@ def load_hetero_rule(name: str) -> pretrained.Rule:
     rule = pretrained.load_rule(name)
   except FileNotFoundError as e:
     raise config_lib.ConfigError("rule", str(e)) from e
-  if rule.config.task.protocol != "hetero":
+  if rule.experiment.task.protocol != "hetero":
     raise config_lib.ConfigError(
-      "rule", f"{name} was meta-trained on {rule.config.task.protocol!r}, not hetero"
+      "rule", f"{name} was meta-trained on {rule.experiment.task.protocol!r}, not hetero"
     )
   return rule
 

@@ -50,8 +50,9 @@ def measure(cfg, shape: tuple[int, int] | None, steps: int) -> dict:
   topos, meta_batch, optimizer = meta_train.setup_meta_batch(cfg)
   if shape is not None:
     topos, meta_batch = meta_train.on_mesh(topos, meta_batch, sharding.make_mesh(*shape))
-  state = meta_train.initial_train_state(topos, meta_batch, optimizer, cfg.seed)
-  meta_step = meta_train.make_run_meta_step(topos, meta_batch, optimizer, cfg.seed)
+  seed = config_lib.train_spec(cfg).seed
+  state = meta_train.initial_train_state(topos, meta_batch, optimizer, seed)
+  meta_step = meta_train.make_run_meta_step(topos, meta_batch, optimizer, seed)
   compiled = meta_step.lower(state, topos).compile()
   out = {
     "mesh": "1 device" if shape is None else f"{shape[0]} x {shape[1]}",
@@ -76,11 +77,11 @@ def survey(cfg, batch: int, steps: int) -> Iterator[dict]:
 def describe(cfg, batch: int) -> str:
   """The devices and the network of `cfg` surveyed, in a line. Raises `ConfigError` on an invalid config."""
   config_lib.validate(cfg)
-  topo = config_lib.make_topology(cfg.net)
+  spec, topo = config_lib.experiment_spec(cfg), config_lib.make_topology(cfg)
   devices = jax.devices()
   return (
-    f"{len(devices)} {devices[0].device_kind} device(s); {cfg.net.topology} network of {topo.num_neurons} "
-    f"neurons, {topo.num_synapses} synapses; {batch} episodes of {cfg.task.num_snippets} snippets"
+    f"{len(devices)} {devices[0].device_kind} device(s); {spec.topology} network of {topo.num_neurons} "
+    f"neurons, {topo.num_synapses} synapses; {batch} episodes of {spec.task.num_snippets} snippets"
   )
 
 

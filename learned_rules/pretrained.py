@@ -54,7 +54,12 @@ class Rule:
   @property
   def topology(self) -> network.Topology:
     """The network it was meta-trained on."""
-    return config_lib.make_topology(self.config.net)
+    return config_lib.make_topology(self.config)
+
+  @property
+  def experiment(self) -> config_lib.ExperimentSpec:
+    """What it was meta-trained on, frozen (`config.experiment_spec` of its config)."""
+    return config_lib.experiment_spec(self.config)
 
   @property
   def spec(self) -> rules.RuleSpec:
@@ -143,7 +148,7 @@ def _load_file(prefix: str) -> Rule:
       else f"{prefix}.json is not a saved rule"
     )
   cfg = _validated_config(meta.get("config"), f"{prefix}.json")
-  topo = config_lib.make_topology(cfg.net)
+  topo = config_lib.make_topology(cfg)
   like = rules.init_theta(jax.random.PRNGKey(0), config_lib.rule_spec(cfg, topo))
   with open(prefix + ".msgpack", "rb") as f:
     raw = serialization.msgpack_restore(f.read())

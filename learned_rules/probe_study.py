@@ -56,7 +56,9 @@ def probe_all(theta, rule: pretrained.Rule) -> dict[str, probe.Probe]:
   """The probe of every type pair that `rule`'s network connects, with rule `theta`, in the contexts of
   that network running on `probe.NUM_EPISODES` held-out episodes of `rule`'s task."""
   topo, spec = rule.topology, rule.spec
-  contexts = probe.record_contexts(theta, topo, rule.problem(), evaluation.eval_key(rule.config.seed))
+  contexts = probe.record_contexts(
+    theta, topo, rule.problem(), evaluation.eval_key(rule.experiment.train.seed)
+  )
   probes = {}
   for post in range(spec.num_types):
     for pre in range(spec.num_types):
@@ -73,7 +75,7 @@ def probe_rule(rule: pretrained.Rule) -> RuleProbe:
     raise config_lib.ConfigError(
       "net.synapse_updates", f"{rule.source}: its network has synapse updates off; it never applies the rule"
     )
-  initial = rules.init_theta(jax.random.split(meta_train.train_key(rule.config.seed))[0], rule.spec)
+  initial = rules.init_theta(jax.random.split(meta_train.train_key(rule.experiment.train.seed))[0], rule.spec)
   return RuleProbe(probe_all(rule.theta, rule), probe_all(initial, rule))
 
 
@@ -83,7 +85,7 @@ def describe(name: str, rule: pretrained.Rule) -> str:
     f"{name}: {rule.meta_steps} meta steps. Shares of the variance of one synapse update over a "
     f"{GRID} x {GRID} grid of the two neurons' external inputs (x_post, x_pre), averaged over "
     f"{probe.NUM_CONTEXTS} (step, synapse) contexts of the rule's network on {probe.NUM_EPISODES} held-out "
-    f"{rule.config.task.protocol} episodes. The update sees the network's own activations after its body "
+    f"{rule.experiment.task.protocol} episodes. The update sees the network's own activations after its body "
     "update; only the two inputs are moved (the bodies before the step, the messages and the synapse "
     "state are as the network had them)."
   )

@@ -25,7 +25,7 @@ class RunRecall(NamedTuple):
 def recall_against_k(theta, topo, cfg, k_values: list[int], num_episodes: int) -> list[dict]:
   """`evaluation.recall_vs_k` of `theta` on the held-out episodes of `cfg` at every K of `k_values`,
   each record with `key_blind_bit_accuracy`: the best answer that ignores the cue, on the same episodes."""
-  key = evaluation.eval_key(cfg.seed)
+  key = evaluation.eval_key(config_lib.train_spec(cfg).seed)
   records = evaluation.recall_vs_k(theta, topo, config_lib.problem(cfg, topo), k_values, num_episodes, key)
   specs = tuple(config_lib.problem(cfg, topo, num_snippets=k).task for k in k_values)
   floors = baselines.evaluate_over_k(baselines.READOUT_FNS["key_blind"], None, specs, key, num_episodes)
@@ -47,7 +47,7 @@ def load_episode_run(workdir: str):
     cfg, topo, state = meta_train.load_run(workdir)
   except config_lib.ConfigError as e:
     raise config_lib.ConfigError(f"{e} (the run's saved config; was it written by an older version?)") from e
-  if cfg.task.protocol == "streaming":
+  if config_lib.experiment_spec(cfg).task.protocol == "streaming":
     raise config_lib.ConfigError("task.protocol", "recall against K applies to the hetero and auto protocols")
   return cfg, topo, state
 
@@ -56,19 +56,20 @@ def evaluate_run(workdir: str, k_values=None, num_episodes: int | None = None) -
   """Recall against K (default: the run's `eval.k_values`, `eval.num_episodes` episodes per K) of the
   latest checkpoint in `workdir`, with the key-blind floor and the capacities (`load_episode_run`)."""
   cfg, topo, state = load_episode_run(workdir)
-  k_values = [int(k) for k in (k_values or cfg.eval.k_values)]
-  episodes = num_episodes or cfg.eval.num_episodes
+  spec = config_lib.experiment_spec(cfg)
+  k_values = [int(k) for k in (k_values or spec.train.k_values)]
+  episodes = num_episodes or spec.train.eval_episodes
   records = recall_against_k(state.theta, topo, cfg, k_values, episodes)
   result = {
     "workdir": workdir,
     "meta_step": int(state.step),
-    "protocol": cfg.task.protocol,
-    "topology": cfg.net.topology,
+    "protocol": spec.task.protocol,
+    "topology": spec.topology,
     "num_episodes": episodes,
     "capacity": capacities(records),
     "records": records,
   }
-  return RunRecall(result, f"{cfg.task.protocol}, {cfg.net.topology}, N={topo.num_neurons}")
+  return RunRecall(result, f"{spec.task.protocol}, {spec.topology}, N={topo.num_neurons}")
 
 
 def format_table(result: dict) -> str:

@@ -26,11 +26,10 @@ def export_rule(rule: pretrained.Rule, prefix: str, *, trained_by: str, exported
       f"{rule.source} is a net.trained_synapses run: a trained network with fixed per-synapse weights, "
       "no learned rule to export; load_rule(<its run directory>) reads it as it is"
     )
-  cfg = rule.config
-  key = evaluation.eval_key(cfg.seed)
-  k_values = [int(k) for k in cfg.eval.k_values]
+  train = rule.experiment.train
+  key = evaluation.eval_key(train.seed)
   records = evaluation.recall_vs_k(
-    rule.theta, rule.topology, rule.problem(), k_values, cfg.eval.num_episodes, key
+    rule.theta, rule.topology, rule.problem(), list(train.k_values), train.eval_episodes, key
   )
   caps = recall_study.capacities(records)
   paths = pretrained.save_rule(
@@ -38,7 +37,7 @@ def export_rule(rule: pretrained.Rule, prefix: str, *, trained_by: str, exported
     prefix,
     trained_by=trained_by,
     exported_by=exported_by,
-    held_out_episodes=int(cfg.eval.num_episodes),
+    held_out_episodes=train.eval_episodes,
     recall_vs_k=records,
     capacity=caps,
   )

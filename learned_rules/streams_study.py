@@ -69,7 +69,7 @@ def load_streaming_rule(path: str, what: str = "rule") -> pretrained.Rule:
     rule = pretrained.load_rule(path)
   except (FileNotFoundError, pretrained.RuleLoadError) as e:
     raise StreamsError(f"cannot load the {what} {path!r}: {e}") from e
-  protocol = rule.config.task.protocol
+  protocol = rule.experiment.task.protocol
   if protocol != "streaming":
     raise StreamsError(
       f"the {what} {path!r} was meta-trained on the {protocol!r} protocol, not 'streaming'; meta-train one "
@@ -95,7 +95,7 @@ def synapses_off_rule(rule_path: str, rule: pretrained.Rule, synapses_off: str) 
   if not synapses_off and not os.path.isdir(os.path.join(path, "checkpoints")):
     return None
   off = load_streaming_rule(path, "synapses-off run")
-  if off.config.net.synapse_updates:
+  if off.experiment.synapse_updates:
     raise StreamsError(f"the synapses-off run {path!r} has synapse updates on (net.synapse_updates)")
   if on_protocol(off, 1)[1].task != on_protocol(rule, 1)[1].task:
     raise StreamsError(f"the synapses-off run {path!r} was trained on another stream than the rule")
@@ -190,8 +190,8 @@ def run(rule_path: str, sizes: StreamSizes = FULL, probe_max_lag: int = 16, syna
   start = _clock()
   rule = load_streaming_rule(rule_path)
   off = synapses_off_rule(rule_path, rule, synapses_off)
-  train_lag = int(rule.config.task.max_lag)
-  keys = jax.random.split(evaluation.eval_key(int(rule.config.seed)))  # evaluation, decay tuning
+  train_lag = rule.experiment.task.max_lag
+  keys = jax.random.split(evaluation.eval_key(rule.experiment.train.seed))  # evaluation, decay tuning
   lags = {"train": train_lag, **({"probe": probe_max_lag} if probe_max_lag > train_lag else {})}
   out = {
     "rule": rule_path,

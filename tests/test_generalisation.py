@@ -29,7 +29,7 @@ def test_settings_move_the_config_as_named():
   cfg = remember.get_config("")
   n = config_lib.make_topology(cfg.net).num_neurons
   for name, overrides in generalisation_study.SETTINGS.items():
-    moved = config_lib.with_overrides(cfg, overrides(cfg))
+    moved = config_lib.with_overrides(cfg, overrides(config_lib.experiment_spec(cfg)))
     config_lib.validate(moved)
     topo = config_lib.make_topology(moved.net)
     assert topo.num_types == 3, name  # the rule's type embeddings still fit
