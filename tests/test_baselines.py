@@ -140,6 +140,7 @@ def test_hopfield_capacity_matches_theory(n):
   assert float(baselines.eval_batch("hebbian", spec, jax.random.PRNGKey(0), 128)["bit_accuracy"]) >= 0.99
 
 
+@pytest.mark.slow  # several K in one program against each K alone: compiles both (~10 s)
 def test_several_k_at_once_equal_one_k_at_a_time():
   """Padding every K's episodes to the longest with blank steps changes no baseline's recall."""
   specs = [_spec("hetero", 6, k, present_steps=2, delay_steps=1) for k in (1, 3, 5)]

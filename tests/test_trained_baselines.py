@@ -261,6 +261,7 @@ def test_unknown_cell_raises():
     tb.init_recurrent(jax.random.PRNGKey(0), 4, 3, 5, "rnn")
 
 
+@pytest.mark.slow  # several K in one program against each K alone: compiles both (~10 s)
 def test_several_k_at_once_equal_one_k_at_a_time():
   """The trained baselines' several-K evaluation (episodes padded with blank steps, one step size per K)
   equals their one-K evaluation."""
