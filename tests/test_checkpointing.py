@@ -28,7 +28,8 @@ def _train_records(workdir: str) -> dict[int, dict]:
   return {r["step"]: r for r in records if "loss" in r}
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny,streaming"])
+# The streaming run (its carried streams are checkpointed too) is one of the slow tests CI runs.
+@pytest.fixture(scope="module", params=["tiny", pytest.param("tiny,streaming", marks=pytest.mark.slow)])
 def runs(request, tmp_path_factory):
   """The same run twice: in one go, and in two halves (the second resumed in the same workdir)."""
   variant = request.param

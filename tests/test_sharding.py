@@ -80,6 +80,7 @@ def test_a_two_size_meta_batch_sharded_equals_one_device(trees_close):
   _assert_same(_steps(cfg), _steps(cfg, sharding.make_mesh(4, 2)), trees_close)
 
 
+@pytest.mark.slow  # the streaming runs on three meshes: about 15 s
 def test_sharded_streams_equal_one_device_and_carry_their_shardings(streaming_runs, trees_close):
   for shape in ((8, 1), (2, 4)):
     _assert_same(streaming_runs[None], streaming_runs[shape], trees_close)
@@ -107,6 +108,7 @@ def test_neuron_sharded_step_equals_unsharded(trees_close):
   _assert_same(_steps(cfg), _steps(cfg, sharding.make_mesh(2, 4)), trees_close)
 
 
+@pytest.mark.slow  # shares the streaming runs of the test above
 def test_checkpoint_of_8_devices_restores_onto_one_device_and_a_2x4_mesh(
   streaming_runs, tmp_path, trees_close
 ):
