@@ -31,8 +31,7 @@ import time
 from absl import flags
 
 from experiments import harness
-from learned_rules import host_study
-from learned_rules.configs import token_recall as token_recall_configs
+from learned_rules import host_plan, host_study
 
 FIGURE = "accuracy_vs_length.png"
 RESULTS = "token_recall.json"
@@ -46,7 +45,7 @@ def default_workdir(cfg, quick: bool = False) -> str:
 def main(cfg, workdir: str, opts) -> dict:
   """Runs the study of `cfg`; writes the results JSON under `workdir` and the figure under
   `opts.figure_dir` (or `workdir`); returns the results."""
-  study = token_recall_configs.study(cfg)  # a ConfigError names the field before anything runs
+  study = host_plan.study(cfg)  # a ConfigError names the field before anything runs
   start = time.perf_counter()
 
   def log(text: str) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments import token_recall
-from learned_rules import host_models, host_study, supervised, token_task
+from learned_rules import host_models, host_plan, host_study, supervised, token_task
 from learned_rules.config import ConfigError
 from learned_rules.configs import token_recall as token_recall_configs
 
@@ -100,7 +100,7 @@ def _codes(cfg, key_width: int, value_width: int) -> host_models.TokenCodes:
 
 def _tiny_plastic():
   cfg = token_recall_configs.get_config("tiny")
-  study = token_recall_configs.study(cfg)
+  study = host_plan.study(cfg)
   memory, info = host_study.load_memory(study.rule, study.random_rule, study.seed)
   codes = _codes(cfg, memory.topology.n_in, memory.topology.n_out)
   host = host_models.PlasticHost(memory, codes, cfg.task.num_values)
