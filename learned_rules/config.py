@@ -242,13 +242,15 @@ def mixture(cfg) -> list[ml_collections.ConfigDict]:
     return [cfg]
   if trained_synapses(cfg):
     raise ConfigError("train.mixture", "net.trained_synapses trains one network's weights: no mixture")
-  out = []
+  out, shared = [], None
   for i, member in enumerate(members):
     one = _member(cfg, member, i)
-    if out and rule_spec(one, make_topology(one)) != rule_spec(out[0], make_topology(out[0])):
+    spec = rule_spec(one, make_topology(one))
+    if shared is not None and spec != shared:
       raise ConfigError(
         "train.mixture", f"member {i}: every member must share the rule (rule.*, neuron types)"
       )
+    shared = spec
     out.append(one)
   return out
 

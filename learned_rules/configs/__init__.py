@@ -7,7 +7,6 @@ function that applies it. `learned_rules.config` turns a config into the specs t
 
 from __future__ import annotations
 
-import importlib
 import os
 
 from learned_rules import config as config_lib
@@ -29,8 +28,3 @@ def apply_variants(cfg, variant: str, variants: dict) -> None:
         "config", f"unknown variant {name!r}; one of {', '.join(sorted(variants)) or '(none)'}"
       )
     variants[name](cfg)
-
-
-def get_config(name: str, variant: str = ""):
-  """Config `name` with `variant` applied, as `--config=<path(name)>:<variant>` gives it."""
-  return importlib.import_module(f"learned_rules.configs.{name}").get_config(variant)
