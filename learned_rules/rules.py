@@ -185,8 +185,13 @@ def synapse_update(
 
 
 def _contract(x: jax.Array, w: jax.Array) -> jax.Array:
-  """`x @ w` over a small last axis, written as a broadcast-sum that XLA fuses into one loop."""
-  return jnp.sum(x[..., :, None] * w, axis=-2)
+  """`x @ w` over a small last axis, written out as a sum of broadcast products, one per entry of that
+  axis: elementwise work that XLA fuses into the loop around it, where a reduction would be a library
+  call of its own on CPU (docs/PERFORMANCE.md)."""
+  out = x[..., 0:1] * w[0]
+  for c in range(1, x.shape[-1]):
+    out = out + x[..., c : c + 1] * w[c]
+  return out
 
 
 def _block_pre_act(syn, post, pre, post_bi, act_pre, w_s):
@@ -197,7 +202,10 @@ def _block_pre_act(syn, post, pre, post_bi, act_pre, w_s):
   """
   if pre.ndim == 2:
     pre, act_pre = pre[None], act_pre[None]
-  bilinear = jnp.sum(post_bi[:, None, :, :] * act_pre[:, :, None, :], axis=-1)
+  # (a_i W_k) . a_j for every hidden unit k, its Da terms written out as in `_contract`.
+  bilinear = post_bi[:, None, :, 0] * act_pre[:, :, None, 0]
+  for e in range(1, act_pre.shape[-1]):
+    bilinear = bilinear + post_bi[:, None, :, e] * act_pre[:, :, None, e]
   return _contract(syn, w_s) + post[:, None, :] + pre + bilinear
 
 
@@ -229,8 +237,8 @@ def _block_core_bwd(args, g):
   hid = jnp.tanh(_block_pre_act(syn, post, pre, post_bi, act_pre, w_s))
   delta = jnp.tanh(_contract(hid, w2) + b2)
   g_z = g * rate * (1.0 - delta * delta)  # [P, Q, Ds]
-  g_h = (g_z.reshape(-1, c) @ w2.T).reshape(p, q, h) * (1.0 - hid * hid)  # [P, Q, H]
-  g_syn = decay * g + _contract(g_h, w_s.T)
+  g_h = _contract(g_z, w2.T) * (1.0 - hid * hid)  # [P, Q, H]
+  g_syn = decay * g + (g_h.reshape(-1, h) @ w_s.T).reshape(p, q, c)
   if pre.ndim == 2:  # shared pre neurons: reduce over the block's posts
     features = jnp.concatenate([jnp.ones((q, 1), act_pre.dtype), act_pre], axis=-1)  # [Q, 1+Da]
     per_post = jnp.sum(g_h[:, :, None, :] * features[None, :, :, None], axis=1)  # [P, 1+Da, H]
