@@ -81,6 +81,9 @@ class Case:
   batch: int
   steps: int
   reference: bool = True  # False: the reference is not run (recorded as null with a note)
+  forward_only: bool = False  # True: only the forward unroll is timed (an evaluation)
+  repeats: int | None = None  # timed calls per program; None: the plan's
+  warmup: bool = True  # False: the first call after compilation is the one timed (for long calls)
 
   @property
   def num_neurons(self) -> int:
@@ -101,11 +104,53 @@ def layered_case(name: str, n_io: int, hidden: tuple[int, ...], batch: int, step
   return Case(name, "layered", n_io, n_io, hidden, batch, steps)
 
 
+def episode_steps(snippets: int) -> int:
+  """Steps of one episode of K snippets under the default protocol (present 2 steps each, a delay of
+  2, every snippet queried for 2 steps): `4 K + 2` (34 at K = 8, 130 at K = 32, 770 at K = 192)."""
+  return 4 * snippets + 2
+
+
+def train_case(n: int, snippets: int, batch: int = 16, **fields) -> Case:
+  """`train-<n>`: the meta-gradient at the shape of a meta step on a `full` network of `n` neurons,
+  `batch` episodes of K = `snippets` (the default run is `train-64`: N = 64, B = 16, K = 8, T = 34)."""
+  return dataclasses.replace(full_case(n, batch, episode_steps(snippets)), name=f"train-{n}", **fields)
+
+
+def eval_case(n: int, snippets: int, **fields) -> Case:
+  """`eval-<n>`: the forward recall of one episode of K = `snippets` on a `full` network of `n` neurons
+  (no meta-gradient)."""
+  case = full_case(n, 1, episode_steps(snippets))
+  return dataclasses.replace(case, name=f"eval-{n}", forward_only=True, **fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostCase:
+  """One training step of a host model around a frozen `PlasticMemory` (learned_rules/benchmark_host.py).
+
+  `batch` token sequences of `pairs` (key, value) pairs, written into one memory each and read back at
+  one query. The memory is the shipped `rule` (its network), or with `rule=""` a fresh random rule on
+  a `full` network of `n_in`, `n_out`, `n_hidden` neurons.
+  """
+
+  name: str
+  batch: int
+  pairs: int
+  rule: str = "hetero"
+  n_in: int = 16
+  n_out: int = 16
+  n_hidden: int = 32
+  num_tokens: int = 32  # key and value vocabularies
+  repeats: int | None = None
+  warmup: bool = True
+  reference: bool = True
+  forward_only: bool = False
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """The sizes of one plan (`full`, `quick`, `tiny`)."""
 
-  cases: tuple[Case, ...]
+  cases: tuple[Case | HostCase, ...]
   remat_case: Case  # timed under every remat policy
   memory_case: Case  # compiled at its batch for each of `memory_steps` (its own steps unused)
   memory_steps: tuple[int, ...]
@@ -123,6 +168,10 @@ PLANS = {
       full_case(256, 8, 16),
       full_case(1024, 4, 8),
       layered_case("layered-256", 64, (200, 200), 8, 16),
+      train_case(64, 8),
+      train_case(128, 32),
+      HostCase("host-64", batch=32, pairs=8),
+      eval_case(1024, 192, reference=False),
     ),
     remat_case=full_case(256, 8, 16),
     memory_case=full_case(256, 4, 64),
@@ -137,6 +186,11 @@ PLANS = {
       full_case(256, 2, 8),
       full_case(1024, 1, 2, reference=False),
       layered_case("layered-256", 64, (200, 200), 2, 4),
+      train_case(64, 8),
+      train_case(128, 32, repeats=1),
+      HostCase("host-64", batch=32, pairs=8),
+      # One call of about a minute: timed without a warm-up call.
+      eval_case(1024, 192, reference=False, repeats=1, warmup=False),
     ),
     remat_case=full_case(256, 2, 8),
     memory_case=full_case(64, 4, 64),
@@ -146,7 +200,13 @@ PLANS = {
     repeats=2,
   ),
   "tiny": Plan(
-    cases=(full_case(16, 2, 4), layered_case("layered-16", 4, (4, 4), 2, 4)),
+    cases=(
+      full_case(16, 2, 4),
+      layered_case("layered-16", 4, (4, 4), 2, 4),
+      train_case(16, 1, batch=2),
+      HostCase("host-16", batch=2, pairs=2, rule="", n_in=4, n_out=4, n_hidden=8, num_tokens=4),
+      eval_case(16, 2),
+    ),
     remat_case=full_case(16, 2, 4),
     memory_case=full_case(16, 2, 4),
     memory_steps=(4, 16),
@@ -288,17 +348,20 @@ def make_setup(
 # Compiling and timing a program.
 
 
-def measure(fn: Callable, args: Sequence[Any], repeats: int) -> tuple[float, Any]:
-  """Best wall time in seconds of `fn(*args)` over `repeats` calls, after one warm-up call.
+def measure(fn: Callable, args: Sequence[Any], repeats: int, warmup: bool = True) -> tuple[float, Any]:
+  """Best wall time in seconds of `fn(*args)` over `repeats` calls, after one warm-up call (unless
+  `warmup` is False: then the first call is timed too).
 
-  Returns the time and the warm-up call's output. Every call is waited for with `block_until_ready`.
+  Returns the time and the first call's output. Every call is waited for with `block_until_ready`.
   """
-  out = jax.block_until_ready(fn(*args))
-  best = math.inf
+  best, out = math.inf, None
+  if warmup:
+    out = jax.block_until_ready(fn(*args))
   for _ in range(max(repeats, 1)):
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    result = jax.block_until_ready(fn(*args))
     best = min(best, time.perf_counter() - start)
+    out = result if out is None else out
   return best, out
 
 
@@ -335,6 +398,14 @@ def matmul_flops_per_s(n: int, repeats: int = 3) -> float:
   a, b = (jnp.asarray(rng.standard_normal((n, n), np.float32)) for _ in range(2))
   seconds, _ = measure(jax.jit(jnp.matmul), (a, b), repeats)
   return 2.0 * n**3 / seconds
+
+
+def max_abs_diff(a, b) -> float | None:
+  """Largest absolute difference of two pytrees of arrays (None if either is missing)."""
+  if a is None or b is None:
+    return None
+  diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
+  return max(jax.tree.leaves(diffs))
 
 
 def gib(num_bytes: int | None) -> str:
@@ -379,17 +450,26 @@ def compile_all(jobs: dict, threads: int, compiler_options: dict | None = None) 
     return dict(zip(lowered, pool.map(compile_one, lowered), strict=True))
 
 
-def time_compiled(compiled, args: Sequence[Any], work: float, settings: Settings, label: str) -> Timed:
+def time_compiled(
+  compiled,
+  args: Sequence[Any],
+  work: float,
+  settings: Settings,
+  label: str,
+  case: Case | HostCase | None = None,
+) -> Timed:
   """Times `compiled(*args)` unless its compiled peak exceeds `settings.max_run_bytes`.
 
-  `work` is the synapse-steps of one call; the throughput is `work / best seconds`.
+  `work` is the synapse-steps of one call; the throughput is `work / best seconds`. A `case` may set
+  its own repeats and skip the warm-up call.
   """
   peak = compiled_peak_bytes(compiled)
   if peak is not None and peak > settings.max_run_bytes:
     note = f"not run: compiled peak {gib(peak)} exceeds max_run_gb ({gib(settings.max_run_bytes)})"
     logging.info("  %s: %s", label, note)
     return Timed(None, peak, note=note)
-  seconds, out = measure(compiled, args, settings.repeats)
+  repeats = settings.repeats if case is None or case.repeats is None else case.repeats
+  seconds, out = measure(compiled, args, repeats, warmup=case is None or case.warmup)
   logging.info(
     "  %s: peak %s, %.4f s per call, %.2f M synapse-steps/s", label, gib(peak), seconds, work / seconds / 1e6
   )

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 
-from learned_rules import benchmark_cases, rules, unroll
-from learned_rules.benchmark_cases import PLANS, Case, Settings, Timed, gib, make_setup, programs
+from learned_rules import benchmark_cases, benchmark_host, rules, unroll
+from learned_rules.benchmark_cases import PLANS, Case, HostCase, Settings, Timed, gib, make_setup, programs
 
 SECTIONS = ("cases", "remat", "memory", "million")
 
@@ -39,24 +38,17 @@ def _roofline(steps_per_s: float | None, flops_per_step: float, matmul: float) -
   return None if steps_per_s is None else steps_per_s * flops_per_step / matmul
 
 
-def _max_abs_diff(a, b) -> float | None:
-  """Largest absolute difference of two pytrees of arrays (None if either is missing)."""
-  if a is None or b is None:
-    return None
-  diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
-  return max(jax.tree.leaves(diffs))
-
-
 def _case_jobs(case: Case, s: benchmark_cases.Setup) -> dict:
   """`label: (jitted, args)` of the library's, and unless `case.reference` is False the reference's,
-  forward and meta-gradient on the setup `s` of `case`."""
+  forward and (unless `case.forward_only`) meta-gradient on the setup `s` of `case`."""
   args = (s.theta, s.topo, s.states, s.xs)
   ref_args = (s.theta, s.topo, benchmark_cases.dense_states(s.topo, s.states), s.xs)
   jobs = {}
   for impl, impl_args in [("library", args)] + ([("reference", ref_args)] if case.reference else []):
     forward, meta_grad = programs(impl, s.problem)
     jobs[f"{impl} forward"] = (forward, impl_args)
-    jobs[f"{impl} meta-gradient"] = (meta_grad, (*impl_args, s.targets))
+    if not case.forward_only:
+      jobs[f"{impl} meta-gradient"] = (meta_grad, (*impl_args, s.targets))
   return jobs
 
 
@@ -68,14 +60,18 @@ def _readout(timed: Timed):
 def _case_record(case: Case, s: benchmark_cases.Setup, timed: dict, matmul: float) -> dict:
   """The JSON record of a case from its programs' `Timed`, by label (`_case_jobs`)."""
   none = Timed(None, None)
-  lib_fwd, lib_grad = timed["library forward"], timed["library meta-gradient"]
+  lib_fwd, lib_grad = timed["library forward"], timed.get("library meta-gradient", none)
   ref_fwd, ref_grad = timed.get("reference forward", none), timed.get("reference meta-gradient", none)
   notes = [f"{label}: {t.note}" for label, t in timed.items() if t.note]
   if not case.reference:
     notes.append("reference not run at this size (too slow)")
-  flops = 3 * benchmark_cases.flops_per_synapse_step(s.problem.rule)
+  if case.forward_only:
+    notes.append("forward only (an evaluation): no meta-gradient")
+  forward_flops = benchmark_cases.flops_per_synapse_step(s.problem.rule)
+  flops = 3 * forward_flops
   return {
     "name": case.name,
+    "kind": "forward" if case.forward_only else "network",
     "topology": case.topology,
     "N": case.num_neurons,
     "synapses": s.synapses,
@@ -90,14 +86,15 @@ def _case_record(case: Case, s: benchmark_cases.Setup, timed: dict, matmul: floa
     "forward_speedup": _ratio(lib_fwd.steps_per_s, ref_fwd.steps_per_s),
     "fraction_of_matmul_roofline": _roofline(lib_grad.steps_per_s, flops, matmul),
     "reference_fraction_of_matmul_roofline": _roofline(ref_grad.steps_per_s, flops, matmul),
+    "forward_fraction_of_matmul_roofline": _roofline(lib_fwd.steps_per_s, forward_flops, matmul),
     "peak_bytes": lib_grad.peak_bytes,
     "reference_peak_bytes": ref_grad.peak_bytes,
     "forward_peak_bytes": lib_fwd.peak_bytes,
     "reference_forward_peak_bytes": ref_fwd.peak_bytes,
     "peak_rss_bytes": benchmark_cases.peak_rss_bytes(),
     # The speedups compare the same computation only if these are float32 round-off.
-    "max_abs_readout_diff": _max_abs_diff(_readout(lib_fwd), _readout(ref_fwd)),
-    "max_abs_meta_grad_diff": _max_abs_diff(lib_grad.output, ref_grad.output),
+    "max_abs_readout_diff": benchmark_cases.max_abs_diff(_readout(lib_fwd), _readout(ref_fwd)),
+    "max_abs_meta_grad_diff": benchmark_cases.max_abs_diff(lib_grad.output, ref_grad.output),
     "note": "; ".join(notes) or None,
   }
 
@@ -110,10 +107,11 @@ def run_case(case: Case, settings: Settings, matmul: float) -> dict:
   jobs = _case_jobs(case, s)
   compiled = benchmark_cases.compile_all(jobs, settings.compile_threads)
   timed = {
-    label: benchmark_cases.time_compiled(compiled[label], jobs[label][1], work, settings, label)
+    label: benchmark_cases.time_compiled(compiled[label], jobs[label][1], work, settings, label, case)
     for label in jobs
   }
-  settings.meta_grads[(case, s.problem.remat)] = timed["library meta-gradient"]
+  if not case.forward_only:
+    settings.meta_grads[(case, s.problem.remat)] = timed["library meta-gradient"]
   return _case_record(case, s, timed, matmul)
 
 
@@ -270,7 +268,7 @@ class Options:
       if value is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
-  def selected_cases(self) -> tuple[Case, ...]:
+  def selected_cases(self) -> tuple[Case | HostCase, ...]:
     known = {c.name: c for c in PLANS[self.plan].cases}
     return tuple(known[n] for n in self.cases) if self.cases else PLANS[self.plan].cases
 
@@ -324,7 +322,12 @@ def run(options: Options = Options(), out: str | None = None) -> dict:
   logging.info("matmul roofline: %.1f GFLOP/s (n=%d)", matmul / 1e9, sizes.matmul_n)
   results = _header(options.plan, settings, matmul)
   if "cases" in sections:
-    results["cases"] = [run_case(case, settings, matmul) for case in options.selected_cases()]
+    results["cases"] = [
+      benchmark_host.run_host_case(case, settings, matmul)
+      if isinstance(case, HostCase)
+      else run_case(case, settings, matmul)
+      for case in options.selected_cases()
+    ]
   if "remat" in sections:
     results["remat_policies"] = run_remat_policies(sizes.remat_case, policies, settings)
   if "memory" in sections:
@@ -357,14 +360,15 @@ def _f(value: float | None, fmt: str) -> str:
 
 def _cases_table(cases: list[dict]) -> list[str]:
   lines = [
-    "throughput in M synapse-steps/s, compiled peaks in MiB",
-    f"{'name':<13}{'topology':>9}{'N':>6}{'synapses':>10}{'B':>4}{'T':>4}{'fwd M/s':>9}"
+    "throughput in M synapse-steps/s (a host case's grad: its training step), compiled peaks in MiB",
+    f"{'name':<13}{'topology':>9}{'N':>6}{'synapses':>10}{'B':>4}{'T':>5}{'fwd M/s':>9}{'ref fwd':>9}"
     f"{'grad M/s':>10}{'ref grad':>10}{'speedup':>9}{'roofline':>10}{'peak MB':>9}{'ref MB':>9}",
   ]
   for c in cases:
     lines.append(
-      f"{c['name']:<13}{c['topology']:>9}{c['N']:>6}{c['synapses']:>10}{c['B']:>4}{c['T']:>4}"
-      f"{_m(c['forward_synapse_steps_per_s']):>9}{_m(c['meta_grad_synapse_steps_per_s']):>10}"
+      f"{c['name']:<13}{c['topology']:>9}{c['N']:>6}{c['synapses']:>10}{c['B']:>4}{c['T']:>5}"
+      f"{_m(c['forward_synapse_steps_per_s']):>9}{_m(c['reference_forward_synapse_steps_per_s']):>9}"
+      f"{_m(c['meta_grad_synapse_steps_per_s']):>10}"
       f"{_m(c['reference_meta_grad_synapse_steps_per_s']):>10}{_f(c['speedup'], '.1f'):>9}"
       f"{_f(c['fraction_of_matmul_roofline'], '.3f'):>10}{_mb(c['peak_bytes']):>9}"
       f"{_mb(c['reference_peak_bytes']):>9}"
