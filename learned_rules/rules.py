@@ -43,7 +43,8 @@ class RuleSpec:
   init_rate: float = 0.12  # sigmoid(eta) at initialisation
   # Implementation switches: the same numbers either way (tests/test_rules.py, test_network.py).
   fast_synapse: bool = True  # split-first-layer block form of the synapse update, not a per-pair vmap
-  # Synapses per chunk of `synapse_update_block` per network (0: whole blocks); docs/PERFORMANCE.md.
+  # Synapses per chunk of `synapse_update_block` per network (0: whole blocks). Blocks of at most
+  # WHOLE_BLOCK_CHUNKS chunks are updated whole; docs/PERFORMANCE.md.
   chunk_synapses: int = 16384
 
   @property
@@ -286,9 +287,10 @@ def synapse_update_block(
     act_pre, emb_pre: `[M, Da]`, `[M, E]` the same for the pre neurons: the block's `Q` pre neurons
       (`M == Q`) or, with `pre_index`, every neuron the block's synapses may come from.
     pre_index: optional `[P, Q]` int, the pre neuron of each synapse (fan-in lists of a sparse block).
-    chunk_synapses: update the block in chunks of post neurons of at most this many synapses, one
-      chunk after another (same numbers; faster on CPU, where a chunk's hidden layer stays in cache);
-      0 for the whole block at once. Default `RuleSpec.chunk_synapses`.
+    chunk_synapses: update a block of more than `WHOLE_BLOCK_CHUNKS` times this many synapses in
+      chunks of post neurons of at most this many synapses, one chunk after another (same numbers;
+      less memory, and on CPU a faster meta-gradient for blocks that large); 0 for the whole block
+      at once. Default `RuleSpec.chunk_synapses`.
 
   Returns:
     `[P, Q, Ds]` new synapse states (masking absent synapses is the caller's job).
@@ -330,9 +332,15 @@ def synapse_update_block(
   return out.reshape(syn.shape)
 
 
+# Blocks of at most this many chunks are updated whole: the chunk loop costs more than it saves below
+# that (full-256, 65,280 synapses: meta-gradient 1.8x faster whole; docs/PERFORMANCE.md).
+WHOLE_BLOCK_CHUNKS = 4
+
+
 def _chunk_rows(num_post: int, num_pre: int, chunk_synapses: int) -> int:
-  """Post neurons per chunk: the largest divisor of `num_post` with at most `chunk_synapses` synapses."""
-  if not chunk_synapses or num_post * num_pre <= chunk_synapses:
+  """Post neurons per chunk: all of them for a block of at most `WHOLE_BLOCK_CHUNKS` chunks, else the
+  largest divisor of `num_post` with at most `chunk_synapses` synapses."""
+  if not chunk_synapses or num_post * num_pre <= WHOLE_BLOCK_CHUNKS * chunk_synapses:
     return num_post
   target = max(chunk_synapses // num_pre, 1)
   return max(r for r in range(1, target + 1) if num_post % r == 0)

@@ -119,12 +119,14 @@ def test_benchmarked_forwards_and_meta_gradients_agree(tiny_results):
     if case["kind"] != "host":  # a host case has no readouts of its own: its loss and gradients
       assert case["max_abs_readout_diff"] < 1e-4, case
       checked["readout"] += 1
-    if case["kind"] != "forward":
+    if case["kind"] != "forward" and case["name"] != "train-16":  # train-16: a reference batch of 1
       assert case["max_abs_meta_grad_diff"] < 1e-5, case
       checked["meta_grad"] += 1
     if case["kind"] == "host":
       assert case["max_abs_loss_diff"] < 1e-5, case
-  assert checked == {"readout": 4, "meta_grad": 4}
+  assert checked == {"readout": 4, "meta_grad": 3}
+  (train,) = [case for case in written["cases"] if case["name"] == "train-16"]
+  assert train["max_abs_meta_grad_diff"] is None and "first 1 networks" in train["note"]
 
 
 def test_tables_show_every_case_and_policy(tiny_results):

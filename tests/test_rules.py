@@ -268,14 +268,25 @@ def _per_synapse_block(theta, syn, act_post, emb_post, act_pre, emb_pre, pre_ind
   return per_pair(theta, syn, act_post, act_pre, emb_post, emb_pre)
 
 
-# (fan-in block, bilinear, chunk_synapses): 0 is the whole block at once, Q one post neuron per chunk.
+# (fan-in block, bilinear, chunk_synapses): 0 is the whole block at once, 1 one post neuron per chunk
+# (a block of more than `WHOLE_BLOCK_CHUNKS` chunks).
 BLOCK_GRAD_CASES = [
   (False, True, 0),
   (True, True, 0),
   (True, False, 0),
-  (False, True, Q),
-  (True, True, 2 * Q),
+  (False, True, 1),
+  (True, True, 1),
 ]
+
+
+def test_blocks_of_a_few_chunks_are_updated_whole():
+  """full-256 (256 x 255 synapses, under 4 chunks of 16,384) is one chunk; full-1024 is chunked."""
+  chunk = rules.RuleSpec.chunk_synapses
+  assert rules._chunk_rows(256, 255, chunk) == 256
+  assert rules._chunk_rows(256, 256, chunk) == 256  # exactly WHOLE_BLOCK_CHUNKS chunks
+  assert rules._chunk_rows(257, 256, chunk) == 1  # more: the largest divisor of 257 (a prime) under 64
+  assert rules._chunk_rows(1024, 1023, chunk) == 16
+  assert rules._chunk_rows(1024, 1023, 0) == 1024
 
 
 @pytest.mark.parametrize(
