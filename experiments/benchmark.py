@@ -1,6 +1,6 @@
 r"""Throughput and memory of the library's unroll and meta-gradient, against a straightforward reference.
 
-  python -m experiments.benchmark --quick              # at most about 3 minutes on 2 CPU cores
+  python -m experiments.benchmark --quick              # about 4 minutes on 2 CPU cores
   python -m experiments.benchmark                      # every case, the sweeps, the million-synapse case
   python -m experiments.benchmark --config.cases=full-256,layered-256 --config.repeats=5 --out=/tmp/b.json
   python -m experiments.benchmark --config.sections=remat --config.remat_policies=none,step
@@ -16,6 +16,10 @@ after compilation and one warm-up call, as the best of `repeats` calls:
   (learned_rules/reference.py: dense synapses, the whole first layer of `f_s` per synapse, no
   rematerialisation), which computes the same numbers (each case records the largest differences);
 - with XLA's compiled peak memory and the meta-gradient's fraction of a float32 matmul's FLOP rate.
+
+Four cases time the shapes of the project's work: `train-64` (the default run's meta step),
+`train-128`, `host-64` (a host model's training step around a frozen `PlasticMemory`, against the
+same host with the straightforward synapse form) and `eval-1024` (one episode's forward recall).
 
 Then the library meta-gradient under every remat policy, its compiled peak against `T`, and (full
 plan only) a network of a million synapses. The sizes of each plan (`full`, `quick`, `tiny`), the FLOP

@@ -3,9 +3,20 @@ compiled program is timed (learned_rules/benchmarking.py runs them; docs/PERFORM
 
 Sizes (`PLANS`): `full` networks of N = 64, 256, 1024 neurons (N/4 inputs, N/4 outputs, N/2 hidden)
 at (B, T) = (16, 32), (8, 16), (4, 8), and `layered-256` (64 inputs, hidden layers of 200 and 200,
-64 outputs: 65,600 synapses against full-256's 65,280) at (8, 16). The `quick` plan runs smaller
-batches and unrolls, full-1024 at B = 1, T = 2 without the reference, the sweeps at N = 64 for memory,
-and no million-synapse case; `tiny` runs in seconds, at the sizes the tests use.
+64 outputs: 65,600 synapses against full-256's 65,280) at (8, 16). Then the four cases at the shapes
+of the project's work, in every plan:
+
+- `train-64` and `train-128`: the meta-gradient at the shape of a meta step, B = 16 episodes of
+  K = 8 on 64 neurons (the default run, T = 34) and of K = 32 on 128 (T = 130); train-128's
+  reference runs 4 of the 16 episodes (`Case.reference_batch`: its compiled peak at 16 is 16 GiB);
+- `host-64`: one training step of a host model around a frozen `PlasticMemory` (`HostCase`,
+  learned_rules/benchmark_host.py), 32 sequences of 8 token pairs;
+- `eval-1024`: the forward recall of one episode of K = 192 on 1024 neurons (T = 770), forward only
+  (`Case.forward_only`), timed once without a warm-up call.
+
+The `quick` plan runs smaller batches and unrolls for the first four, full-1024 at B = 1, T = 2
+without the reference, the sweeps at N = 64 for memory, and no million-synapse case; `tiny` runs in
+seconds, at the sizes the tests use, one case of each kind.
 
 For each case (a topology, a batch `B` of networks, an unroll of `T` steps) the benchmark measures,
 in one process, after compilation and one warm-up call, as the best wall time of `repeats` calls (a
@@ -172,7 +183,8 @@ PLANS = {
       train_case(64, 8),
       train_case(128, 32, reference_batch=4),
       HostCase("host-64", batch=32, pairs=8),
-      eval_case(1024, 192, reference=False),
+      # One call of about a minute and a half: timed once, without a warm-up call.
+      eval_case(1024, 192, reference=False, repeats=1, warmup=False),
     ),
     remat_case=full_case(256, 8, 16),
     memory_case=full_case(256, 4, 64),
@@ -191,7 +203,7 @@ PLANS = {
       # The reference's compiled peak at B = 16 is 16 GiB: it runs 4 of the 16 episodes.
       train_case(128, 32, repeats=1, reference_batch=4),
       HostCase("host-64", batch=32, pairs=8),
-      # One call of about a minute: timed without a warm-up call.
+      # One call of about a minute and a half: timed once, without a warm-up call.
       eval_case(1024, 192, reference=False, repeats=1, warmup=False),
     ),
     remat_case=full_case(256, 2, 8),

@@ -2,12 +2,12 @@ r"""Throughput and memory of the library's unroll and meta-gradient against the 
 reference (learned_rules/benchmark_cases.py says what is measured; docs/PERFORMANCE.md reports a run).
 
   python -m experiments.benchmark                       # every case, the sweeps, the million-synapse case
-  python -m experiments.benchmark --quick               # at most about 3 minutes on 2 CPU cores
+  python -m experiments.benchmark --quick               # about 4 minutes on 2 CPU cores
   python -m experiments.benchmark --config.cases=full-256,layered-256 --config.repeats=5
   python -m experiments.benchmark --config.sections=remat --config.remat_policies=none,step
   python -m experiments.benchmark --config=learned_rules/configs/benchmark.py:tiny --workdir=/tmp/tiny
 
-Variants: `quick` (smaller sizes, at most about 3 minutes), `tiny` (seconds; the sizes the tests use).
+Variants: `quick` (smaller sizes, about 4 minutes), `tiny` (seconds; the sizes the tests use).
 """
 
 from learned_rules import config as config_lib
