@@ -101,6 +101,11 @@ class Case:
   def num_neurons(self) -> int:
     return self.n_in + self.n_out + sum(self.hidden)
 
+  @property
+  def reference_networks(self) -> int:
+    """The networks the reference runs: the first `reference_batch`, or the whole batch."""
+    return self.reference_batch or self.batch
+
   def make_topology(self) -> network.Topology:
     if self.topology == "full":
       return network.make_full(self.n_in, self.n_out, self.hidden[0])
@@ -412,6 +417,16 @@ def matmul_flops_per_s(n: int, repeats: int = 3) -> float:
   a, b = (jnp.asarray(rng.standard_normal((n, n), np.float32)) for _ in range(2))
   seconds, _ = measure(jax.jit(jnp.matmul), (a, b), repeats)
   return 2.0 * n**3 / seconds
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+  """`a / b`, or None if either is missing or `b` is 0."""
+  return None if a is None or b is None or b == 0 else a / b
+
+
+def roofline(steps_per_s: float | None, flops_per_step: float, matmul: float) -> float | None:
+  """The fraction of the matmul FLOP rate `matmul` that `steps_per_s` at `flops_per_step` reaches."""
+  return None if steps_per_s is None else steps_per_s * flops_per_step / matmul
 
 
 def max_abs_diff(a, b) -> float | None:

@@ -27,6 +27,9 @@ from learned_rules import benchmark_cases, host_models, network, pretrained, rul
 from learned_rules.benchmark_cases import HostCase, Settings
 from learned_rules.memory import PlasticMemory
 
+# The host's optimizer: Adam after global-norm clipping, as the token-recall study trains it.
+OPTIMIZER = supervised.make_optimizer(1e-3, clip_norm=1.0)
+
 
 def library_memory(case: HostCase) -> PlasticMemory:
   """The case's frozen memory: the shipped rule's (`load_rule`), or a random rule on its own network."""
@@ -52,7 +55,6 @@ def train_step(module: host_models.PlasticHost):
   cross-entropy, its gradient in `params`, and one Adam step (nothing donated, so it can be timed
   again on the same arguments)."""
   logits_fn = host_models.logits_fn(module)
-  optimizer = supervised.make_optimizer(1e-3, clip_norm=1.0)
 
   def loss_fn(params, others, batch):
     logits = logits_fn({**others, "params": params}, batch)
@@ -60,7 +62,7 @@ def train_step(module: host_models.PlasticHost):
 
   def step(params, opt_state, others, batch):
     loss, grads = jax.value_and_grad(loss_fn)(params, others, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    updates, opt_state = OPTIMIZER.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, grads
 
   return jax.jit(step)
@@ -81,7 +83,7 @@ def run_host_case(case: HostCase, settings: Settings, matmul: float) -> dict:
   variables = host_models.init_host(hosts["library"], 0)
   params = variables["params"]
   others = {k: v for k, v in variables.items() if k != "params"}
-  opt_state = supervised.make_optimizer(1e-3, clip_norm=1.0).init(params)
+  opt_state = OPTIMIZER.init(params)
   seqs = token_task.sample_sequences(
     np.random.default_rng(0), case.batch, case.pairs, case.num_tokens, case.num_tokens
   )
@@ -100,7 +102,6 @@ def run_host_case(case: HostCase, settings: Settings, matmul: float) -> dict:
   lib, ref = timed["library host step"], timed.get("reference host step", none)
   grads = lambda t: None if t.output is None else t.output[3]  # noqa: E731
   flops = 3 * benchmark_cases.flops_per_synapse_step(memory.spec)
-  ratio = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
   notes = [f"{label}: {t.note}" for label, t in timed.items() if t.note]
   return {
     "name": case.name,
@@ -116,13 +117,11 @@ def run_host_case(case: HostCase, settings: Settings, matmul: float) -> dict:
     "meta_grad_synapse_steps_per_s": lib.steps_per_s,
     "reference_forward_synapse_steps_per_s": None,
     "reference_meta_grad_synapse_steps_per_s": ref.steps_per_s,
-    "speedup": ratio(lib.steps_per_s, ref.steps_per_s),
+    "speedup": benchmark_cases.ratio(lib.steps_per_s, ref.steps_per_s),
     "forward_speedup": None,
-    "fraction_of_matmul_roofline": None if lib.steps_per_s is None else lib.steps_per_s * flops / matmul,
+    "fraction_of_matmul_roofline": benchmark_cases.roofline(lib.steps_per_s, flops, matmul),
     "forward_fraction_of_matmul_roofline": None,
-    "reference_fraction_of_matmul_roofline": None
-    if ref.steps_per_s is None
-    else ref.steps_per_s * flops / matmul,
+    "reference_fraction_of_matmul_roofline": benchmark_cases.roofline(ref.steps_per_s, flops, matmul),
     "step_seconds": None if lib.steps_per_s is None else work / lib.steps_per_s,
     "reference_step_seconds": None if ref.steps_per_s is None else work / ref.steps_per_s,
     "peak_bytes": lib.peak_bytes,

@@ -18,7 +18,18 @@ import jax.numpy as jnp
 from absl import logging
 
 from learned_rules import benchmark_cases, benchmark_host, rules, unroll
-from learned_rules.benchmark_cases import PLANS, Case, HostCase, Settings, Timed, gib, make_setup, programs
+from learned_rules.benchmark_cases import (
+  PLANS,
+  Case,
+  HostCase,
+  Settings,
+  Timed,
+  gib,
+  make_setup,
+  programs,
+  ratio,
+  roofline,
+)
 
 SECTIONS = ("cases", "remat", "memory", "million")
 
@@ -30,28 +41,19 @@ MEMORY_ONLY_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 # The sections.
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-  return None if a is None or b is None or b == 0 else a / b
-
-
-def _roofline(steps_per_s: float | None, flops_per_step: float, matmul: float) -> float | None:
-  return None if steps_per_s is None else steps_per_s * flops_per_step / matmul
-
-
 def _case_jobs(case: Case, s: benchmark_cases.Setup) -> dict:
   """`label: (jitted, args, synapse-steps per call)` of the library's, and unless `case.reference` is
   False the reference's, forward and (unless `case.forward_only`) meta-gradient on the setup `s` of
   `case`; the reference on the first `case.reference_batch` networks when that is set."""
-  work = case.batch * s.synapses * case.steps
-  rb = case.reference_batch or case.batch
-  first = lambda tree: jax.tree.map(lambda a: a[:rb], tree)  # noqa: E731
-  ref_states = benchmark_cases.dense_states(s.topo, first(s.states))
-  impls = [("library", (s.theta, s.topo, s.states, s.xs), s.targets, work)]
+  impls = [("library", (s.theta, s.topo, s.states, s.xs), s.targets, case.batch)]
   if case.reference:
-    ref_work = rb * s.synapses * case.steps
-    impls.append(("reference", (s.theta, s.topo, ref_states, first(s.xs)), first(s.targets), ref_work))
+    rb = case.reference_networks
+    first = lambda tree: jax.tree.map(lambda a: a[:rb], tree)  # noqa: E731
+    ref_states = benchmark_cases.dense_states(s.topo, first(s.states))
+    impls.append(("reference", (s.theta, s.topo, ref_states, first(s.xs)), first(s.targets), rb))
   jobs = {}
-  for impl, impl_args, targets, impl_work in impls:
+  for impl, impl_args, targets, networks in impls:
+    impl_work = networks * s.synapses * case.steps
     forward, meta_grad = programs(impl, s.problem)
     jobs[f"{impl} forward"] = (forward, impl_args, impl_work)
     if not case.forward_only:
@@ -74,7 +76,7 @@ def _case_record(case: Case, s: benchmark_cases.Setup, timed: dict, matmul: floa
     notes.append("reference not run at this size (too slow)")
   if case.forward_only:
     notes.append("forward only (an evaluation): no meta-gradient")
-  rb = case.reference_batch or case.batch
+  rb = case.reference_networks
   if case.reference and rb != case.batch:
     notes.append(f"reference run on the first {rb} networks (its peak at B = {case.batch} is too large)")
   forward_flops = benchmark_cases.flops_per_synapse_step(s.problem.rule)
@@ -92,11 +94,11 @@ def _case_record(case: Case, s: benchmark_cases.Setup, timed: dict, matmul: floa
     "meta_grad_synapse_steps_per_s": lib_grad.steps_per_s,
     "reference_forward_synapse_steps_per_s": ref_fwd.steps_per_s,
     "reference_meta_grad_synapse_steps_per_s": ref_grad.steps_per_s,
-    "speedup": _ratio(lib_grad.steps_per_s, ref_grad.steps_per_s),
-    "forward_speedup": _ratio(lib_fwd.steps_per_s, ref_fwd.steps_per_s),
-    "fraction_of_matmul_roofline": _roofline(lib_grad.steps_per_s, flops, matmul),
-    "reference_fraction_of_matmul_roofline": _roofline(ref_grad.steps_per_s, flops, matmul),
-    "forward_fraction_of_matmul_roofline": _roofline(lib_fwd.steps_per_s, forward_flops, matmul),
+    "speedup": ratio(lib_grad.steps_per_s, ref_grad.steps_per_s),
+    "forward_speedup": ratio(lib_fwd.steps_per_s, ref_fwd.steps_per_s),
+    "fraction_of_matmul_roofline": roofline(lib_grad.steps_per_s, flops, matmul),
+    "reference_fraction_of_matmul_roofline": roofline(ref_grad.steps_per_s, flops, matmul),
+    "forward_fraction_of_matmul_roofline": roofline(lib_fwd.steps_per_s, forward_flops, matmul),
     "peak_bytes": lib_grad.peak_bytes,
     "reference_peak_bytes": ref_grad.peak_bytes,
     "forward_peak_bytes": lib_fwd.peak_bytes,
