@@ -160,7 +160,6 @@ class HostCase:
   repeats: int | None = None
   warmup: bool = True
   reference: bool = True
-  forward_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
