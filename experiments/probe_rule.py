@@ -10,7 +10,9 @@ pre-only, a Hebbian (post x pre) and a residual part, for the rule and for the u
 from, in contexts of the rule's own network on held-out episodes (`learned_rules.probe_study`). Writes
 `<workdir>/probe.json` (default runs/probe-<rule>) and draws `probe.png` into `--figure_dir` (default:
 the workdir): the increment of the input -> output synapse beside the Hebbian outer product, and the
-shares of every type pair.
+shares of every type pair. Then, for a `hetero` rule, whether it writes like a delta rule or a Hebbian
+one: from the synapse states after K snippets, the write of a stored pair and of a contradicted one
+against a new pair's (`learned_rules.storage_probe`), at the rule's training K and at K = 3N/16.
 
 Exit status: 0 done; 2 a rule that is missing, unreadable or has synapse updates off; see
 experiments/harness.py.
@@ -24,7 +26,7 @@ import os
 from absl import flags
 
 from experiments import harness
-from learned_rules import pretrained, probe_study
+from learned_rules import evaluation, pretrained, probe_study, storage_probe
 
 
 def _rule_name(rule: str) -> str:
@@ -34,6 +36,16 @@ def _rule_name(rule: str) -> str:
 def default_workdir(cfg, quick: bool = False) -> str:
   del cfg, quick
   return os.path.join("runs", f"probe-{_rule_name(flags.FLAGS.rule)}")
+
+
+def storage_writes(rule: pretrained.Rule) -> list[dict]:
+  """`storage_probe` of a `hetero` rule from its stored synapse states after K snippets, at its
+  training K and at K = 3N/16 (0.75 x key bits); none for another protocol."""
+  if rule.config.task.protocol != "hetero":
+    return []
+  ks = sorted({rule.config.task.num_snippets, max(1, round(0.75 * rule.topology.n_in))})
+  key = evaluation.eval_key(rule.config.seed)
+  return [storage_probe.storage_probe(rule.theta, rule.topology, rule.problem(k), key) for k in ks]
 
 
 def main(cfg, workdir: str, opts) -> list[dict]:
@@ -47,10 +59,14 @@ def main(cfg, workdir: str, opts) -> list[dict]:
   name = _rule_name(opts.rule)
   print(probe_study.describe(name, rule))
   print(probe_study.format_table(records))
+  storage = storage_writes(rule)
+  print("Writing one more pair into synapses that hold K pairs (learned_rules/storage_probe.py):")
+  for result in storage:
+    print("  " + storage_probe.format_probe(result))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "probe.json"), "w") as f:
     summary = {"rule": opts.rule, "meta_steps": rule.meta_steps, "contexts": probe_study.CONTEXTS}
-    json.dump({**summary, "records": records}, f, indent=2)
+    json.dump({**summary, "records": records, "storage": storage}, f, indent=2)
   figure = os.path.join(harness.figure_dir(workdir, opts.figure_dir), "probe.png")
   title = f"rule {name}: one synapse update against pre and post input, in its network's own states"
   probe_study.plot(result, figure, title)

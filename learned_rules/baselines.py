@@ -199,7 +199,8 @@ def _metrics_over_k(readout, args, spec, episodes: tasks.Episode, k_state: jax.A
   per_episode = jax.vmap(readout, in_axes=(None, 0, 0, None))
   per_k = jax.vmap(per_episode, in_axes=(0 if per_k_args else None, 0, None, None))
   readouts = per_k(args, episodes, init_keys, spec)
-  return jax.vmap(unroll.recall_metrics)(readouts, episodes)
+  per_step = {evaluate_lib.PER_STEP: unroll.step_bit_accuracy(readouts, episodes)}
+  return {**jax.vmap(unroll.recall_metrics)(readouts, episodes), **per_step}
 
 
 def evaluate_over_k(
@@ -210,4 +211,4 @@ def evaluate_over_k(
   specs = tuple(specs)
   eval_fn = lambda k, n: eval_batch_over_k(readout, args, specs, k, n, per_k_args)  # noqa: E731
   means = evaluate_lib.mean_over_batches(eval_fn, key, num_episodes, batch)
-  return [{name: float(v[i]) for name, v in means.items()} for i in range(len(specs))]
+  return [{k: v for k, v in r.items() if k != "K"} for r in evaluate_lib.records_over_k(means, specs)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import matplotlib.pyplot as plt
-import matplotlib.ticker
 
 from learned_rules import figures
 from learned_rules.capacity_study import groups
@@ -70,39 +69,77 @@ def plot_recall_vs_k(records: list[dict], path: str) -> None:
   figures.save_small_png(fig, path)
 
 
+# The size study's target: K@0.95 >= 3N/16, three times the Hebbian memory (K = 0.75 x key bits).
+TARGET_MULTIPLE = 0.75
+BASELINE_STYLE = {
+  "key_blind": ("black", "-."),
+  "hebbian": ("gray", "--"),
+  "pseudo_inverse": ("tab:brown", "--"),
+}
+
+
+def _at_target(rows: list[dict]) -> dict | None:
+  """The record of `rows` at K = 3N/16 (`TARGET_MULTIPLE` x key bits), if the study evaluated it."""
+  return next((r for r in rows if r["K"] == round(TARGET_MULTIPLE * r["key_bits"])), None)
+
+
 def plot_capacity_vs_n(records: list[dict], path: str, train_neurons: int | None = None) -> None:
-  """Capacity (K at 0.99 and 0.95) against N, and stored bits per synapse at the 0.95 point; with
-  `train_neurons`, the rule's 0.95 capacity there grown linearly in N."""
-  fig, (ax_k, ax_s) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=100)
+  """Left: capacity K@0.95 (rules also K@0.99) against N, log-log, with the 3N/16 target; a capacity of
+  0 sits on the bottom edge. Right: bit accuracy at K = 3N/16 with 95 % bootstrap intervals, beside
+  the key-blind floor and chance. `train_neurons`: the largest N a rule was trained at, marked."""
+  fig, (ax_k, ax_a) = plt.subplots(1, 2, figsize=(9.6, 4.0), dpi=100)
   by_rule: dict[str, list] = {}
   for (_, rule, _, n), rows in groups(records, "size").items():
     by_rule.setdefault(rule, []).append((n, rows))
-  for i, (rule, points) in enumerate(by_rule.items()):
-    ns = [n for n, _ in points]
-    color = f"C{i}"
-    for threshold, style in ((0.99, "o-"), (0.95, "s--")):
-      ks = [capacity(rows, threshold) for _, rows in points]
-      ax_k.plot(ns, ks, style, color=color, label=f"{rule.replace('_', ' ')}, {threshold}")
-    bits = [capacity(rows, 0.95) * rows[0]["value_bits"] / rows[0]["synapses"] for _, rows in points]
-    ax_s.plot(ns, bits, "s--", color=color, label=rule.replace("_", " "))
-  if "learned" in by_rule and train_neurons is not None:
-    anchor = [capacity(rows, 0.95) for n, rows in by_rule["learned"] if n == train_neurons]
-    if anchor and anchor[0] > 0:
-      ns = [n for n, _ in by_rule["learned"]]
-      ax_k.plot(ns, [anchor[0] * n / train_neurons for n in ns], ":", color="gray", label="linear in N")
   sizes = sorted({n for points in by_rule.values() for n, _ in points})
-  for ax in (ax_k, ax_s):
+  zero = 0.5  # where a capacity of 0 is drawn on the log axis
+  rule_index = 0
+  for rule, points in by_rule.items():
+    ns = [n for n, _ in points]
+    label = rule.replace("_", " ") + (" floor" if rule == "key_blind" else "")
+    if rule in BASELINE_STYLE:
+      color, style = BASELINE_STYLE[rule]
+      marker = "s"
+    else:
+      color, style, marker = f"C{rule_index}", "-", "o"
+      rule_index += 1
+    caps = [max(capacity(rows, 0.95), zero) for _, rows in points]
+    ax_k.plot(ns, caps, marker + style, color=color, label=f"{label}, K@0.95")
+    if rule not in BASELINE_STYLE:
+      caps99 = [max(capacity(rows, 0.99), zero) for _, rows in points]
+      ax_k.plot(ns, caps99, marker + ":", color=color, mfc="none", label=f"{label}, K@0.99")
+    at = [(n, _at_target(rows)) for n, rows in points]
+    at = [(n, r) for n, r in at if r is not None]
+    if at:
+      acc = [r["bit_accuracy"] for _, r in at]
+      # (clipped at 0: the float32 mean and the float64 interval of equal values differ in the last bits)
+      err = [
+        [max(r["bit_accuracy"] - r.get("bit_accuracy_low", r["bit_accuracy"]), 0.0) for _, r in at],
+        [max(r.get("bit_accuracy_high", r["bit_accuracy"]) - r["bit_accuracy"], 0.0) for _, r in at],
+      ]
+      ax_a.errorbar(
+        [n for n, _ in at], acc, yerr=err, fmt=marker + style, color=color, capsize=3, label=label
+      )
+  ax_k.plot(sizes, [3 * n / 16 for n in sizes], "-", color="tab:red", lw=2, alpha=0.35, label="target 3N/16")
+  if train_neurons is not None:
+    for ax in (ax_k, ax_a):
+      ax.axvline(train_neurons, color="gray", lw=0.8, ls=":")
+  ax_a.axhline(0.95, color="tab:red", lw=1, alpha=0.35)
+  ax_a.axhline(0.5, color="gray", lw=0.8, ls=":")
+  ax_a.text(sizes[-1], 0.5, "chance ", fontsize=7, color="gray", ha="right", va="bottom")
+  for ax in (ax_k, ax_a):
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.minorticks_off()
     ax.set_xlabel("N, neurons (a quarter of them input, a quarter output)")
-  ax_k.set_yscale("symlog", linthresh=1, base=2)
-  ax_k.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-  ax_k.set_ylim(bottom=-0.1)
-  ax_k.set_ylabel("capacity K at bit accuracy 0.99 / 0.95")
-  ax_s.set_ylabel("stored value bits per synapse at 0.95")
-  ax_k.legend(fontsize=7)
-  ax_s.legend(fontsize=7)
+  ax_k.set_yscale("log", base=2)
+  ticks = [zero] + [2**e for e in range(0, 12) if 2**e <= 2 * max(3 * n / 16 for n in sizes)]
+  ax_k.set_yticks(ticks, ["0"] + [str(int(t)) for t in ticks[1:]])
+  ax_k.minorticks_off()
+  ax_k.set_ylabel("capacity K (largest K at bit accuracy >= 0.95 / 0.99)")
+  ax_a.set_ylabel("bit accuracy at K = 3N/16 (95 % interval)")
+  ax_k.legend(fontsize=6, ncol=2)
+  ax_a.legend(fontsize=7)
   fig.tight_layout()
   figures.save_small_png(fig, path)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from learned_rules import baselines, trained_baselines
+from learned_rules import baselines, pretrained, trained_baselines
 from learned_rules import config as config_lib
 from learned_rules.configs import capacity as capacity_configs
 
@@ -60,7 +60,7 @@ class Plan:
   num_episodes: int
   sizes: tuple[int, ...]
   size_k_multiples: tuple[float, ...]
-  size_episode_synapse_budget: int
+  size_min_scored_bits: int
   size_baselines: tuple[str, ...]
   difficulty: tuple[tuple[str, object], ...]
   difficulty_k_values: tuple[int, ...]
@@ -70,6 +70,11 @@ class Plan:
   train_neurons: int  # N and K of the rules' training task, marked in the figures
   train_k: int
   rules: Mapping[str, config_lib.ConfigDict] = dataclasses.field(compare=False)
+  # The size study's rules by name (`size.rules`): None for `learned` (the study's own), else the saved
+  # rule, loaded once.
+  size_rules: Mapping[str, pretrained.Rule | None] = dataclasses.field(default_factory=dict, compare=False)
+  # The `full` config every size-study rule runs on (its task, seed and noise), moved to each N.
+  size_base: config_lib.ConfigDict | None = dataclasses.field(default=None, compare=False)
 
 
 def names(text: str) -> tuple[str, ...]:
@@ -126,6 +131,48 @@ def with_setting(cfg, axis: str, value) -> config_lib.ConfigDict:
   return config_lib.with_overrides(cfg, overrides)
 
 
+LEARNED = "learned"  # in `size.rules`: the study's own rule, meta-trained on `full`
+
+
+def size_rule_config(base, rule: pretrained.Rule | None, n: int) -> config_lib.ConfigDict:
+  """The config a size-study rule runs at N = `n`: the study's `full` config `base` at that size (its
+  task and seed, so every rule sees the same episodes), with a saved rule's `rule` block and initial
+  noise."""
+  cfg = with_setting(base, "size", n)
+  if rule is not None:
+    cfg = config_lib.with_overrides(
+      cfg, {"rule": rule.config.rule.to_dict(), "net.init_noise": rule.config.net.init_noise}
+    )
+  return cfg
+
+
+def _size_rules(study, base) -> dict[str, pretrained.Rule | None]:
+  """`size.rules`, each loaded and checked at every size: a `config.ConfigError` naming the field."""
+  out = {}
+  for name in _names_at(study, "size.rules"):
+    if name in BASELINES:
+      raise config_lib.ConfigError("size.rules", f"{name!r} is a baseline's name; list it in size.baselines")
+    if name == LEARNED:
+      out[name] = None
+      continue
+    try:
+      out[name] = pretrained.load_rule(name)
+    except (FileNotFoundError, pretrained.RuleLoadError) as e:
+      raise config_lib.ConfigError("size.rules", str(e)) from None
+    if out[name].config.task.protocol != "hetero":
+      raise config_lib.ConfigError(
+        "size.rules", f"{name} was trained on {out[name].config.task.protocol}: hetero only"
+      )
+    for n in study.size.sizes:
+      try:
+        config_lib.validate(size_rule_config(base, out[name], int(n)))
+      except config_lib.ConfigError as e:
+        raise config_lib.ConfigError("size.rules", f"{name} at N = {n}: {e}") from None
+  if not out:
+    raise config_lib.ConfigError("size.rules", "needs at least one rule")
+  return out
+
+
 def _check_names(study) -> None:
   """Studies, baselines and axes named in the config, each one of those there are."""
   for name in names(study.studies):
@@ -168,7 +215,8 @@ def _rule_configs(study) -> dict[str, config_lib.ConfigDict]:
   """Every learned rule the studies of `study` need, by run name."""
   studies = names(study.studies)
   networks = list(names(study.networks)) if "networks" in studies else []
-  if {"size", "difficulty"} & set(studies) and "full" not in networks:
+  size_learned = "size" in studies and LEARNED in _names_at(study, "size.rules")
+  if ("difficulty" in studies or size_learned) and "full" not in networks:
     networks.append("full")  # their rule
   cfgs = {run_name(name): rule_config(study, name) for name in networks}
   if "auto" in studies:
@@ -209,6 +257,10 @@ def read_plan(study) -> Plan:
     difficulty = tuple((a, v) for a in names(study.difficulty.axes) for v in study.difficulty[a])
   for axis, value in [("size", n) for n in sizes] + list(difficulty):
     config_lib.validate(with_setting(rule_config(study, "full"), axis, value))
+  if study.size.min_scored_bits < 1:
+    raise config_lib.ConfigError("size.min_scored_bits", f"must be >= 1, got {study.size.min_scored_bits}")
+  size_base = rule_config(study, "full")
+  size_rules = _size_rules(study, size_base) if "size" in studies else {}
   base = study.base
   return Plan(
     studies=studies,
@@ -218,7 +270,7 @@ def read_plan(study) -> Plan:
     num_episodes=study.num_episodes,
     sizes=sizes,
     size_k_multiples=tuple(study.size.k_multiples),
-    size_episode_synapse_budget=study.size.episode_synapse_budget,
+    size_min_scored_bits=int(study.size.min_scored_bits),
     size_baselines=names(study.size.baselines),
     difficulty=difficulty,
     difficulty_k_values=tuple(study.difficulty.k_values),
@@ -228,4 +280,6 @@ def read_plan(study) -> Plan:
     train_neurons=base.net.num_inputs + base.net.num_outputs + base.net.num_hidden,
     train_k=base.task.num_snippets,
     rules=cfgs,
+    size_rules=size_rules,
+    size_base=size_base,
   )

@@ -19,15 +19,17 @@ import time
 
 import jax
 
-from learned_rules import capacity_baselines, meta_train, network, result_cache, trained_baselines
+from learned_rules import capacity_baselines, meta_train, network, pretrained, result_cache, trained_baselines
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
 from learned_rules.capacity_plan import (
   CONTROLS,
+  LEARNED,
   LINEAR_BASELINES,
   RECURRENT_BASELINES,
   Plan,
   run_name,
+  size_rule_config,
   with_setting,
 )
 
@@ -79,7 +81,7 @@ class Study:
     if specs != self.episode_specs:
       jax.clear_caches()
       self.episode_specs = specs
-    if rule in ("learned", *CONTROLS):
+    if rule not in (*LINEAR_BASELINES, *RECURRENT_BASELINES, "online_backprop"):  # a rule or a control
       return evaluate_lib.recall_vs_k(
         learned[0], topo, config_lib.problem(cfg, topo), k_values, num_episodes, key
       )
@@ -94,12 +96,17 @@ class Study:
       )
     return [{"K": int(k), **r} for k, r in zip(k_values, out, strict=True)]
 
-  def records(self, meta: dict, cfg, topo, k_values, num_episodes: int, rule: str, learned=None):
+  def records(
+    self, meta: dict, cfg, topo, k_values, num_episodes: int, rule: str, learned=None, digest: str = ""
+  ):
     """Records of `rule` at every K of `k_values` on `cfg`'s task, cached. `learned` is
     `(theta, meta_steps)` for a learned rule (or a control), and for the recurrent baseline the rule
-    whose parameter count it matches."""
+    whose parameter count it matches; `digest` identifies a saved rule's theta (`pretrained.theta_digest`),
+    and its records carry it."""
     key = evaluate_lib.eval_key(config_lib.train_spec(cfg).seed)
     common = {**meta, "rule": rule, **_shape(cfg, topo), "num_episodes": num_episodes}
+    if digest:
+      common["theta_digest"] = digest
     specs = tuple(config_lib.problem(cfg, topo, num_snippets=int(k)).task for k in k_values)
 
     def compute() -> list[dict]:
@@ -115,6 +122,8 @@ class Study:
     cache_key = {**common, "K": [int(k) for k in k_values]}
     if learned is not None:
       cache_key["meta_steps"] = learned[1]
+    if digest:  # a saved rule: its theta and its rule config
+      cache_key.update(theta=digest, rule_config=config_lib.as_dict(cfg)["rule"])
     if rule in RECURRENT_BASELINES:
       cache_key[rule] = dataclasses.asdict(self.plan.recurrent)
     elif rule == "online_backprop":
@@ -155,6 +164,36 @@ class Study:
         out += self.records(meta, cfg, topo, k_values, num_episodes, baseline, learned)
     return out
 
+  def size_records(self, n: int) -> list[dict]:
+    """The size study at N = `n`: every rule of `size.rules` and every size baseline, on the same
+    episodes, enough of them for `size.min_scored_bits` scored bits at the smallest K."""
+    plan, meta = self.plan, _meta("size", "full", "size", n)
+    cfg = size_rule_config(plan.size_base, None, n)
+    topo = config_lib.make_topology(cfg)
+    ks = sorted({max(1, round(m * topo.n_in)) for m in plan.size_k_multiples})
+    one = evaluate_lib.scored_bits(config_lib.problem(cfg, topo, num_snippets=ks[0]).task, 1)
+    episodes = -(-plan.size_min_scored_bits // one)
+    out = []
+    for name, saved in plan.size_rules.items():
+      if saved is None:  # the study's own rule, trained here
+        _, _, theta, steps = self.rule(run_name("full"))
+        out += self.records(meta, cfg, topo, ks, episodes, LEARNED, (theta, steps))
+      else:
+        rule_cfg = size_rule_config(plan.size_base, saved, n)
+        learned = (saved.theta, saved.meta_steps)
+        out += self.records(
+          meta, rule_cfg, topo, ks, episodes, name, learned, pretrained.theta_digest(saved.theta)
+        )
+    for baseline in plan.size_baselines:
+      if baseline in CONTROLS:
+        off_cfg, off_topo, off_theta, off_steps = self.rule(run_name("full", "hetero", baseline))
+        off_cfg = with_setting(off_cfg, "size", n)
+        off_topo = config_lib.make_topology(off_cfg)
+        out += self.records(meta, off_cfg, off_topo, ks, episodes, baseline, (off_theta, off_steps))
+      else:
+        out += self.records(meta, cfg, topo, ks, episodes, baseline)
+    return out
+
 
 def _shape(cfg, topo: network.Topology) -> dict:
   """What a record says of the network and task it was evaluated on."""
@@ -188,12 +227,7 @@ def run(plan: Plan, workdir: str) -> list[dict]:
   if "auto" in plan.studies:
     records += s.rule_and_baselines(_meta("auto"), "auto", plan.baselines, plan.k_values, plan.num_episodes)
   for n in plan.sizes:
-    topo = config_lib.make_topology(with_setting(plan.rules["full"], "size", n).net)
-    ks = sorted({max(1, round(m * topo.n_in)) for m in plan.size_k_multiples})
-    episodes = min(plan.num_episodes, max(8, plan.size_episode_synapse_budget // topo.num_synapses))
-    records += s.rule_and_baselines(
-      _meta("size", "full", "size", n), "hetero", plan.size_baselines, ks, episodes
-    )
+    records += s.size_records(n)
   for axis, value in plan.difficulty:
     records += s.rule_and_baselines(
       _meta("difficulty", "full", axis, value),

@@ -52,6 +52,8 @@ OPTIONAL_FIELDS = {
   "train.estimator.population": 0,
   "train.estimator.std": 0.0,
   "train.mixture": [],
+  "train.init_rule": "",
+  "rule.decay_fan_in": 0,
 }
 
 # Libraries whose versions every run records (`environment`); a resumed run warns when they changed.

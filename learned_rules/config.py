@@ -141,6 +141,8 @@ def _validate_rule(cfg) -> None:
   _float(cfg, "rule.init_rate", 0.0, 1.0, low_open=True)
   _bool(cfg, "rule.bilinear")
   _choice(cfg, "rule.message_norm", network.MESSAGE_NORMS)
+  if "decay_fan_in" in _get(cfg, "rule"):
+    _int(cfg, "rule.decay_fan_in", 0)
   _bool(cfg, "rule.fast_synapse")
 
 
@@ -202,6 +204,7 @@ def _validate_train(cfg) -> None:
     _int(cfg, f"train.{name}", 1)
   _choice(cfg, "train.remat", unroll.REMAT_POLICIES)
   max_nonfinite_steps(cfg)
+  init_rule(cfg)
   _int(cfg, "eval.num_episodes", 1)
   _int_sequence(cfg, "eval.k_values", allow_empty=False)
 
@@ -291,6 +294,19 @@ def with_overrides(cfg, overrides: dict) -> ml_collections.ConfigDict:
       node = node[part]
     node[leaf] = value
   return cfg
+
+
+def init_rule(cfg) -> str:
+  """`train.init_rule`: the saved rule a run starts from (`pretrained.load_rule` reads it when the run
+  starts), or "" to start from the seed. Optional: a config from before it existed starts from its seed."""
+  if "init_rule" not in _get(cfg, "train"):
+    return ""
+  value = _get(cfg, "train.init_rule")
+  if not isinstance(value, str):
+    raise ConfigError("train.init_rule", f"must be a rule's name or path (a string), got {value!r}")
+  if value and trained_synapses(cfg):
+    raise ConfigError("train.init_rule", "net.trained_synapses trains a network's own weights, not a rule")
+  return value
 
 
 def max_nonfinite_steps(cfg) -> int:
@@ -446,6 +462,7 @@ def rule_spec(cfg, topo: network.Topology) -> rules.RuleSpec:
     num_types=topo.num_types,
     bilinear=bool(r.bilinear),
     message_norm=r.message_norm,
+    decay_fan_in=int(r.decay_fan_in) if "decay_fan_in" in r else 0,  # optional: older configs lack it
     init_decay=r.init_decay,
     init_rate=r.init_rate,
     fast_synapse=bool(r.fast_synapse),

@@ -15,6 +15,10 @@ from learned_rules import network, rules, tasks, unroll
 EVAL_TAG = 1
 STREAM_EVAL_WINDOWS = 4
 STATE_BOUNDS_BATCH = 16  # networks `state_bounds` runs (each through 10 episodes), at most
+# The metric of one value per step of every episode (`unroll.step_bit_accuracy`, `[..., B, T]`), which
+# `mean_over_batches` keeps whole and `with_interval` turns into a 95 % bootstrap interval.
+PER_STEP = "step_bit_accuracy"
+BOOTSTRAP_RESAMPLES = 2000
 
 
 @functools.partial(jax.jit, static_argnames=("problem", "batch"))
@@ -83,7 +87,8 @@ def _eval_padded(theta, topo, episodes: tasks.Episode, lengths: jax.Array, k_sta
     episode, length = args
     readout = readouts_for(theta, topo, problem, states, episode.x, length)
     loss = unroll.readout_loss(readout, episode, problem.loss)
-    return {"loss": loss, **unroll.recall_metrics(readout, episode)}
+    per_step = {PER_STEP: unroll.step_bit_accuracy(readout, episode)}
+    return {"loss": loss, **unroll.recall_metrics(readout, episode), **per_step}
 
   return jax.lax.map(one_k, (episodes, lengths))
 
@@ -111,9 +116,63 @@ def mean_over_batches(eval_fn, key: jax.Array, num_episodes: int, batch: int = 6
   sizes = [batch] * (num_episodes // batch) + ([num_episodes % batch] if num_episodes % batch else [])
   results = [eval_fn(jax.random.fold_in(key, i), n) for i, n in enumerate(sizes)]
   means = {
-    k: np.average(np.stack([np.asarray(r[k]) for r in results]), axis=0, weights=sizes) for k in results[0]
+    k: np.average(np.stack([np.asarray(r[k]) for r in results]), axis=0, weights=sizes)
+    for k in results[0]
+    if k != PER_STEP
   }
+  if PER_STEP in results[0]:  # kept whole: `[..., B, T]`, the batches' episodes one after another
+    means[PER_STEP] = np.concatenate([np.asarray(r[PER_STEP]) for r in results], axis=-2)
   return {k: float(v) if v.ndim == 0 else v for k, v in means.items()}
+
+
+def bootstrap_interval(values, confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES):
+  """`(low, high)`: the percentile bootstrap interval of the mean of `values` (units of equal weight),
+  from a fixed seed, so the same values give the same interval."""
+  values = np.asarray(values, np.float64)
+  rng = np.random.default_rng(0)
+  means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
+  tail = 100 * (1 - confidence) / 2
+  return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def scored_bits(spec: tasks.TaskSpec, num_episodes: int) -> int:
+  """Bits scored over `num_episodes` episodes of the episode task `spec`."""
+  return int(num_episodes * spec.num_queries * tasks.query_score(spec).sum() * spec.n_out)
+
+
+def query_bit_accuracy(per_step, spec: tasks.TaskSpec) -> np.ndarray:
+  """Bit accuracy of every query of every episode, `[B * Q]`, from `unroll.step_bit_accuracy` `[B, T]`
+  (NaN off the scored steps, which come query after query at the end of an episode)."""
+  per_step = np.asarray(per_step)
+  scored = per_step[~np.isnan(per_step)]
+  return scored.reshape(-1, int(tasks.query_score(spec).sum())).mean(axis=1)
+
+
+def with_interval(record: dict, per_step, spec: tasks.TaskSpec) -> dict:
+  """`record` with its episode count, scored bits and the 95 % bootstrap interval of its bit accuracy
+  (`bit_accuracy_low`, `_high`) from `per_step` (`[B, T]`). The unit resampled is one query of one
+  episode: at N = 1024 a single episode holds over 30,000 scored bits, too few episodes to resample."""
+  low, high = bootstrap_interval(query_bit_accuracy(per_step, spec))
+  n = len(per_step)
+  return {
+    **record,
+    "bit_accuracy_low": low,
+    "bit_accuracy_high": high,
+    "episodes": n,
+    "scored_bits": scored_bits(spec, n),
+  }
+
+
+def records_over_k(means: dict, specs) -> list[dict]:
+  """One record per task of `specs` (tasks that differ in K) from `mean_over_batches` metrics over K:
+  its K, mean metrics, and bootstrap interval (`with_interval`)."""
+  per_step = means.pop(PER_STEP)
+  return [
+    with_interval(
+      {"K": int(spec.num_snippets), **{name: float(v[i]) for name, v in means.items()}}, per_step[i], spec
+    )
+    for i, spec in enumerate(specs)
+  ]
 
 
 def _long_inputs(key: jax.Array, problem: unroll.Problem, batch: int, horizon: int) -> jax.Array:
@@ -188,8 +247,7 @@ def recall_vs_k(
     dataclasses.replace(problem, task=tasks.with_snippets(problem.task, int(k))) for k in k_values
   )
   eval_fn = lambda k, n: eval_batch_over_k(theta, topo, k, problems, n)  # noqa: E731
-  means = mean_over_batches(eval_fn, key, num_episodes)
-  return [{"K": int(k), **{name: float(v[i]) for name, v in means.items()}} for i, k in enumerate(k_values)]
+  return records_over_k(mean_over_batches(eval_fn, key, num_episodes), [p.task for p in problems])
 
 
 def capacity(records: list[dict], threshold: float) -> int:

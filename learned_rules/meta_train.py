@@ -94,10 +94,15 @@ def _member_key(key: jax.Array, i: int) -> jax.Array:
 
 
 def _init_train_state(
-  key: jax.Array, topos: tuple, meta_batch: MetaBatch, optimizer: optax.GradientTransformation
+  key: jax.Array,
+  topos: tuple,
+  meta_batch: MetaBatch,
+  optimizer: optax.GradientTransformation,
+  theta: rules.Theta | None = None,
 ) -> TrainState:
   k_theta, k_carry = jax.random.split(key)
-  theta = rules.init_theta(k_theta, meta_batch.problems[0].rule)
+  if theta is None:  # else a saved rule's (`train.init_rule`), which streams also start from
+    theta = rules.init_theta(k_theta, meta_batch.problems[0].rule)
   # A `trained_synapses` network's per-synapse weights (a key of their own: other runs' theta is as before).
   theta = network.with_synapse_weights(theta, topos[0], jax.random.fold_in(k_theta, SYNAPSE_WEIGHTS_TAG))
   carries = tuple(
@@ -109,7 +114,9 @@ def _init_train_state(
 
 _STATIC = ("meta_batch", "optimizer")
 init_train_state = jax.jit(_init_train_state, static_argnames=_STATIC)
-init_train_state.__doc__ = "The initial `TrainState` of a run (theta from `key`, fresh streams)."
+init_train_state.__doc__ = (
+  "The initial `TrainState` of a run (theta from `key`, or the given `theta`; fresh streams)."
+)
 
 
 def state_shardings(topos: tuple, meta_batch: MetaBatch, optimizer):
@@ -118,12 +125,12 @@ def state_shardings(topos: tuple, meta_batch: MetaBatch, optimizer):
   return sharding.train_state_shardings(abstract, meta_batch.mesh)
 
 
-def init_sharded_train_state(key, topos: tuple, meta_batch: MetaBatch, optimizer) -> TrainState:
+def init_sharded_train_state(key, topos: tuple, meta_batch: MetaBatch, optimizer, theta=None) -> TrainState:
   """`init_train_state` made directly in its shardings on the mesh (each device, and each process of a
   multi-host run, computes only its own part)."""
   shardings = state_shardings(topos, meta_batch, optimizer)
   init = jax.jit(_init_train_state, static_argnames=_STATIC, out_shardings=shardings)
-  return init(key, topos, meta_batch, optimizer)
+  return init(key, topos, meta_batch, optimizer, theta)
 
 
 def _mean(trees: list):
@@ -227,10 +234,52 @@ def on_mesh(topos: tuple, meta_batch: MetaBatch, mesh: jax.sharding.Mesh):
   return jax.device_put(topos, sharding.replicated(mesh)), dataclasses.replace(meta_batch, problems=problems)
 
 
-def initial_train_state(topos: tuple, meta_batch: MetaBatch, optimizer, seed: int) -> TrainState:
-  """A run's initial train state, made in its shardings when the meta-batch has a mesh (`on_mesh`)."""
+def initial_train_state(topos: tuple, meta_batch: MetaBatch, optimizer, seed: int, theta=None) -> TrainState:
+  """A run's initial train state, made in its shardings when the meta-batch has a mesh (`on_mesh`);
+  theta from the seed, or `theta` (a saved rule's, `initial_theta`)."""
   init = init_train_state if meta_batch.mesh is None else init_sharded_train_state
-  return init(train_key(seed), topos, meta_batch, optimizer)
+  return init(train_key(seed), topos, meta_batch, optimizer, theta)
+
+
+# Rule fields that change what a theta means; the others only how it is initialised or computed.
+_RULE_MEANING = (
+  "body_dim",
+  "synapse_dim",
+  "act_dim",
+  "emb_dim",
+  "hidden",
+  "num_types",
+  "bilinear",
+  "message_norm",
+)
+
+
+def initial_theta(cfg, meta_batch: MetaBatch) -> rules.Theta | None:
+  """The saved rule a run starts from (`train.init_rule`: a shipped rule's name, a saved rule or a run
+  directory, as `pretrained.load_rule` takes), or None for a run that starts from its seed.
+
+  Raises `config.ConfigError` (`train.init_rule`) if there is no such rule, or if it is not a rule of
+  this run's form (sizes, neuron types, message scaling).
+  """
+  name = config_lib.init_rule(cfg)
+  if not name:
+    return None
+  from learned_rules import pretrained  # here: pretrained loads runs with this module
+
+  try:
+    rule = pretrained.load_rule(name)
+  except (FileNotFoundError, pretrained.RuleLoadError) as e:
+    raise config_lib.ConfigError("train.init_rule", str(e)) from None
+  want, got = meta_batch.problems[0].rule, rule.spec
+  differ = [
+    f"rule.{f}: {getattr(got, f)!r}, this run {getattr(want, f)!r}"
+    for f in _RULE_MEANING
+    if getattr(got, f) != getattr(want, f)
+  ]
+  if differ or network.SYNAPSE_WEIGHTS in rule.theta:
+    why = "; ".join(differ) or "it is a net.trained_synapses run (a trained network, not a rule)"
+    raise config_lib.ConfigError("train.init_rule", f"{name} is not a rule of this run's form: {why}")
+  return jax.tree.map(jax.numpy.asarray, rule.theta)
 
 
 def make_run_meta_step(topos: tuple, meta_batch: MetaBatch, optimizer, seed: int):
@@ -240,12 +289,14 @@ def make_run_meta_step(topos: tuple, meta_batch: MetaBatch, optimizer, seed: int
   return make_meta_step(meta_batch, optimizer, step_key(seed), shardings)
 
 
-def _latest_or_initial_state(seed: int, ckpt, topos, meta_batch, optimizer, set_aside: bool = False):
-  """`(state, step)`: the newest intact checkpoint's train state and step, or the initial state and
-  None if `ckpt` holds none; on the mesh's shardings when the meta-batch has one (a checkpoint
-  restores onto any mesh). Damaged newer checkpoints are warned about and, with `set_aside` (the
-  trainer), moved out of the way so their steps can be saved again."""
-  state = initial_train_state(topos, meta_batch, optimizer, seed)
+def _latest_or_initial_state(
+  seed: int, ckpt, topos, meta_batch, optimizer, set_aside: bool = False, theta=None
+):
+  """`(state, step)`: the newest intact checkpoint's train state and step, or the initial state (from
+  `theta` if given) and None if `ckpt` holds none; on the mesh's shardings when the meta-batch has one
+  (a checkpoint restores onto any mesh). Damaged newer checkpoints are warned about and, with
+  `set_aside` (the trainer), moved out of the way so their steps can be saved again."""
+  state = initial_train_state(topos, meta_batch, optimizer, seed, theta)
   restored, step, damaged = ckpt.restore_latest(state)
   for bad in damaged if set_aside else ():
     logging.warning("damaged checkpoint step %d moved to %s", bad, ckpt.set_aside(bad))
@@ -401,13 +452,20 @@ def _train(cfg, workdir: str, label: str, curve: Curve | None) -> TrainState:
   spec = config_lib.train_spec(cfg)
   mesh = make_mesh(spec)
   main = jax.process_index() == 0
+  start_theta = initial_theta(
+    cfg, meta_batch
+  )  # a missing or foreign rule: refused before anything is written
   needed = checkpoint_bytes(topos, meta_batch, optimizer) * (spec.max_to_keep + 1)
   checkpointing.check_workdir(workdir, needed + 2**20)
   mesh_topos, sharded = on_mesh(topos, meta_batch, mesh)
   ckpt = checkpointing.Checkpointer(workdir, spec.max_to_keep)
   try:
     ckpt.check_compatible(cfg)
-    state, resumed_step = _latest_or_initial_state(spec.seed, ckpt, mesh_topos, sharded, optimizer, main)
+    state, resumed_step = _latest_or_initial_state(
+      spec.seed, ckpt, mesh_topos, sharded, optimizer, main, start_theta
+    )
+    if resumed_step is None and start_theta is not None:
+      logging.info("%sstarting from the rule %s", label, config_lib.init_rule(cfg))
     if resumed_step is not None:
       logging.info("%sresumed from step %d in %s", label, resumed_step, ckpt.directory)
       changes = ckpt.environment_changes(resumed_step)

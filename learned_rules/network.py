@@ -380,12 +380,14 @@ def block_messages(
   return _normalise(msg.reshape(n, -1), topo.fan_in, norm)
 
 
-def _per_synapse_update(theta, syn, act_post, emb_post, act_pre, emb_pre):
-  """`rules.synapse_update` vmapped over a block's pairs (`act_pre` `[Q, Da]` or `[P, K, Da]`)."""
+def _per_synapse_update(theta, syn, act_post, emb_post, act_pre, emb_pre, time_scale=None):
+  """`rules.synapse_update` vmapped over a block's pairs (`act_pre` `[Q, Da]` or `[P, K, Da]`;
+  `time_scale` `[P]` or None)."""
   pre_axis = 0 if act_pre.ndim == 3 else None
-  per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0))
-  per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, pre_axis, 0, pre_axis))
-  return per_pair(theta, syn, act_post, act_pre, emb_post, emb_pre)
+  scale_axis = None if time_scale is None else 0
+  per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0, None))
+  per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, pre_axis, 0, pre_axis, scale_axis))
+  return per_pair(theta, syn, act_post, act_pre, emb_post, emb_pre, time_scale)
 
 
 def update_synapses(
@@ -407,15 +409,16 @@ def update_synapses(
   out = []
   for b, (block, syn) in enumerate(zip(topo.blocks, synapses, strict=True)):
     act_post, emb_post = act[block.post], emb[block.post]
+    scale = rules.time_scales(spec, topo.fan_in[block.post])
     if spec.fast_synapse:
       index = topo.block_pre_index[b]
       act_pre, emb_pre = (act, emb) if block.fan_in_list else (act[block.pre], emb[block.pre])
       new = rules.synapse_update_block(
-        theta, syn, act_post, emb_post, act_pre, emb_pre, index, spec.chunk_synapses
+        theta, syn, act_post, emb_post, act_pre, emb_pre, index, spec.chunk_synapses, scale
       )
     else:
       act_pre, emb_pre = _block_pre(topo, b, act), _block_pre(topo, b, emb)
-      new = _per_synapse_update(theta, syn, act_post, emb_post, act_pre, emb_pre)
+      new = _per_synapse_update(theta, syn, act_post, emb_post, act_pre, emb_pre, scale)
     mask = topo.block_masks[b]
     out.append(new if mask is None else jnp.where(mask[..., None] > 0, new, syn))
   return tuple(out)

@@ -14,6 +14,7 @@ writes one from a run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -175,6 +176,11 @@ def _theta_like(like: rules.Theta, raw, where: str) -> rules.Theta:
       f"shapes {shapes}"
     )
   return serialization.from_state_dict(like, raw)
+
+
+def theta_digest(theta: rules.Theta) -> str:
+  """A short digest of meta-parameters: what identifies a rule's records (the capacity study's)."""
+  return hashlib.sha256(serialization.to_bytes(jax.device_get(theta))).hexdigest()[:16]
 
 
 class RuleSaveError(ValueError):

@@ -16,11 +16,14 @@ class Export(NamedTuple):
   paths: tuple[str, str]
 
 
-def export_rule(rule: pretrained.Rule, prefix: str, *, trained_by: str, exported_by: str) -> Export:
+def export_rule(
+  rule: pretrained.Rule, prefix: str, *, trained_by: str, exported_by: str, by_size: list[dict] | None = None
+) -> Export:
   """Measures `rule`'s held-out recall against K (its config's `eval.k_values`, `eval.num_episodes`)
   and saves it to `<prefix>.json` and `<prefix>.msgpack` (`pretrained.save_rule`) with that recall and
-  the commands that made it. Raises `pretrained.RuleSaveError` for a `net.trained_synapses` run (fixed
-  trained weights, no learned rule), before anything is evaluated."""
+  the commands that made it, and `by_size` (the size study's records of this rule, `size_records`) if
+  given. Raises `pretrained.RuleSaveError` for a `net.trained_synapses` run (fixed trained weights, no
+  learned rule), before anything is evaluated."""
   if rule.topology.trained_synapses:
     raise pretrained.RuleSaveError(
       f"{rule.source} is a net.trained_synapses run: a trained network with fixed per-synapse weights, "
@@ -40,5 +43,37 @@ def export_rule(rule: pretrained.Rule, prefix: str, *, trained_by: str, exported
     held_out_episodes=train.eval_episodes,
     recall_vs_k=records,
     capacity=caps,
+    **({"recall_by_size": by_size} if by_size else {}),
   )
   return Export(records, caps, paths)
+
+
+# What a size-study record keeps in a rule's file.
+SIZE_FIELDS = (
+  "N",
+  "K",
+  "bit_accuracy",
+  "bit_accuracy_low",
+  "bit_accuracy_high",
+  "perfect_recall",
+  "episodes",
+  "scored_bits",
+)
+
+
+def size_records(study: dict, rule: str, theta_digest: str) -> list[dict]:
+  """The records of saved rule `rule` in a finished capacity study's `capacity.json` contents `study`
+  (its size study), checked to be of the theta whose digest is `theta_digest`.
+
+  Raises ValueError if the study holds no size records of `rule`, or holds them for another theta.
+  """
+  rows = [r for r in study.get("records", []) if r.get("study") == "size" and r.get("rule") == rule]
+  if not rows:
+    raise ValueError(f"the capacity study holds no size-study records of rule {rule!r}")
+  digests = {r.get("theta_digest") for r in rows}
+  if digests != {theta_digest}:
+    raise ValueError(
+      f"the capacity study's records of {rule!r} are of another theta ({sorted(map(str, digests))}, this "
+      f"rule {theta_digest}): rerun the size study on this rule"
+    )
+  return [{k: r[k] for k in SIZE_FIELDS if k in r} for r in rows]

@@ -39,6 +39,10 @@ class RuleSpec:
   num_types: int = 3
   bilinear: bool = True  # a_post^T W_k a_pre added to each hidden unit of f_s
   message_norm: str = "sqrt"  # summed message divided by sqrt(fan-in), fan-in ("mean") or 1 ("sum")
+  # Synapse time constants scaled by fan-in: the per-step decay is sigmoid(lambda) ** (decay_fan_in /
+  # fan-in of the post neuron), so a neuron with more inputs, which can hold more, forgets more slowly;
+  # at a fan-in of decay_fan_in it is sigmoid(lambda) itself. 0: sigmoid(lambda) at every fan-in.
+  decay_fan_in: int = 0
   init_decay: float = 0.95  # sigmoid(lambda) at initialisation
   init_rate: float = 0.12  # sigmoid(eta) at initialisation
   # Implementation switches: the same numbers either way (tests/test_rules.py, test_network.py).
@@ -146,11 +150,28 @@ def body_update(
   return (1.0 - z) * body + z * cand
 
 
-def _bounded_synapse(p: dict, syn: jax.Array, pre_act: jax.Array) -> jax.Array:
-  """`sigmoid(lambda) * s + sigmoid(eta) * tanh(W2 tanh(pre_act) + b2)`: decaying and bounded."""
+def synapse_decay(theta: Theta, time_scale: jax.Array | None = None) -> jax.Array:
+  """The synapses' per-step decay `[..., Ds]`: `sigmoid(lambda)`, or `sigmoid(lambda) ** time_scale`
+  for an array of exponents `[...]` (one per post neuron: `RuleSpec.decay_fan_in / fan-in`)."""
+  logit = theta["synapse"]["decay_logit"]
+  if time_scale is None:
+    return jax.nn.sigmoid(logit)
+  return jnp.exp(jnp.asarray(time_scale)[..., None] * jax.nn.log_sigmoid(logit))
+
+
+def time_scales(spec: RuleSpec, fan_in: jax.Array) -> jax.Array | None:
+  """`synapse_decay`'s exponents for post neurons of fan-in `fan_in` under `spec`, or None if the
+  decay is not scaled (`RuleSpec.decay_fan_in`)."""
+  if not spec.decay_fan_in:
+    return None
+  return spec.decay_fan_in / jnp.maximum(jnp.asarray(fan_in, jnp.float32), 1.0)
+
+
+def _bounded_synapse(p: dict, syn: jax.Array, pre_act: jax.Array, decay: jax.Array) -> jax.Array:
+  """`decay * s + sigmoid(eta) * tanh(W2 tanh(pre_act) + b2)`: decaying and bounded."""
   hid = jnp.tanh(pre_act)
   delta = jnp.tanh(hid @ p["w2"] + p["b2"])
-  return jax.nn.sigmoid(p["decay_logit"]) * syn + jax.nn.sigmoid(p["rate_logit"]) * delta
+  return decay * syn + jax.nn.sigmoid(p["rate_logit"]) * delta
 
 
 def synapse_update(
@@ -160,6 +181,7 @@ def synapse_update(
   a_pre: jax.Array,
   emb_post: jax.Array,
   emb_pre: jax.Array,
+  time_scale: jax.Array | None = None,
 ) -> jax.Array:
   """Update of one synapse `pre -> post` from local information only.
 
@@ -169,6 +191,7 @@ def synapse_update(
     a_pre: `[Da]` pre-synaptic activation (after this step's body update).
     emb_post: `[E]` post-synaptic neuron's type embedding.
     emb_pre: `[E]` pre-synaptic neuron's type embedding.
+    time_scale: `[]` exponent of the decay (`time_scales`: from the post neuron's fan-in), or None.
 
   Returns:
     `[Ds]` new synapse state.
@@ -182,7 +205,7 @@ def synapse_update(
   )
   if "w_bi" in p:
     pre_act = pre_act + jnp.einsum("d,kde,e->k", a_post, p["w_bi"], a_pre)
-  return _bounded_synapse(p, syn, pre_act)
+  return _bounded_synapse(p, syn, pre_act, synapse_decay(theta, time_scale))
 
 
 def _contract(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -255,7 +278,8 @@ def _block_core_bwd(args, g):
   g_w_s = syn.reshape(-1, c).T @ g_h.reshape(-1, h)
   g_w2 = hid.reshape(-1, h).T @ g_z.reshape(-1, c)
   g_b2 = jnp.sum(g_z, axis=(0, 1))
-  g_decay = jnp.sum(g * syn, axis=(0, 1))
+  # The decay is `[Ds]`, or `[P, 1, Ds]` per post neuron (`synapse_decay` with time scales).
+  g_decay = jnp.sum(g * syn, axis=(0, 1)) if decay.ndim == 1 else jnp.sum(g * syn, axis=1, keepdims=True)
   g_rate = jnp.sum(g * delta, axis=(0, 1))
   return g_syn, g_post, g_pre, g_post_bi, g_act_pre, g_w_s, g_w2, g_b2, g_decay, g_rate
 
@@ -272,6 +296,7 @@ def synapse_update_block(
   emb_pre: jax.Array,
   pre_index: jax.Array | None = None,
   chunk_synapses: int | None = None,
+  time_scale: jax.Array | None = None,
 ) -> jax.Array:
   """`synapse_update` for a block of synapses from `P` post to `Q` pre neurons, first layer split.
 
@@ -291,6 +316,7 @@ def synapse_update_block(
       chunks of post neurons of at most this many synapses, one chunk after another (same numbers;
       less memory, and on CPU a faster meta-gradient for blocks that large); 0 for the whole block
       at once. Default `RuleSpec.chunk_synapses`.
+    time_scale: optional `[P]` exponents of the post neurons' decay (`time_scales`).
 
   Returns:
     `[P, Q, Ds]` new synapse states (masking absent synapses is the caller's job).
@@ -305,27 +331,27 @@ def synapse_update_block(
   post, pre, post_bi = (checkpoint_name(v, NEURON_VALUES) for v in (post, pre, post_bi))
   if pre_index is not None:
     pre, act_pre = pre[pre_index], act_pre[pre_index]  # [P, Q, H], [P, Q, Da]
-  weights = (
-    p["w_s"],
-    p["w2"],
-    p["b2"],
-    jax.nn.sigmoid(p["decay_logit"]),
-    jax.nn.sigmoid(p["rate_logit"]),
-  )
+  decay = synapse_decay(theta, time_scale)  # [Ds], or [P, Ds] per post neuron
+  if decay.ndim == 2:
+    decay = decay[:, None, :]
+  weights = (p["w_s"], p["w2"], p["b2"])
+  rate = jax.nn.sigmoid(p["rate_logit"])
   chunk_synapses = RuleSpec.chunk_synapses if chunk_synapses is None else chunk_synapses
   rows = _chunk_rows(syn.shape[0], syn.shape[1], chunk_synapses)
   if rows == syn.shape[0]:
-    return _block_core(syn, post, pre, post_bi, act_pre, *weights)
+    return _block_core(syn, post, pre, post_bi, act_pre, *weights, decay, rate)
   # Post neurons in chunks of `rows`, one after another, so that each chunk's hidden layer and its
   # gradients stay in cache (docs/PERFORMANCE.md); the pre-neuron terms are shared by all chunks.
-  per_post = (syn, post, post_bi) + ((pre, act_pre) if pre_index is not None else ())
+  per_post = (syn, post, post_bi, decay) if decay.ndim == 3 else (syn, post, post_bi)
+  shared = (decay,) if decay.ndim == 1 else ()
+  if pre_index is not None:
+    per_post += (pre, act_pre)
 
   def chunk(args):
-    if pre_index is not None:
-      syn_c, post_c, post_bi_c, pre_c, act_pre_c = args
-    else:
-      (syn_c, post_c, post_bi_c), pre_c, act_pre_c = args, pre, act_pre
-    return _block_core(syn_c, post_c, pre_c, post_bi_c, act_pre_c, *weights)
+    syn_c, post_c, post_bi_c, *rest = args
+    decay_c, rest = (rest[0], rest[1:]) if not shared else (shared[0], rest)
+    pre_c, act_pre_c = rest if pre_index is not None else (pre, act_pre)
+    return _block_core(syn_c, post_c, pre_c, post_bi_c, act_pre_c, *weights, decay_c, rate)
 
   split = [x.reshape(x.shape[0] // rows, rows, *x.shape[1:]) for x in per_post]
   out = jax.lax.map(chunk, tuple(split))
@@ -349,7 +375,7 @@ def _chunk_rows(num_post: int, num_pre: int, chunk_synapses: int) -> int:
 def synapse_update_dense(theta: Theta, syn: jax.Array, act: jax.Array, emb: jax.Array) -> jax.Array:
   """`synapse_update` for every pair `(post i, pre j)` of `N` neurons: `syn` `[N, N, Ds]`, `act`
   `[N, Da]`, `emb` `[N, E]`; returns `[N, N, Ds]` (masking is the caller's job)."""
-  return synapse_update_block(theta, syn, act, emb, act, emb)
+  return synapse_update_block(theta, syn, act, emb, act, emb)  # (unscaled decay)
 
 
 def readout(theta: Theta, body: jax.Array) -> jax.Array:

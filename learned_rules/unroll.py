@@ -173,6 +173,13 @@ def recall_metrics(readout: jax.Array, episode: tasks.Episode) -> dict[str, jax.
   }
 
 
+def step_bit_accuracy(readout: jax.Array, episode: tasks.Episode) -> jax.Array:
+  """Bit accuracy of every step of readouts `[..., T, n_out]` (ties half, `bit_credit`), `[..., T]`,
+  NaN on unscored steps: what a bootstrap over queries resamples (`evaluation.with_interval`)."""
+  per_step = jnp.mean(bit_credit(readout, episode.target), axis=-1)
+  return jnp.where(episode.score > 0, per_step, jnp.nan)
+
+
 def init_batch_states(theta, topo, problem: Problem, key: jax.Array, batch: int) -> network.NetState:
   """`[B, ...]` initial network states, each with its own noise."""
   keys = jax.random.split(key, batch)

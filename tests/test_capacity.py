@@ -7,6 +7,7 @@ import json
 import os
 import types
 
+import numpy as np
 import pytest
 
 from experiments import capacity as capacity_command
@@ -15,6 +16,10 @@ from learned_rules import (
   capacity_figures,
   capacity_plan,
   capacity_study,
+  load_rule,
+  pretrained,
+  rule_export,
+  save_rule,
   trained_baselines,
 )
 from learned_rules import config as config_lib
@@ -109,6 +114,69 @@ def test_a_finished_study_is_read_back_without_evaluating_again(tiny_run, monkey
   for name in FIGURES:
     assert os.path.getsize(os.path.join(workdir, name)) > 1000
   assert capacity_study.format_table(records) in capsys.readouterr().out
+
+
+@pytest.mark.slow  # uses the tiny study's trained rule
+def test_the_size_study_evaluates_saved_rules_on_the_same_episodes(tiny_run, tmp_path):
+  """A saved copy of the study's own rule, listed in `size.rules`, gives the very numbers of `learned`
+  at every N and K; every point has its scored bits and a bootstrap interval around its mean."""
+  workdir, _ = tiny_run
+  save_rule(load_rule(os.path.join(workdir, "full")), str(tmp_path / "copy"))
+  study = _tiny_study()
+  study.studies = "size"
+  study.size.rules = f"learned,{tmp_path / 'copy'}"
+  study.size.min_scored_bits = 40
+  records = capacity_study.run(capacity_plan.read_plan(study), workdir)
+  by_rule = {}
+  for r in records:
+    by_rule.setdefault(r["rule"], []).append(r)
+  copy = by_rule.pop(str(tmp_path / "copy"))
+  assert set(by_rule) == {"learned", "key_blind", "hebbian", "pseudo_inverse"}
+  assert [(r["N"], r["K"]) for r in copy] == [(12, 2), (16, 2)]
+  for mine, theirs in zip(copy, by_rule["learned"], strict=True):
+    assert mine["bit_accuracy"] == theirs["bit_accuracy"] and mine["episodes"] == theirs["episodes"]
+  for r in records:
+    # 2 queries x 2 scored steps x value bits per episode: enough episodes for 40 bits.
+    assert (
+      r["scored_bits"]
+      == r["episodes"] * 2 * 2 * r["value_bits"]
+      >= 40
+      > r["scored_bits"] - 4 * r["value_bits"]
+    )
+    assert r["bit_accuracy_low"] - 1e-6 <= r["bit_accuracy"] <= r["bit_accuracy_high"] + 1e-6, r
+  # The rule's file can carry these records (export_rule --sizes_from), for this theta only.
+  saved = load_rule(str(tmp_path / "copy"))
+  rows = rule_export.size_records(
+    {"records": records}, str(tmp_path / "copy"), pretrained.theta_digest(saved.theta)
+  )
+  assert [(r["N"], r["bit_accuracy"]) for r in rows] == [(r["N"], r["bit_accuracy"]) for r in copy]
+  with pytest.raises(ValueError, match="another theta"):
+    rule_export.size_records({"records": records}, str(tmp_path / "copy"), "0" * 16)
+  with pytest.raises(ValueError, match="no size-study records"):
+    rule_export.size_records({"records": records}, "general", "0" * 16)
+  study.size.rules = "key_blind"
+  with pytest.raises(config_lib.ConfigError, match="size.rules: 'key_blind' is a baseline"):
+    capacity_plan.read_plan(study)
+  study.size.rules = str(tmp_path / "nothing")
+  with pytest.raises(config_lib.ConfigError, match="size.rules: load_rule: no rule"):
+    capacity_plan.read_plan(study)
+
+
+def test_bootstrap_intervals_are_over_queries_and_cover_the_mean():
+  """`with_interval`: queries of every episode (their scored steps) are the unit resampled."""
+  spec = types.SimpleNamespace(num_queries=2, n_out=4, query_steps=2, first_scored_query_step=0)
+  nan = float("nan")
+  # 3 episodes x (1 unscored write step + 2 queries of 2 scored steps).
+  per_step = [[nan, 1.0, 1.0, 0.5, 0.5], [nan, 1.0, 0.75, 1.0, 1.0], [nan, 0.0, 0.0, 1.0, 1.0]]
+  np.testing.assert_allclose(
+    evaluate_lib.query_bit_accuracy(per_step, spec), [1.0, 0.5, 0.875, 1.0, 0.0, 1.0]
+  )
+  record = evaluate_lib.with_interval({"bit_accuracy": 0.729}, per_step, spec)
+  assert record["episodes"] == 3 and record["scored_bits"] == 3 * 2 * 2 * 4
+  assert 0.0 <= record["bit_accuracy_low"] < 0.729 < record["bit_accuracy_high"] <= 1.0
+  assert evaluate_lib.with_interval({}, per_step, spec) == evaluate_lib.with_interval({}, per_step, spec)
+  same = evaluate_lib.with_interval({}, [[nan, 1.0, 1.0, 1.0, 1.0]] * 3, spec)
+  assert same["bit_accuracy_low"] == same["bit_accuracy_high"] == 1.0
 
 
 def test_the_table_lists_where_each_memory_beats_the_floor():

@@ -22,6 +22,7 @@ from learned_rules import (
   pretrained,
   save_rule,
 )
+from learned_rules import config as config_lib
 from learned_rules.configs import remember
 
 
@@ -166,3 +167,32 @@ def test_export_rule_command_writes_a_loadable_rule(trained, tmp_path, run_modul
   assert bad.returncode != 0 and "--name" in bad.stderr
   missing = run(f"--workdir={tmp_path / 'nothing'}", "--name=x", f"--out_dir={tmp_path}")
   assert missing.returncode != 0 and "no rule" in missing.stderr
+
+
+def test_a_run_starts_from_a_saved_rule_and_trains_it_further(trained, tmp_path):
+  """`train.init_rule`: zero meta steps from a saved rule leave its theta exactly; more train it on."""
+  cfg, workdir, _ = trained
+  rule = load_rule(workdir)
+  save_rule(rule, str(tmp_path / "start"))
+  for steps in (0, 2):
+    run_cfg = remember.get_config("tiny")
+    run_cfg.train.num_steps = steps
+    run_cfg.train.init_rule = str(tmp_path / "start")
+    meta_train.train_and_evaluate(run_cfg, str(tmp_path / f"from-{steps}"), evaluate=False)
+    got = load_rule(str(tmp_path / f"from-{steps}"))
+    same = [
+      np.array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(got.theta), jax.tree.leaves(rule.theta), strict=True)
+    ]
+    assert all(same) == (steps == 0), steps
+  # A rule of another form is refused before anything runs, naming the field and the difference.
+  other = remember.get_config("tiny")
+  other.rule.hidden = 4
+  other.train.init_rule = str(tmp_path / "start")
+  with pytest.raises(config_lib.ConfigError, match=r"train.init_rule: .*rule.hidden: 8, this run 4"):
+    meta_train.train_and_evaluate(other, str(tmp_path / "other"))
+  assert not os.path.exists(tmp_path / "other")
+  missing = remember.get_config("tiny")
+  missing.train.init_rule = str(tmp_path / "nothing")
+  with pytest.raises(config_lib.ConfigError, match="train.init_rule: load_rule: no rule"):
+    meta_train.train_and_evaluate(missing, str(tmp_path / "missing"))

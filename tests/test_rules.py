@@ -224,6 +224,29 @@ def test_synapse_update_is_decaying_and_bounded(theta, small_spec):
     assert np.all(np.abs(new) <= np.asarray(bound) * (1 + 1e-6))
 
 
+def test_decay_is_scaled_by_the_post_neurons_fan_in(theta, small_spec):
+  """`decay_fan_in`: decay ** (decay_fan_in / fan-in) per post neuron, the plain decay at that fan-in;
+  without it, no time scale at all."""
+  plain = jax.nn.sigmoid(theta["synapse"]["decay_logit"])
+  assert rules.time_scales(small_spec, jnp.asarray([4.0])) is None
+  spec = dataclasses.replace(small_spec, decay_fan_in=63)
+  scales = rules.time_scales(spec, jnp.asarray([63.0, 126.0, 0.0]))
+  np.testing.assert_allclose(scales, [1.0, 0.5, 63.0])  # a neuron without inputs counts one
+  decay = rules.synapse_decay(theta, scales)
+  chex.assert_shape(decay, (3, small_spec.synapse_dim))
+  np.testing.assert_allclose(decay[0], plain, rtol=1e-6)
+  np.testing.assert_allclose(decay[1], np.sqrt(plain), rtol=1e-6)  # twice the fan-in: half the forgetting
+  inp = _local_inputs(17, small_spec)
+  args = (theta, inp["syn"], inp["a_post"], inp["a_pre"], inp["emb"], inp["emb_pre"])
+  unscaled = rules.synapse_update(*args)
+  np.testing.assert_allclose(rules.synapse_update(*args, time_scale=scales[0]), unscaled, rtol=1e-5)
+  np.testing.assert_allclose(
+    rules.synapse_update(*args, time_scale=scales[1]) - unscaled,
+    (np.sqrt(plain) - plain) * inp["syn"],
+    atol=1e-5,
+  )
+
+
 def test_readout_is_affine_in_body(theta, small_spec):
   body = _normal(np.random.default_rng(16), small_spec.body_dim)
   want = float(np.dot(np.asarray(body), np.asarray(theta["readout"]["w"])) + theta["readout"]["b"])
@@ -256,26 +279,27 @@ def _block_case(seed: int, spec: rules.RuleSpec, fan_in: bool):
   )
 
 
-def _per_synapse_block(theta, syn, act_post, emb_post, act_pre, emb_pre, pre_index):
+def _per_synapse_block(theta, syn, act_post, emb_post, act_pre, emb_pre, pre_index, time_scale=None):
   """`vmap(vmap(synapse_update))` over a block's pairs; a fan-in block gathers its pre neurons first."""
-  if pre_index is None:
-    per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0))
-    per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, None, 0, None))
-  else:
+  pre_axis = None if pre_index is None else 0
+  if pre_index is not None:
     act_pre, emb_pre = act_pre[pre_index], emb_pre[pre_index]
-    per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0))
-    per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, 0, 0, 0))
-  return per_pair(theta, syn, act_post, act_pre, emb_post, emb_pre)
+  per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0, None))
+  scale_axis = None if time_scale is None else 0
+  per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, pre_axis, 0, pre_axis, scale_axis))
+  return per_pair(theta, syn, act_post, act_pre, emb_post, emb_pre, time_scale)
 
 
-# (fan-in block, bilinear, chunk_synapses): 0 is the whole block at once, 1 one post neuron per chunk
-# (a block of more than `WHOLE_BLOCK_CHUNKS` chunks).
+# (fan-in block, bilinear, chunk_synapses, decay scaled per post neuron): chunk 0 is the whole block at
+# once, 1 one post neuron per chunk (a block of more than `WHOLE_BLOCK_CHUNKS` chunks).
 BLOCK_GRAD_CASES = [
-  (False, True, 0),
-  (True, True, 0),
-  (True, False, 0),
-  (False, True, 1),
-  (True, True, 1),
+  (False, True, 0, False),
+  (True, True, 0, False),
+  (True, False, 0, False),
+  (False, True, 1, False),
+  (True, True, 1, False),
+  (False, True, 0, True),
+  (True, True, 1, True),
 ]
 
 
@@ -290,22 +314,29 @@ def test_blocks_of_a_few_chunks_are_updated_whole():
 
 
 @pytest.mark.parametrize(
-  "fan_in,bilinear,chunk",
+  "fan_in,bilinear,chunk,scaled",
   BLOCK_GRAD_CASES,
-  ids=[f"{'fan_in' if f else 'dense'}-bilinear={b}-chunk={c}" for f, b, c in BLOCK_GRAD_CASES],
+  ids=[
+    f"{'fan_in' if f else 'dense'}-bilinear={b}-chunk={c}{'-scaled' if d else ''}"
+    for f, b, c, d in BLOCK_GRAD_CASES
+  ],
 )
 def test_block_update_values_and_gradients_equal_per_synapse_vmap(
-  make_theta, small_spec, fan_in, bilinear, chunk
+  make_theta, small_spec, fan_in, bilinear, chunk, scaled
 ):
-  """The hand-written backward pass of `synapse_update_block`, whole or in chunks of post neurons,
-  against autodiff of the per-synapse rule, w.r.t. theta and every per-synapse and per-neuron input."""
+  """The hand-written backward pass of `synapse_update_block`, whole or in chunks of post neurons, with
+  the decay shared or scaled per post neuron, against autodiff of the per-synapse rule, w.r.t. theta
+  and every per-synapse and per-neuron input."""
   spec = dataclasses.replace(small_spec, bilinear=bilinear)
   theta = make_theta(jax.random.PRNGKey(0), spec, seed=30)
   args, pre_index, weights = _block_case(31, spec, fan_in)
   names = ("syn", "act_post", "emb_post", "act_pre", "emb_pre")
+  # Post neurons of fan-in 2, 4 and 8 under decay_fan_in = 4: exponents 2, 1 and 0.5.
+  scale = rules.time_scales(dataclasses.replace(spec, decay_fan_in=4), jnp.asarray([2.0, 4.0, 8.0]))
+  scale = scale if scaled else None
 
   def loss(update, theta, *values):
-    out = update(theta, *values, pre_index=pre_index)
+    out = update(theta, *values, pre_index=pre_index, time_scale=scale)
     return jnp.sum(weights * out), out
 
   grad_argnums = tuple(range(1 + len(names)))

@@ -12,9 +12,11 @@ as the learned rule. The studies (`studies`, comma-separated):
   config `base` plus the network's overrides of NETWORKS), recall against K, with the baselines.
 - `auto`: the `full` network meta-trained on the `auto` protocol (completion from a cue with
   `auto_cue_corruption` of its bits zeroed), recall against K, with the baselines.
-- `size`: the rule meta-trained on `full` (N = 64) evaluated without retraining on `full` networks of
-  N = `size.sizes` neurons (a quarter input, a quarter output, half hidden); K in multiples of the key
-  width. Capacity against N, and per synapse.
+- `size`: rules evaluated without retraining on `full` networks of N = `size.sizes` neurons (a quarter
+  input, a quarter output, half hidden), up to N = 1024: the saved rules of `size.rules` (shipped names
+  or paths; `learned` is the study's own rule meta-trained on `full`, N = 64), every one on the study's
+  task; K in multiples of the key width, and at every N enough episodes for `size.min_scored_bits`
+  scored bits at the smallest K. Capacity against N, log-log, and recall at K = 3N/16.
 - `difficulty`: the same rule evaluated without retraining along each axis of `difficulty.axes`
   (pattern width, delay D, presentation length P, cue corruption), at the K of `difficulty.k_values`.
 
@@ -80,9 +82,12 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   cfg.auto_cue_corruption = 0.25  # as `remember.py:auto`
 
   cfg.size = config_lib.ConfigDict()
-  cfg.size.sizes = (32, 64, 128, 256)
-  cfg.size.k_multiples = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5)  # K = multiple x key width, at least 1
-  cfg.size.episode_synapse_budget = 256 * 4032  # episodes at N: this / synapses(N), at most num_episodes
+  cfg.size.sizes = (64, 128, 256, 512, 1024)
+  # K = multiple x key width (at least 1); 0.75 is K = 3N/16. The largest sets the cost: at N = 1024 a
+  # rule runs about 4 x 1.25 x 256 steps of a million synapses per episode.
+  cfg.size.k_multiples = (0.25, 0.5, 0.75, 1.0, 1.25)
+  cfg.size.min_scored_bits = 30000  # per point; episodes at N: enough for this at the smallest K
+  cfg.size.rules = "hetero"  # saved rules (names or paths) and/or `learned`, comma-separated
   cfg.size.baselines = "key_blind,hebbian,pseudo_inverse"
 
   cfg.difficulty = config_lib.ConfigDict()
@@ -127,6 +132,8 @@ def _tiny(cfg):
   cfg.num_episodes = 4
   cfg.size.sizes = (12, 16)
   cfg.size.k_multiples = (0.5,)
+  cfg.size.min_scored_bits = 16
+  cfg.size.rules = "learned"
   cfg.difficulty.axes = "delay"
   cfg.difficulty.delay = (2, 6)
   cfg.difficulty.k_values = (2,)
@@ -142,8 +149,7 @@ def _quick(cfg):
   cfg.base.train.num_steps = 100
   cfg.k_values = (1, 2, 4, 8, 16, 32)
   cfg.num_episodes = 64
-  cfg.size.k_multiples = (0.25, 0.5, 1.0, 1.5)
-  cfg.size.episode_synapse_budget = 64 * 4032
+  cfg.size.sizes = (64, 128, 256, 512)
   cfg.difficulty.k_values = (8,)  # the figure's K; the full study also gives capacities
   cfg.difficulty.corruption = (0.0, 0.25, 0.5)
   cfg.recurrent.num_steps = 2000

@@ -53,6 +53,9 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   cfg.rule.hidden = 32  # hidden units of f_b and f_s
   cfg.rule.bilinear = True  # pre x post bilinear term in every hidden unit of f_s
   cfg.rule.message_norm = "sqrt"  # sqrt | mean | sum: divide summed messages by sqrt(fan-in), fan-in, 1
+  # Scale the synapses' decay by fan-in: sigmoid(lambda) ** (decay_fan_in / fan-in), so that neurons
+  # with more inputs forget more slowly (0: off; 63 is the default network's fan-in, where it is plain).
+  cfg.rule.decay_fan_in = 0
   cfg.rule.init_decay = 0.95
   cfg.rule.init_rate = 0.12
   cfg.rule.fast_synapse = True  # split-first-layer synapse update (same numbers, faster)
@@ -100,6 +103,9 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   # `field=value` overrides of this config (net, rule, task, train.batch_size), e.g.
   # ("net.num_hidden=32", "net.num_hidden=96,task.num_snippets=16"); empty: this config's one problem.
   cfg.train.mixture = ()
+  # Start from a saved rule instead of the seed's theta: a shipped rule's name ("hetero"), a saved rule
+  # (`<path>.json`) or a run directory, of the same rule form (rule.* sizes, message_norm).
+  cfg.train.init_rule = ""
 
   # The device mesh (learned_rules/sharding.py): `batch` devices split the episodes of a meta step
   # (0: every device that `neurons` leaves), `neurons` devices split each network's synapses.
