@@ -53,7 +53,9 @@ OPTIONAL_FIELDS = {
   "train.estimator.std": 0.0,
   "train.mixture": [],
   "train.init_rule": "",
-  "rule.decay_fan_in": 0,
+  "rule.reference_fan_in": 0,
+  "rule.scale_rate": False,
+  "rule.center_synapses": False,
 }
 
 # Libraries whose versions every run records (`environment`); a resumed run warns when they changed.

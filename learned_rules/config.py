@@ -141,9 +141,19 @@ def _validate_rule(cfg) -> None:
   _float(cfg, "rule.init_rate", 0.0, 1.0, low_open=True)
   _bool(cfg, "rule.bilinear")
   _choice(cfg, "rule.message_norm", network.MESSAGE_NORMS)
-  if "decay_fan_in" in _get(cfg, "rule"):
-    _int(cfg, "rule.decay_fan_in", 0)
+  if "reference_fan_in" in _get(cfg, "rule"):
+    _int(cfg, "rule.reference_fan_in", 0)
+  reference = _get(cfg, "rule").get("reference_fan_in", 0)
+  if _optional_bool(cfg, "rule.scale_rate") and not reference:
+    raise ConfigError(
+      "rule.scale_rate", "True needs rule.reference_fan_in (the fan-in at which the rate is plain)"
+    )
+  if _get(cfg, "rule.message_norm") == "sqrt_ref" and not reference:
+    raise ConfigError(
+      "rule.message_norm", "sqrt_ref needs rule.reference_fan_in (the fan-in where it is the mean)"
+    )
   _bool(cfg, "rule.fast_synapse")
+  _optional_bool(cfg, "rule.center_synapses")
 
 
 def _validate_task(cfg) -> None:
@@ -462,7 +472,11 @@ def rule_spec(cfg, topo: network.Topology) -> rules.RuleSpec:
     num_types=topo.num_types,
     bilinear=bool(r.bilinear),
     message_norm=r.message_norm,
-    decay_fan_in=int(r.decay_fan_in) if "decay_fan_in" in r else 0,  # optional: older configs lack it
+    reference_fan_in=int(r.reference_fan_in)
+    if "reference_fan_in" in r
+    else 0,  # optional: older configs lack both
+    scale_rate=bool(r.scale_rate) if "scale_rate" in r else False,
+    center_synapses=bool(r.center_synapses) if "center_synapses" in r else False,
     init_decay=r.init_decay,
     init_rate=r.init_rate,
     fast_synapse=bool(r.fast_synapse),

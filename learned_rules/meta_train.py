@@ -241,17 +241,9 @@ def initial_train_state(topos: tuple, meta_batch: MetaBatch, optimizer, seed: in
   return init(train_key(seed), topos, meta_batch, optimizer, theta)
 
 
-# Rule fields that change what a theta means; the others only how it is initialised or computed.
-_RULE_MEANING = (
-  "body_dim",
-  "synapse_dim",
-  "act_dim",
-  "emb_dim",
-  "hidden",
-  "num_types",
-  "bilinear",
-  "message_norm",
-)
+# Rule fields that fix the layout of a theta; the others (message and fan-in scaling, initial values,
+# implementation) may differ between a saved rule and a run that starts from it.
+_RULE_LAYOUT = ("body_dim", "synapse_dim", "act_dim", "emb_dim", "hidden", "num_types", "bilinear")
 
 
 def initial_theta(cfg, meta_batch: MetaBatch) -> rules.Theta | None:
@@ -259,7 +251,8 @@ def initial_theta(cfg, meta_batch: MetaBatch) -> rules.Theta | None:
   directory, as `pretrained.load_rule` takes), or None for a run that starts from its seed.
 
   Raises `config.ConfigError` (`train.init_rule`) if there is no such rule, or if it is not a rule of
-  this run's form (sizes, neuron types, message scaling).
+  this run's layout (sizes, neuron types). Its message and fan-in scaling may differ from the run's: a
+  rule trained with "mean" messages continues under "sqrt_ref" at the same reference fan-in, say.
   """
   name = config_lib.init_rule(cfg)
   if not name:
@@ -273,7 +266,7 @@ def initial_theta(cfg, meta_batch: MetaBatch) -> rules.Theta | None:
   want, got = meta_batch.problems[0].rule, rule.spec
   differ = [
     f"rule.{f}: {getattr(got, f)!r}, this run {getattr(want, f)!r}"
-    for f in _RULE_MEANING
+    for f in _RULE_LAYOUT
     if getattr(got, f) != getattr(want, f)
   ]
   if differ or network.SYNAPSE_WEIGHTS in rule.theta:

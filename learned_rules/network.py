@@ -338,21 +338,28 @@ def block_synapses(topo: Topology, dense: jax.Array) -> tuple:
   return tuple(out)
 
 
-MESSAGE_NORMS = ("sqrt", "mean", "sum")
+MESSAGE_NORMS = ("sqrt", "mean", "sum", "sqrt_ref")
 
 
-def _normalise(msg: jax.Array, fan_in: jax.Array, norm: str) -> jax.Array:
+def _normalise(msg: jax.Array, fan_in: jax.Array, norm: str, reference_fan_in: int = 0) -> jax.Array:
   if norm == "sum":
     return msg
   fan_in = jnp.maximum(fan_in, 1.0)
+  if norm == "sqrt_ref":
+    if reference_fan_in < 1:
+      raise ValueError("message norm 'sqrt_ref' needs a reference fan-in >= 1")
+    return msg / jnp.sqrt(fan_in * reference_fan_in)[:, None]
   return msg / (fan_in if norm == "mean" else jnp.sqrt(fan_in))[:, None]
 
 
-def messages(syn: jax.Array, mask: jax.Array, act: jax.Array, norm: str = "sqrt") -> jax.Array:
+def messages(
+  syn: jax.Array, mask: jax.Array, act: jax.Array, norm: str = "sqrt", reference_fan_in: int = 0
+) -> jax.Array:
   """`msg[i] = sum_j mask[i, j] * outer(syn[i, j], act[j]) / scale[i]`, `[N, Ds*Da]`: `Ds` matmuls.
 
   `scale[i]` is `sqrt(fan_in[i])` by default (`norm="sqrt"`), the usual scale of a sum of weakly
-  correlated terms; `"mean"` divides by the fan-in, `"sum"` by nothing (neurons without inputs: 1).
+  correlated terms; `"mean"` divides by the fan-in, `"sum"` by nothing (neurons without inputs: 1),
+  `"sqrt_ref"` by `sqrt(fan_in[i] * reference_fan_in)` (the mean at the reference fan-in).
   With the plain sum, a never-reset stream's synapses settle at order-one values, the messages
   saturate every body update, and meta-training on `streaming` stays at chance (docs/RESULTS.md).
   `block_messages` computes the same from a topology's blocks.
@@ -361,11 +368,11 @@ def messages(syn: jax.Array, mask: jax.Array, act: jax.Array, norm: str = "sqrt"
     syn: `[N, N, Ds]`; mask: `[N, N]`; act: `[N, Da]`.
   """
   msg = jnp.einsum("ijc,jd->icd", syn * mask[..., None], act)
-  return _normalise(msg.reshape(msg.shape[0], -1), jnp.sum(mask, axis=1), norm)
+  return _normalise(msg.reshape(msg.shape[0], -1), jnp.sum(mask, axis=1), norm, reference_fan_in)
 
 
 def block_messages(
-  topo: Topology, synapses: Sequence[jax.Array], act: jax.Array, norm: str = "sqrt"
+  topo: Topology, synapses: Sequence[jax.Array], act: jax.Array, norm: str = "sqrt", reference_fan_in: int = 0
 ) -> jax.Array:
   """`messages` of the whole network from its synapse blocks, `[N, Ds*Da]`; one matmul per block."""
   n = topo.num_neurons
@@ -377,17 +384,17 @@ def block_messages(
     else:
       part = jnp.einsum("pqc,qd->pcd", syn, act[block.pre])
     msg = msg.at[block.post].add(part)
-  return _normalise(msg.reshape(n, -1), topo.fan_in, norm)
+  return _normalise(msg.reshape(n, -1), topo.fan_in, norm, reference_fan_in)
 
 
-def _per_synapse_update(theta, syn, act_post, emb_post, act_pre, emb_pre, time_scale=None):
+def _per_synapse_update(theta, syn, act_post, emb_post, act_pre, emb_pre, time_scale=None, rate_scale=None):
   """`rules.synapse_update` vmapped over a block's pairs (`act_pre` `[Q, Da]` or `[P, K, Da]`;
-  `time_scale` `[P]` or None)."""
+  `time_scale` and `rate_scale` `[P]` or None)."""
   pre_axis = 0 if act_pre.ndim == 3 else None
-  scale_axis = None if time_scale is None else 0
-  per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0, None))
-  per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, pre_axis, 0, pre_axis, scale_axis))
-  return per_pair(theta, syn, act_post, act_pre, emb_post, emb_pre, time_scale)
+  axes = [None if v is None else 0 for v in (time_scale, rate_scale)]
+  per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0, None, None))
+  per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, pre_axis, 0, pre_axis, *axes))
+  return per_pair(theta, syn, act_post, act_pre, emb_post, emb_pre, time_scale, rate_scale)
 
 
 def update_synapses(
@@ -409,18 +416,36 @@ def update_synapses(
   out = []
   for b, (block, syn) in enumerate(zip(topo.blocks, synapses, strict=True)):
     act_post, emb_post = act[block.post], emb[block.post]
-    scale = rules.time_scales(spec, topo.fan_in[block.post])
+    fan_in = topo.fan_in[block.post]
+    scales = (rules.time_scales(spec, fan_in), rules.rate_scales(spec, fan_in))
     if spec.fast_synapse:
       index = topo.block_pre_index[b]
       act_pre, emb_pre = (act, emb) if block.fan_in_list else (act[block.pre], emb[block.pre])
       new = rules.synapse_update_block(
-        theta, syn, act_post, emb_post, act_pre, emb_pre, index, spec.chunk_synapses, scale
+        theta, syn, act_post, emb_post, act_pre, emb_pre, index, spec.chunk_synapses, *scales
       )
     else:
       act_pre, emb_pre = _block_pre(topo, b, act), _block_pre(topo, b, emb)
-      new = _per_synapse_update(theta, syn, act_post, emb_post, act_pre, emb_pre, scale)
+      new = _per_synapse_update(theta, syn, act_post, emb_post, act_pre, emb_pre, *scales)
     mask = topo.block_masks[b]
     out.append(new if mask is None else jnp.where(mask[..., None] > 0, new, syn))
+  return center_synapses(topo, tuple(out)) if spec.center_synapses else tuple(out)
+
+
+def center_synapses(topo: Topology, synapses: Sequence[jax.Array]) -> tuple:
+  """The synapse states with each post neuron's mean over its incoming synapses (per channel, over
+  every block it receives from) subtracted: what `RuleSpec.center_synapses` applies after every
+  update. Absent synapses stay as they are."""
+  n = topo.num_neurons
+  total = jnp.zeros((n, synapses[0].shape[-1]), synapses[0].dtype)
+  for b, (block, syn) in enumerate(zip(topo.blocks, synapses, strict=True)):
+    total = total.at[block.post].add(jnp.sum(_masked(topo, b, syn), axis=1))
+  mean = total / jnp.maximum(topo.fan_in, 1.0)[:, None]
+  out = []
+  for b, (block, syn) in enumerate(zip(topo.blocks, synapses, strict=True)):
+    centered = syn - mean[block.post][:, None, :]
+    mask = topo.block_masks[b]
+    out.append(centered if mask is None else jnp.where(mask[..., None] > 0, centered, syn))
   return tuple(out)
 
 
@@ -443,7 +468,8 @@ def network_step(
   emb = theta["type_emb"][topo.types]  # [N, E]
   act_fn = jax.vmap(rules.activation, in_axes=(None, 0, 0, None))
   act = checkpoint_name(act_fn(theta, net_state.bodies, x, spec), rules.NEURON_VALUES)
-  msg = checkpoint_name(block_messages(topo, net_state.synapses, act, spec.message_norm), rules.NEURON_VALUES)
+  msg = block_messages(topo, net_state.synapses, act, spec.message_norm, spec.reference_fan_in)
+  msg = checkpoint_name(msg, rules.NEURON_VALUES)
   bodies = jax.vmap(rules.body_update, in_axes=(None, 0, 0, 0, 0, None, None))(
     theta, net_state.bodies, msg, x, emb, spec, topo.body_recurrence
   )

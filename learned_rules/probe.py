@@ -128,7 +128,7 @@ def _record(theta, topo: network.Topology, problem: unroll.Problem, key: jax.Arr
   def contexts(step: unroll.Step):
     state, x = step.before, step.x
     act = jax.vmap(rules.activation, in_axes=(None, 0, 0, None))(theta, state.bodies, x, spec)
-    msg = network.block_messages(topo, state.synapses, act, spec.message_norm)
+    msg = network.block_messages(topo, state.synapses, act, spec.message_norm, spec.reference_fan_in)
     dense = lambda s: network.dense_synapses(topo, s.synapses)  # noqa: E731
     return state.bodies, msg, x, dense(state), dense(step.after)
 

@@ -73,7 +73,9 @@ def step(
   emb = theta["type_emb"][topo.types]  # [N, E]
   act_fn = jax.vmap(rules.activation, in_axes=(None, 0, 0, None))
   act = act_fn(theta, state.bodies, x, spec)  # [N, Da]
-  msg = network.messages(state.synapses, topo.mask, act, spec.message_norm)  # [N, Ds*Da]
+  msg = network.messages(
+    state.synapses, topo.mask, act, spec.message_norm, spec.reference_fan_in
+  )  # [N, Ds*Da]
   bodies = jax.vmap(rules.body_update, in_axes=(None, 0, 0, 0, 0, None, None))(
     theta, state.bodies, msg, x, emb, spec, topo.body_recurrence
   )

@@ -38,11 +38,21 @@ class RuleSpec:
   hidden: int = 32  # H, hidden units of f_b and f_s
   num_types: int = 3
   bilinear: bool = True  # a_post^T W_k a_pre added to each hidden unit of f_s
-  message_norm: str = "sqrt"  # summed message divided by sqrt(fan-in), fan-in ("mean") or 1 ("sum")
-  # Synapse time constants scaled by fan-in: the per-step decay is sigmoid(lambda) ** (decay_fan_in /
-  # fan-in of the post neuron), so a neuron with more inputs, which can hold more, forgets more slowly;
-  # at a fan-in of decay_fan_in it is sigmoid(lambda) itself. 0: sigmoid(lambda) at every fan-in.
-  decay_fan_in: int = 0
+  # The summed message is divided by sqrt(fan-in) ("sqrt"), fan-in ("mean"), 1 ("sum"), or
+  # sqrt(fan-in x reference_fan_in) ("sqrt_ref": "mean" at the reference fan-in, "sqrt" in how it scales).
+  message_norm: str = "sqrt"
+  # The fan-in F0 at which the rule is plain (0: none). With it, the synapses' time constants grow with
+  # the post neuron's fan-in F: the per-step decay is sigmoid(lambda) ** (F0 / F), so a neuron with
+  # more inputs, which can hold more, forgets more slowly (at F = F0 it is sigmoid(lambda) itself).
+  reference_fan_in: int = 0
+  # With reference_fan_in: also scale the write rate by sqrt(F0 / F), so that a synapse's state, a sum
+  # of writes over a time constant that grows with F, keeps its size; with message_norm "sqrt_ref"
+  # messages keep theirs too (docs/RESULTS.md, "Rules that scale").
+  scale_rate: bool = False
+  # After every update, subtract from each post neuron's incoming synapse states their mean (per
+  # channel): a write's common part, which would grow with the time constant, is not kept
+  # (network.center_synapses; docs/RESULTS.md, "Rules that scale").
+  center_synapses: bool = False
   init_decay: float = 0.95  # sigmoid(lambda) at initialisation
   init_rate: float = 0.12  # sigmoid(eta) at initialisation
   # Implementation switches: the same numbers either way (tests/test_rules.py, test_network.py).
@@ -152,7 +162,7 @@ def body_update(
 
 def synapse_decay(theta: Theta, time_scale: jax.Array | None = None) -> jax.Array:
   """The synapses' per-step decay `[..., Ds]`: `sigmoid(lambda)`, or `sigmoid(lambda) ** time_scale`
-  for an array of exponents `[...]` (one per post neuron: `RuleSpec.decay_fan_in / fan-in`)."""
+  for an array of exponents `[...]` (one per post neuron: `RuleSpec.reference_fan_in / fan-in`)."""
   logit = theta["synapse"]["decay_logit"]
   if time_scale is None:
     return jax.nn.sigmoid(logit)
@@ -161,17 +171,30 @@ def synapse_decay(theta: Theta, time_scale: jax.Array | None = None) -> jax.Arra
 
 def time_scales(spec: RuleSpec, fan_in: jax.Array) -> jax.Array | None:
   """`synapse_decay`'s exponents for post neurons of fan-in `fan_in` under `spec`, or None if the
-  decay is not scaled (`RuleSpec.decay_fan_in`)."""
-  if not spec.decay_fan_in:
+  decay is not scaled (`RuleSpec.reference_fan_in`)."""
+  if not spec.reference_fan_in:
     return None
-  return spec.decay_fan_in / jnp.maximum(jnp.asarray(fan_in, jnp.float32), 1.0)
+  return spec.reference_fan_in / jnp.maximum(jnp.asarray(fan_in, jnp.float32), 1.0)
 
 
-def _bounded_synapse(p: dict, syn: jax.Array, pre_act: jax.Array, decay: jax.Array) -> jax.Array:
-  """`decay * s + sigmoid(eta) * tanh(W2 tanh(pre_act) + b2)`: decaying and bounded."""
+def rate_scales(spec: RuleSpec, fan_in: jax.Array) -> jax.Array | None:
+  """The write rate's factors for post neurons of fan-in `fan_in`, `sqrt(reference_fan_in / fan-in)`, or
+  None if it is not scaled (`RuleSpec.scale_rate`)."""
+  scale = time_scales(spec, fan_in) if spec.scale_rate else None
+  return None if scale is None else jnp.sqrt(scale)
+
+
+def synapse_rate(theta: Theta, rate_scale: jax.Array | None = None) -> jax.Array:
+  """The synapses' write rate `[..., Ds]`: `sigmoid(eta)`, times `rate_scale` `[...]` if given."""
+  rate = jax.nn.sigmoid(theta["synapse"]["rate_logit"])
+  return rate if rate_scale is None else jnp.asarray(rate_scale)[..., None] * rate
+
+
+def _bounded_synapse(p: dict, syn: jax.Array, pre_act: jax.Array, decay: jax.Array, rate: jax.Array):
+  """`decay * s + rate * tanh(W2 tanh(pre_act) + b2)`: decaying and bounded."""
   hid = jnp.tanh(pre_act)
   delta = jnp.tanh(hid @ p["w2"] + p["b2"])
-  return decay * syn + jax.nn.sigmoid(p["rate_logit"]) * delta
+  return decay * syn + rate * delta
 
 
 def synapse_update(
@@ -182,6 +205,7 @@ def synapse_update(
   emb_post: jax.Array,
   emb_pre: jax.Array,
   time_scale: jax.Array | None = None,
+  rate_scale: jax.Array | None = None,
 ) -> jax.Array:
   """Update of one synapse `pre -> post` from local information only.
 
@@ -192,6 +216,7 @@ def synapse_update(
     emb_post: `[E]` post-synaptic neuron's type embedding.
     emb_pre: `[E]` pre-synaptic neuron's type embedding.
     time_scale: `[]` exponent of the decay (`time_scales`: from the post neuron's fan-in), or None.
+    rate_scale: `[]` factor of the write rate (`rate_scales`), or None.
 
   Returns:
     `[Ds]` new synapse state.
@@ -205,7 +230,7 @@ def synapse_update(
   )
   if "w_bi" in p:
     pre_act = pre_act + jnp.einsum("d,kde,e->k", a_post, p["w_bi"], a_pre)
-  return _bounded_synapse(p, syn, pre_act, synapse_decay(theta, time_scale))
+  return _bounded_synapse(p, syn, pre_act, synapse_decay(theta, time_scale), synapse_rate(theta, rate_scale))
 
 
 def _contract(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -278,10 +303,15 @@ def _block_core_bwd(args, g):
   g_w_s = syn.reshape(-1, c).T @ g_h.reshape(-1, h)
   g_w2 = hid.reshape(-1, h).T @ g_z.reshape(-1, c)
   g_b2 = jnp.sum(g_z, axis=(0, 1))
-  # The decay is `[Ds]`, or `[P, 1, Ds]` per post neuron (`synapse_decay` with time scales).
-  g_decay = jnp.sum(g * syn, axis=(0, 1)) if decay.ndim == 1 else jnp.sum(g * syn, axis=1, keepdims=True)
-  g_rate = jnp.sum(g * delta, axis=(0, 1))
+  # The decay and the rate are `[Ds]`, or `[P, 1, Ds]` per post neuron (scaled by fan-in).
+  g_decay = _sum_like(g * syn, decay)
+  g_rate = _sum_like(g * delta, rate)
   return g_syn, g_post, g_pre, g_post_bi, g_act_pre, g_w_s, g_w2, g_b2, g_decay, g_rate
+
+
+def _sum_like(x: jax.Array, like: jax.Array) -> jax.Array:
+  """`x` `[P, Q, Ds]` summed to the shape of a per-channel `[Ds]` or per-post `[P, 1, Ds]` value."""
+  return jnp.sum(x, axis=(0, 1)) if like.ndim == 1 else jnp.sum(x, axis=1, keepdims=True)
 
 
 _block_core.defvjp(_block_core_fwd, _block_core_bwd)
@@ -297,6 +327,7 @@ def synapse_update_block(
   pre_index: jax.Array | None = None,
   chunk_synapses: int | None = None,
   time_scale: jax.Array | None = None,
+  rate_scale: jax.Array | None = None,
 ) -> jax.Array:
   """`synapse_update` for a block of synapses from `P` post to `Q` pre neurons, first layer split.
 
@@ -317,6 +348,7 @@ def synapse_update_block(
       less memory, and on CPU a faster meta-gradient for blocks that large); 0 for the whole block
       at once. Default `RuleSpec.chunk_synapses`.
     time_scale: optional `[P]` exponents of the post neurons' decay (`time_scales`).
+    rate_scale: optional `[P]` factors of the post neurons' write rate (`rate_scales`).
 
   Returns:
     `[P, Q, Ds]` new synapse states (masking absent synapses is the caller's job).
@@ -331,30 +363,30 @@ def synapse_update_block(
   post, pre, post_bi = (checkpoint_name(v, NEURON_VALUES) for v in (post, pre, post_bi))
   if pre_index is not None:
     pre, act_pre = pre[pre_index], act_pre[pre_index]  # [P, Q, H], [P, Q, Da]
-  decay = synapse_decay(theta, time_scale)  # [Ds], or [P, Ds] per post neuron
-  if decay.ndim == 2:
-    decay = decay[:, None, :]
+  # Decay and rate: `[Ds]`, or `[P, 1, Ds]` per post neuron when scaled by fan-in.
+  decay, rate = synapse_decay(theta, time_scale), synapse_rate(theta, rate_scale)
+  decay, rate = (v[:, None, :] if v.ndim == 2 else v for v in (decay, rate))
   weights = (p["w_s"], p["w2"], p["b2"])
-  rate = jax.nn.sigmoid(p["rate_logit"])
   chunk_synapses = RuleSpec.chunk_synapses if chunk_synapses is None else chunk_synapses
   rows = _chunk_rows(syn.shape[0], syn.shape[1], chunk_synapses)
   if rows == syn.shape[0]:
     return _block_core(syn, post, pre, post_bi, act_pre, *weights, decay, rate)
   # Post neurons in chunks of `rows`, one after another, so that each chunk's hidden layer and its
   # gradients stay in cache (docs/PERFORMANCE.md); the pre-neuron terms are shared by all chunks.
-  per_post = (syn, post, post_bi, decay) if decay.ndim == 3 else (syn, post, post_bi)
-  shared = (decay,) if decay.ndim == 1 else ()
-  if pre_index is not None:
-    per_post += (pre, act_pre)
+  per_post = {"syn": syn, "post": post, "post_bi": post_bi}
+  shared = {"pre": pre, "act_pre": act_pre} if pre_index is None else {}
+  per_post.update({} if pre_index is None else {"pre": pre, "act_pre": act_pre})
+  for name, value in (("decay", decay), ("rate", rate)):
+    (shared if value.ndim == 1 else per_post)[name] = value
 
   def chunk(args):
-    syn_c, post_c, post_bi_c, *rest = args
-    decay_c, rest = (rest[0], rest[1:]) if not shared else (shared[0], rest)
-    pre_c, act_pre_c = rest if pre_index is not None else (pre, act_pre)
-    return _block_core(syn_c, post_c, pre_c, post_bi_c, act_pre_c, *weights, decay_c, rate)
+    c = {**shared, **args}
+    return _block_core(
+      c["syn"], c["post"], c["pre"], c["post_bi"], c["act_pre"], *weights, c["decay"], c["rate"]
+    )
 
-  split = [x.reshape(x.shape[0] // rows, rows, *x.shape[1:]) for x in per_post]
-  out = jax.lax.map(chunk, tuple(split))
+  split = {k: x.reshape(x.shape[0] // rows, rows, *x.shape[1:]) for k, x in per_post.items()}
+  out = jax.lax.map(chunk, split)
   return out.reshape(syn.shape)
 
 

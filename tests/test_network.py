@@ -186,8 +186,8 @@ def blocks_of(wide):
     matrix_back = network.dense_synapses(topo, blocks)
     messages = {
       norm: (
-        network.block_messages(topo, blocks, act, norm),
-        network.messages(matrix_back, topo.mask, act, norm),
+        network.block_messages(topo, blocks, act, norm, REFERENCE_FAN_IN),
+        network.messages(matrix_back, topo.mask, act, norm, REFERENCE_FAN_IN),
       )
       for norm in network.MESSAGE_NORMS
     }
@@ -290,6 +290,9 @@ def test_init_net_state_uses_per_type_vectors(theta, small_spec):
   # (That absent synapses stay exactly zero, masked-out block entries included: test_block_structure.)
 
 
+REFERENCE_FAN_IN = 3  # of the "sqrt_ref" norm
+
+
 @pytest.mark.parametrize("norm", network.MESSAGE_NORMS)
 def test_messages_match_explicit_sum(small_spec, norm):
   """`msg[i] = sum_j mask[i, j] outer(syn[i, j], act[j]) / scale[i]`, scale from the fan-in."""
@@ -300,15 +303,24 @@ def test_messages_match_explicit_sum(small_spec, norm):
   mask[0] = 0.0  # a neuron that receives nothing
   mask[1] = 1.0  # and one that receives from everyone
   act = rng.standard_normal((n, da)).astype(np.float32)
-  msg = network.messages(jnp.asarray(syn), jnp.asarray(mask), jnp.asarray(act), norm)
+  msg = network.messages(jnp.asarray(syn), jnp.asarray(mask), jnp.asarray(act), norm, REFERENCE_FAN_IN)
   chex.assert_shape(msg, (n, ds * da))
   want = np.zeros((n, ds, da))
   for i in range(n):
     for j in range(n):
       want[i] += mask[i, j] * np.outer(syn[i, j], act[j])
     fan_in = max(mask[i].sum(), 1.0)
-    want[i] /= {"sqrt": np.sqrt(fan_in), "mean": fan_in, "sum": 1.0}[norm]
+    scale = {
+      "sqrt": np.sqrt(fan_in),
+      "mean": fan_in,
+      "sum": 1.0,
+      "sqrt_ref": np.sqrt(fan_in * REFERENCE_FAN_IN),
+    }
+    want[i] /= scale[norm]
   np.testing.assert_allclose(msg, want.reshape(n, ds * da), rtol=RTOL, atol=1e-5)
+  if norm == "sqrt_ref":
+    with pytest.raises(ValueError, match="reference fan-in"):
+      network.messages(jnp.asarray(syn), jnp.asarray(mask), jnp.asarray(act), norm)
 
 
 @pytest.mark.parametrize("name", TOPOLOGY_CASES)
@@ -618,3 +630,25 @@ def test_key_hops_of_an_unreachable_output_is_an_error():
   mask = np.zeros((3, 3))  # input 0, output 1, hidden 2: no synapse at all
   with pytest.raises(ValueError, match="no path"):
     network.key_hops(mask, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["full", "layered_feedback", "sparse"])
+def test_centered_synapses_have_zero_mean_per_post_neuron(make_net_state, wide, name):
+  """`center_synapses`: after a step, every neuron's incoming synapse states (over all the blocks it
+  receives from, absent synapses not counted) average 0 per channel, and are the uncentered step's
+  states minus that mean; absent synapses stay 0."""
+  spec, theta = wide
+  topo = _topology(name)
+  state = make_net_state(23, topo, spec)
+  x = jnp.asarray(np.random.default_rng(24).choice([-1.0, 1.0], topo.num_neurons), jnp.float32)
+  plain, _ = network.network_step(theta, topo, spec, state, x)
+  centered, _ = network.network_step(theta, topo, dataclasses.replace(spec, center_synapses=True), state, x)
+  mask = np.asarray(topo.mask) > 0
+  dense, before = _dense(topo, centered), _dense(topo, plain)
+  fan_in = mask.sum(axis=1)
+  means = (dense * mask[..., None]).sum(axis=1) / np.maximum(fan_in, 1)[:, None]
+  np.testing.assert_allclose(means, 0.0, atol=1e-5)
+  want = before - ((before * mask[..., None]).sum(axis=1) / np.maximum(fan_in, 1)[:, None])[:, None, :]
+  np.testing.assert_allclose(dense[mask], want[mask], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(dense[~mask], 0.0)
+  assert np.abs(before[mask].mean(axis=0)).max() > 1e-3  # the uncentered states had a mean to remove

@@ -225,11 +225,11 @@ def test_synapse_update_is_decaying_and_bounded(theta, small_spec):
 
 
 def test_decay_is_scaled_by_the_post_neurons_fan_in(theta, small_spec):
-  """`decay_fan_in`: decay ** (decay_fan_in / fan-in) per post neuron, the plain decay at that fan-in;
+  """`reference_fan_in`: decay ** (reference_fan_in / fan-in) per post neuron, the plain decay at that fan-in;
   without it, no time scale at all."""
   plain = jax.nn.sigmoid(theta["synapse"]["decay_logit"])
   assert rules.time_scales(small_spec, jnp.asarray([4.0])) is None
-  spec = dataclasses.replace(small_spec, decay_fan_in=63)
+  spec = dataclasses.replace(small_spec, reference_fan_in=63)
   scales = rules.time_scales(spec, jnp.asarray([63.0, 126.0, 0.0]))
   np.testing.assert_allclose(scales, [1.0, 0.5, 63.0])  # a neuron without inputs counts one
   decay = rules.synapse_decay(theta, scales)
@@ -245,6 +245,13 @@ def test_decay_is_scaled_by_the_post_neurons_fan_in(theta, small_spec):
     (np.sqrt(plain) - plain) * inp["syn"],
     atol=1e-5,
   )
+  # scale_rate: the write (what is added to the decayed state) times sqrt(reference_fan_in / fan-in).
+  assert rules.rate_scales(spec, jnp.asarray([126.0])) is None
+  rates = rules.rate_scales(dataclasses.replace(spec, scale_rate=True), jnp.asarray([63.0, 252.0]))
+  np.testing.assert_allclose(rates, [1.0, 0.5])
+  write = unscaled - plain * inp["syn"]
+  quarter = rules.synapse_update(*args, time_scale=jnp.asarray(0.25), rate_scale=rates[1])
+  np.testing.assert_allclose(quarter - plain**0.25 * inp["syn"], 0.5 * write, atol=1e-5)
 
 
 def test_readout_is_affine_in_body(theta, small_spec):
@@ -279,15 +286,17 @@ def _block_case(seed: int, spec: rules.RuleSpec, fan_in: bool):
   )
 
 
-def _per_synapse_block(theta, syn, act_post, emb_post, act_pre, emb_pre, pre_index, time_scale=None):
+def _per_synapse_block(
+  theta, syn, act_post, emb_post, act_pre, emb_pre, pre_index, time_scale=None, rate_scale=None
+):
   """`vmap(vmap(synapse_update))` over a block's pairs; a fan-in block gathers its pre neurons first."""
   pre_axis = None if pre_index is None else 0
   if pre_index is not None:
     act_pre, emb_pre = act_pre[pre_index], emb_pre[pre_index]
-  per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0, None))
-  scale_axis = None if time_scale is None else 0
-  per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, pre_axis, 0, pre_axis, scale_axis))
-  return per_pair(theta, syn, act_post, act_pre, emb_post, emb_pre, time_scale)
+  per_pre = jax.vmap(rules.synapse_update, in_axes=(None, 0, None, 0, None, 0, None, None))
+  axes = [None if v is None else 0 for v in (time_scale, rate_scale)]
+  per_pair = jax.vmap(per_pre, in_axes=(None, 0, 0, pre_axis, 0, pre_axis, *axes))
+  return per_pair(theta, syn, act_post, act_pre, emb_post, emb_pre, time_scale, rate_scale)
 
 
 # (fan-in block, bilinear, chunk_synapses, decay scaled per post neuron): chunk 0 is the whole block at
@@ -331,12 +340,15 @@ def test_block_update_values_and_gradients_equal_per_synapse_vmap(
   theta = make_theta(jax.random.PRNGKey(0), spec, seed=30)
   args, pre_index, weights = _block_case(31, spec, fan_in)
   names = ("syn", "act_post", "emb_post", "act_pre", "emb_pre")
-  # Post neurons of fan-in 2, 4 and 8 under decay_fan_in = 4: exponents 2, 1 and 0.5.
-  scale = rules.time_scales(dataclasses.replace(spec, decay_fan_in=4), jnp.asarray([2.0, 4.0, 8.0]))
-  scale = scale if scaled else None
+  # Post neurons of fan-in 2, 4 and 8 under reference_fan_in = 4: decay exponents 2, 1 and 0.5, and the
+  # rate times their square roots.
+  scaled_spec = dataclasses.replace(spec, reference_fan_in=4, scale_rate=True)
+  post_fan_in = jnp.asarray([2.0, 4.0, 8.0])
+  scale = rules.time_scales(scaled_spec, post_fan_in) if scaled else None
+  rate = rules.rate_scales(scaled_spec, post_fan_in) if scaled else None
 
   def loss(update, theta, *values):
-    out = update(theta, *values, pre_index=pre_index, time_scale=scale)
+    out = update(theta, *values, pre_index=pre_index, time_scale=scale, rate_scale=rate)
     return jnp.sum(weights * out), out
 
   grad_argnums = tuple(range(1 + len(names)))

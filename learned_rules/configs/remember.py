@@ -52,10 +52,14 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   cfg.rule.emb_dim = 8  # E
   cfg.rule.hidden = 32  # hidden units of f_b and f_s
   cfg.rule.bilinear = True  # pre x post bilinear term in every hidden unit of f_s
-  cfg.rule.message_norm = "sqrt"  # sqrt | mean | sum: divide summed messages by sqrt(fan-in), fan-in, 1
-  # Scale the synapses' decay by fan-in: sigmoid(lambda) ** (decay_fan_in / fan-in), so that neurons
-  # with more inputs forget more slowly (0: off; 63 is the default network's fan-in, where it is plain).
-  cfg.rule.decay_fan_in = 0
+  # sqrt | mean | sum | sqrt_ref: divide summed messages by sqrt(fan-in), fan-in, 1, or
+  # sqrt(fan-in x reference_fan_in)
+  cfg.rule.message_norm = "sqrt"
+  # The fan-in at which the rule is plain (0: none; 63 is the default network's). With it, the synapse
+  # decay is sigmoid(lambda) ** (reference_fan_in / fan-in): neurons with more inputs forget more slowly.
+  cfg.rule.reference_fan_in = 0
+  cfg.rule.scale_rate = False  # with reference_fan_in: the write rate times sqrt(reference_fan_in / fan-in)
+  cfg.rule.center_synapses = False  # subtract each neuron's mean incoming synapse state after every update
   cfg.rule.init_decay = 0.95
   cfg.rule.init_rate = 0.12
   cfg.rule.fast_synapse = True  # split-first-layer synapse update (same numbers, faster)
