@@ -118,13 +118,18 @@ def _validate_net(cfg) -> None:
     )
 
 
-def _optional_bool(cfg, dotted: str) -> bool:
-  """The boolean field `dotted`, validated; a config from before it existed (a shipped rule's, an older
-  run's) lacks it and reads its default, `checkpointing.OPTIONAL_FIELDS[dotted]`."""
+def _optional(cfg, dotted: str, read):
+  """The field `dotted` as `read(cfg, dotted)` validates it; a config from before it existed (a shipped
+  rule's, an older run's) lacks it and reads its default, `checkpointing.OPTIONAL_FIELDS[dotted]`."""
   parent, _, leaf = dotted.rpartition(".")
   if leaf not in _get(cfg, parent):
     return checkpointing.OPTIONAL_FIELDS[dotted]
-  return _bool(cfg, dotted)
+  return read(cfg, dotted)
+
+
+def _optional_bool(cfg, dotted: str) -> bool:
+  """The boolean field `dotted`, validated, or its default (`_optional`)."""
+  return _optional(cfg, dotted, _bool)
 
 
 def trained_synapses(cfg) -> bool:
@@ -141,9 +146,7 @@ def _validate_rule(cfg) -> None:
   _float(cfg, "rule.init_rate", 0.0, 1.0, low_open=True)
   _bool(cfg, "rule.bilinear")
   _choice(cfg, "rule.message_norm", network.MESSAGE_NORMS)
-  if "reference_fan_in" in _get(cfg, "rule"):
-    _int(cfg, "rule.reference_fan_in", 0)
-  reference = _get(cfg, "rule").get("reference_fan_in", 0)
+  reference = _optional(cfg, "rule.reference_fan_in", lambda c, f: _int(c, f, 0))
   if _optional_bool(cfg, "rule.scale_rate") and not reference:
     raise ConfigError(
       "rule.scale_rate", "True needs rule.reference_fan_in (the fan-in at which the rate is plain)"
@@ -472,11 +475,10 @@ def rule_spec(cfg, topo: network.Topology) -> rules.RuleSpec:
     num_types=topo.num_types,
     bilinear=bool(r.bilinear),
     message_norm=r.message_norm,
-    reference_fan_in=int(r.reference_fan_in)
-    if "reference_fan_in" in r
-    else 0,  # optional: older configs lack both
-    scale_rate=bool(r.scale_rate) if "scale_rate" in r else False,
-    center_synapses=bool(r.center_synapses) if "center_synapses" in r else False,
+    # Optional: older configs lack these (`_optional`).
+    reference_fan_in=int(_optional(cfg, "rule.reference_fan_in", _get)),
+    scale_rate=bool(_optional(cfg, "rule.scale_rate", _get)),
+    center_synapses=bool(_optional(cfg, "rule.center_synapses", _get)),
     init_decay=r.init_decay,
     init_rate=r.init_rate,
     fast_synapse=bool(r.fast_synapse),

@@ -445,9 +445,8 @@ def _train(cfg, workdir: str, label: str, curve: Curve | None) -> TrainState:
   spec = config_lib.train_spec(cfg)
   mesh = make_mesh(spec)
   main = jax.process_index() == 0
-  start_theta = initial_theta(
-    cfg, meta_batch
-  )  # a missing or foreign rule: refused before anything is written
+  # A missing or foreign `train.init_rule` is refused before anything is written.
+  start_theta = initial_theta(cfg, meta_batch)
   needed = checkpoint_bytes(topos, meta_batch, optimizer) * (spec.max_to_keep + 1)
   checkpointing.check_workdir(workdir, needed + 2**20)
   mesh_topos, sharded = on_mesh(topos, meta_batch, mesh)

@@ -108,7 +108,7 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   # ("net.num_hidden=32", "net.num_hidden=96,task.num_snippets=16"); empty: this config's one problem.
   cfg.train.mixture = ()
   # Start from a saved rule instead of the seed's theta: a shipped rule's name ("hetero"), a saved rule
-  # (`<path>.json`) or a run directory, of the same rule form (rule.* sizes, message_norm).
+  # (`<path>.json`) or a run directory, of the same rule sizes (its message and fan-in scaling may differ).
   cfg.train.init_rule = ""
 
   # The device mesh (learned_rules/sharding.py): `batch` devices split the episodes of a meta step
