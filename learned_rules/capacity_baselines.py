@@ -3,8 +3,9 @@
 The linear memories (`baselines.py`) need no fitting. The recurrent nets (`trained_baselines.py`) are
 sized next to the learned network (`recurrent_size`), trained on the mixture of the sweep's K with the
 learning rate tuned and several seeds, each training run kept in the workdir (`fit_recurrent`). Online
-backprop has its step size tuned per K. Every fitting key is folded from the rule's training key with a
-tag of its own: neither training batches nor evaluation episodes.
+backprop and the random-feature delta rule (on the hidden layers of the network evaluated,
+`random_delta_hidden`) have their step size tuned per K. Every fitting key is folded from the rule's
+training key with a tag of its own: neither training batches nor evaluation episodes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 
 from learned_rules import baselines, meta_train, network, result_cache, trained_baselines
 from learned_rules import config as config_lib
-from learned_rules.capacity_plan import OnlineBackpropSpec, RecurrentSpec
+from learned_rules.capacity_plan import OnlineBackpropSpec, RandomDeltaSpec, RecurrentSpec
 
 # Tags of the trained baselines' keys, folded into the run's training key.
 _RECURRENT_TAG, _TUNE_TAG, _RECURRENT_TUNE_TAG = 2, 3, 4  # training, online step size tuning, rate tuning
@@ -142,6 +143,30 @@ def online_backprop_records(spec: OnlineBackpropSpec, specs: tuple, seed: int, k
   readout = trained_baselines.online_backprop_readout_fn(spec.hidden)
   out = baselines.evaluate_over_k(readout, jnp.asarray(lrs), specs, key, num_episodes, per_k_args=True)
   return [{**r, "step_size": lr} for r, lr in zip(out, lrs, strict=True)]
+
+
+def random_delta_hidden(cfg) -> tuple[int, ...]:
+  """The hidden layers `random_delta` gets next to the network of config `cfg`: the layers of a layered
+  topology (`net.hidden_layers`), else one layer of its `net.num_hidden` hidden neurons."""
+  if cfg.net.topology in ("layered", "layered_feedback"):
+    return tuple(int(h) for h in cfg.net.hidden_layers)
+  return (int(cfg.net.num_hidden),)
+
+
+def random_delta_records(
+  spec: RandomDeltaSpec, specs: tuple, seed: int, key, num_episodes: int, hidden: tuple[int, ...]
+) -> list[dict]:
+  """Metrics of fixed random layers of sizes `hidden` with a delta-rule readout at every K of `specs` on
+  the held-out episodes of `key`, its step size tuned per K on the tuning episodes of online backprop
+  (for the rule of seed `seed`), one dict per K with its `step_size` and `hidden`."""
+  hidden = tuple(int(h) for h in hidden)
+  tune_key = jax.random.fold_in(meta_train.train_key(seed), _TUNE_TAG)
+  lrs, _ = trained_baselines.tune_random_delta_over_k(
+    specs, tune_key, tuple(spec.step_sizes), spec.tune_episodes, hidden
+  )
+  readout = trained_baselines.random_delta_readout_fn(hidden)
+  out = baselines.evaluate_over_k(readout, jnp.asarray(lrs), specs, key, num_episodes, per_k_args=True)
+  return [{**r, "step_size": lr, "hidden": list(hidden)} for r, lr in zip(out, lrs, strict=True)]
 
 
 def linear_records(rule: str, specs: tuple, key, num_episodes: int) -> list[dict]:

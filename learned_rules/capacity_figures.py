@@ -51,8 +51,10 @@ def plot_recall_vs_k(records: list[dict], path: str) -> None:
         ax.plot(ks, accuracy, color="black", lw=1.6, ls="-.", label="key-blind floor", zorder=5)
         floor_drawn = True
       continue
-    label = network_name if rule == "learned" else rule.replace("_", " ")
-    ax.plot(ks, accuracy, "o-" if rule == "learned" else "s--", label=label)
+    label, style = (network_name, "o-") if rule == "learned" else (rule.replace("_", " "), "s--")
+    if rule == "random_delta":  # evaluated on every network, with its hidden layers
+      label, style = f"{network_name}: random hidden + delta rule", "^:"
+    ax.plot(ks, accuracy, style, label=label)
   ax.axhline(0.5, color="gray", lw=0.8, ls=":")
   ax.text(ax.get_xlim()[1], 0.5, "chance ", fontsize=7, color="gray", ha="right", va="bottom")
   # Theory for a memory of n-bit keys: Hebbian about 0.14 n (Hopfield, full cue), Cover/Gardner 2 n.

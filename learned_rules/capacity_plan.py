@@ -21,11 +21,12 @@ RECURRENT_BASELINES = ("recurrent", "recurrent_state")  # parameter-matched and 
 # per-type-pair state plus fresh noise (`synapses_off`) or each at a meta-trained weight state of its own
 # (`routing`: a trained recurrent network of the same wiring).
 CONTROLS = ("synapses_off", "routing")
-BASELINES = (*LINEAR_BASELINES, *CONTROLS, *RECURRENT_BASELINES, "online_backprop")
+BASELINES = (*LINEAR_BASELINES, *CONTROLS, *RECURRENT_BASELINES, "online_backprop", "random_delta")
 
 
-# The fields of the two trained-baseline specs are those of the config's `recurrent` and `online_backprop`
-# groups, by name: a group's fields shape its baseline's results, so they are part of their cache key.
+# The fields of the trained-baseline specs are those of the config's `recurrent`, `online_backprop` and
+# `random_delta` groups, by name: a group's fields shape its baseline's results, so they are part of their
+# cache key.
 @dataclasses.dataclass(frozen=True)
 class RecurrentSpec:
   """`recurrent` and `recurrent_state`: GRUs (or LSTMs) trained by back-propagation through time."""
@@ -49,6 +50,16 @@ class OnlineBackpropSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class RandomDeltaSpec:
+  """`random_delta`: fixed random hidden layers with a delta-rule readout, step size tuned. Its hidden
+  layers are not a field: they are those of the network evaluated
+  (`capacity_baselines.random_delta_hidden`)."""
+
+  step_sizes: tuple[float, ...]
+  tune_episodes: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
   """Everything a capacity study runs. `difficulty` lists its `(axis, value)` settings in order; `rules`
   maps each learned rule's run name (`run_name`) to its `remember` config."""
@@ -67,6 +78,7 @@ class Plan:
   difficulty_baselines: tuple[str, ...]
   recurrent: RecurrentSpec
   online_backprop: OnlineBackpropSpec
+  random_delta: RandomDeltaSpec
   train_neurons: int  # N and K of the rules' training task, marked in the figures
   train_k: int
   rules: Mapping[str, config_lib.ConfigDict] = dataclasses.field(compare=False)
@@ -209,6 +221,12 @@ def _check_numbers(study) -> None:
     )
   if not study.online_backprop.step_sizes or any(s < 0 for s in study.online_backprop.step_sizes):
     raise config_lib.ConfigError("online_backprop.step_sizes", "needs at least one step size, each >= 0")
+  steps = study.random_delta.step_sizes
+  if not steps or any(not isinstance(s, (int, float)) or not s > 0 for s in steps):
+    raise config_lib.ConfigError(
+      "random_delta.step_sizes", f"needs at least one step size, each > 0; got {steps}"
+    )
+  config_lib.positive_int(study, "random_delta.tune_episodes")
 
 
 def _rule_configs(study) -> dict[str, config_lib.ConfigDict]:
@@ -277,6 +295,7 @@ def read_plan(study) -> Plan:
     difficulty_baselines=names(study.difficulty.baselines),
     recurrent=_spec(RecurrentSpec, study, "recurrent"),
     online_backprop=_spec(OnlineBackpropSpec, study, "online_backprop"),
+    random_delta=_spec(RandomDeltaSpec, study, "random_delta"),
     train_neurons=base.net.num_inputs + base.net.num_outputs + base.net.num_hidden,
     train_k=base.task.num_snippets,
     rules=cfgs,

@@ -33,6 +33,15 @@ from learned_rules.capacity_plan import (
   with_setting,
 )
 
+# Baselines whose step size the study tunes per K (`capacity_baselines`), each with a spec of its own in
+# the plan under its name.
+TUNED_BASELINES = ("online_backprop", "random_delta")
+# Baselines of the networks study evaluated on every network rather than on the first only: the key-blind
+# floor, whose task may differ (the layered networks' longer queries and held keys), and the random
+# features with a delta-rule readout, which take the network's hidden layers (a layered network's control:
+# can anything store through hidden layers of these sizes?).
+PER_NETWORK = ("key_blind", "random_delta")
+
 
 class Study:
   """What one invocation shares across studies: trained rules and baselines, the cache, progress."""
@@ -81,7 +90,7 @@ class Study:
     if specs != self.episode_specs:
       jax.clear_caches()
       self.episode_specs = specs
-    if rule not in (*LINEAR_BASELINES, *RECURRENT_BASELINES, "online_backprop"):  # a rule or a control
+    if rule not in (*LINEAR_BASELINES, *RECURRENT_BASELINES, *TUNED_BASELINES):  # a rule or a control
       return evaluate_lib.recall_vs_k(
         learned[0], topo, config_lib.problem(cfg, topo), k_values, num_episodes, key
       )
@@ -89,10 +98,15 @@ class Study:
       out = capacity_baselines.linear_records(rule, specs, key, num_episodes)
     elif rule in RECURRENT_BASELINES:
       out = self.recurrent_records(rule, cfg, topo, specs, key, num_episodes, learned[0])
-    else:
+    elif rule == "online_backprop":
       spec = self.plan.online_backprop
       out = capacity_baselines.online_backprop_records(
         spec, specs, config_lib.train_spec(cfg).seed, key, num_episodes
+      )
+    else:
+      seed, hidden = config_lib.train_spec(cfg).seed, capacity_baselines.random_delta_hidden(cfg)
+      out = capacity_baselines.random_delta_records(
+        self.plan.random_delta, specs, seed, key, num_episodes, hidden
       )
     return [{"K": int(k), **r} for k, r in zip(k_values, out, strict=True)]
 
@@ -126,8 +140,10 @@ class Study:
       cache_key.update(theta=digest, rule_config=config_lib.as_dict(cfg)["rule"])
     if rule in RECURRENT_BASELINES:
       cache_key[rule] = dataclasses.asdict(self.plan.recurrent)
-    elif rule == "online_backprop":
-      cache_key[rule] = dataclasses.asdict(self.plan.online_backprop)
+    elif rule in TUNED_BASELINES:
+      cache_key[rule] = dataclasses.asdict(getattr(self.plan, rule))
+    if rule == "random_delta":
+      cache_key["hidden"] = list(capacity_baselines.random_delta_hidden(cfg))
     # The same memory on the same episodes under another label (each difficulty axis passes through
     # the base setting) is evaluated once per invocation.
     same = {k: v for k, v in cache_key.items() if k not in ("study", "axis", "value")}
@@ -218,9 +234,8 @@ def run(plan: Plan, workdir: str) -> list[dict]:
   records = []
   if "networks" in plan.studies:
     for i, name in enumerate(plan.networks):
-      # Baselines are evaluated once, on the first network; the key-blind floor on every network, whose
-      # task may differ (the layered networks' longer queries and held keys).
-      names = plan.baselines if i == 0 else [b for b in plan.baselines if b == "key_blind"]
+      # Baselines are evaluated once, on the first network; those of `PER_NETWORK` on every network.
+      names = plan.baselines if i == 0 else [b for b in plan.baselines if b in PER_NETWORK]
       records += s.rule_and_baselines(
         _meta("networks", name), "hetero", names, plan.k_values, plan.num_episodes
       )

@@ -16,6 +16,12 @@ and `unroll.episode_objective` do (`sample_episodes`), in the batches of `evalua
   feed-forward net `n_in -> hidden tanh -> n_out linear`, freshly initialised in every episode and trained
   during the episode by one SGD step on `0.5 ||f(key) - teach||^2` at every step that carries a teaching
   input, with its step size tuned on separate episodes (`tune_online_backprop`).
+- `random_delta` (memory in the readout weights only): fixed random tanh layers, freshly drawn in every
+  episode and never trained, with a linear readout of the last one learned during the episode by the
+  normalised delta rule at every step that carries a teaching input, its step size tuned on separate
+  episodes (`tune_random_delta_over_k`). The capacity study gives it the hidden layers of the network
+  evaluated: it tells "this rule form cannot store through hidden layers" apart from "meta-training has
+  not found how", since random features with a delta-rule readout are one way to store through them.
 """
 
 from __future__ import annotations
@@ -410,7 +416,7 @@ def tune_online_backprop(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Several K in one program (`baselines.eval_batch_over_k`): both baselines are causal and, on a step
+# Several K in one program (`baselines.eval_batch_over_k`): the trained baselines are causal and, on a step
 # without a teaching input, change nothing but their readout, so blank padding steps are harmless.
 
 
@@ -427,12 +433,10 @@ def online_backprop_readout_fn(hidden: int):
   return lambda lr, episode, init_key, spec: online_backprop(episode, spec, lr, hidden, init_key)
 
 
-def tune_online_backprop_over_k(
-  specs, key, step_sizes=DEFAULT_STEP_SIZES, num_episodes=256, hidden=32, batch=64
-):
-  """`tune_online_backprop` for every task of `specs` at once: the best step size of each (the first on
-  a tie) and the bit accuracies `[len(step_sizes)][len(specs)]`."""
-  readout = online_backprop_readout_fn(hidden)
+def _tune_over_k(readout, specs, key, step_sizes, num_episodes, batch):
+  """The best step size of `readout` (`readout(lr, episode, init_key, spec)`) for every task of `specs`
+  (the first on a tie) over `num_episodes` episodes drawn from `key`, and the bit accuracies
+  `[len(step_sizes)][len(specs)]`."""
   table = [
     [
       r["bit_accuracy"]
@@ -444,3 +448,76 @@ def tune_online_backprop_over_k(
     float(step_sizes[max(range(len(step_sizes)), key=lambda i: table[i][k])]) for k in range(len(specs))
   ]
   return best, table
+
+
+def tune_online_backprop_over_k(
+  specs, key, step_sizes=DEFAULT_STEP_SIZES, num_episodes=256, hidden=32, batch=64
+):
+  """`tune_online_backprop` for every task of `specs` at once: the best step size of each (the first on
+  a tie) and the bit accuracies `[len(step_sizes)][len(specs)]`."""
+  return _tune_over_k(online_backprop_readout_fn(hidden), specs, key, step_sizes, num_episodes, batch)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixed random hidden layers with a delta-rule readout, learned during the episode.
+
+
+def init_random_features(key: jax.Array, n_in: int, hidden: tuple[int, ...]) -> tuple[jax.Array, ...]:
+  """Weights `[fan_in, fan_out]` of tanh layers of sizes `hidden` on `n_in` inputs, one per layer, LeCun
+  normal (pre-activations of unit variance for +-1 inputs, so the units are neither saturated nor
+  linear); no biases, so a step without a key reads out nothing."""
+  sizes = (n_in, *hidden)
+  init = jax.nn.initializers.lecun_normal()
+  return tuple(
+    init(jax.random.fold_in(key, layer), (sizes[layer], sizes[layer + 1])) for layer in range(len(hidden))
+  )
+
+
+def random_features(weights: tuple[jax.Array, ...], x: jax.Array) -> jax.Array:
+  """`[..., n_in]` -> `[..., hidden[-1]]`: the last layer's activity of the tanh layers `weights`
+  (`init_random_features`); `x` itself when there are none."""
+  for w in weights:
+    x = jnp.tanh(x @ w)
+  return x
+
+
+def random_delta(
+  episode: tasks.Episode, spec: tasks.TaskSpec, lr: float | jax.Array, hidden: tuple[int, ...], key: jax.Array
+) -> jax.Array:
+  """Readouts `[T, n_out]` of fixed random tanh layers of sizes `hidden` (`init_random_features(key,
+  ...)`) with a linear readout learned during the episode by the normalised delta rule.
+
+  At every step t the readout is `y_t = h_t W`, `h_t` `[H]` the last hidden layer's activity for `key_t`
+  and W `[H, n_out]` starting at zero; then, if the step carries a teaching input (any nonzero teaching
+  bit), `W += lr h_t (teach_t - y_t)^T / (h_t . h_t + 1e-6)`: readout first, then update, as
+  `online_backprop`. `lr = 1` stores the current pair exactly (`h_t W = teach_t` after the update),
+  overwriting what other pairs left along `h_t`; smaller steps average the presentations of a snippet.
+  """
+  keys, teach = baselines.split_input(episode, spec)
+  stored = jnp.any(teach != 0, axis=-1)
+  features = random_features(init_random_features(key, spec.n_in, hidden), keys)  # [T, H]
+
+  def step(w, inputs):  # w [H, n_out], so that y = h @ w
+    h, value, is_stored = inputs
+    out = h @ w
+    rate = jnp.where(is_stored, lr, 0.0) / (h @ h + 1e-6)
+    return w + rate * jnp.outer(h, value - out), out
+
+  w0 = jnp.zeros((features.shape[-1], spec.n_out), features.dtype)
+  _, readout = jax.lax.scan(step, w0, (features, teach, stored))
+  return readout
+
+
+@functools.cache
+def random_delta_readout_fn(hidden: tuple[int, ...]):
+  """`readout(lr, episode, init_key, spec)` of `random_delta` for `baselines.eval_batch_over_k`, its
+  random layers drawn from each episode's key (one function object per sizes: call it with a tuple)."""
+  return lambda lr, episode, init_key, spec: random_delta(episode, spec, lr, hidden, init_key)
+
+
+def tune_random_delta_over_k(specs, key, step_sizes, num_episodes, hidden: tuple[int, ...], batch=64):
+  """The best step size of `random_delta` with hidden layers `hidden` for every task of `specs` (the
+  first on a tie) over `num_episodes` tuning episodes drawn from `key`, and the bit accuracies
+  `[len(step_sizes)][len(specs)]`. `key` must differ from the evaluation key."""
+  readout = random_delta_readout_fn(tuple(int(h) for h in hidden))
+  return _tune_over_k(readout, specs, key, step_sizes, num_episodes, batch)

@@ -13,6 +13,7 @@ import pytest
 from experiments import capacity as capacity_command
 from learned_rules import (
   baselines,
+  capacity_baselines,
   capacity_figures,
   capacity_plan,
   capacity_study,
@@ -215,6 +216,14 @@ def test_the_study_reads_every_rule_and_setting_it_needs():
   moved = capacity_plan.with_setting(plan.rules["full"], "size", 32)
   assert (moved.net.num_inputs, moved.net.num_outputs, moved.net.num_hidden) == (8, 8, 16)
   assert plan.rules["full"].net.num_inputs == 4  # with_setting leaves its argument alone
+  # `random_delta`: its config group, and the hidden layers of the network it runs next to
+  assert plan.random_delta == capacity_plan.RandomDeltaSpec(step_sizes=(0.3, 1.0), tune_episodes=4)
+  study = capacity_configs.get_config("tiny")
+  hidden = capacity_baselines.random_delta_hidden
+  assert hidden(plan.rules["full"]) == (plan.rules["full"].net.num_hidden,)
+  assert hidden(plan.rules["layered-1"]) == (32,)
+  assert hidden(capacity_plan.network_config(study, "layered-2")) == (16, 16)
+  assert hidden(capacity_plan.network_config(study, "sparse-0.5")) == (study.base.net.num_hidden,)
 
 
 @pytest.mark.parametrize(
@@ -232,6 +241,9 @@ def test_the_study_reads_every_rule_and_setting_it_needs():
     ("recurrent.learning_rates", ()),
     ("recurrent.learning_rates", (1e-3, -1.0)),
     ("recurrent.state_hidden_cap", 0),
+    ("random_delta.step_sizes", ()),
+    ("random_delta.step_sizes", (0.5, -1.0)),
+    ("random_delta.step_sizes", (0.0,)),
   ],
 )
 def test_invalid_study_fails_before_anything_runs(tmp_path, field, value):

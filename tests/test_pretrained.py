@@ -18,6 +18,7 @@ from learned_rules import (
   checkpointing,
   evaluation,
   load_rule,
+  make_full,
   meta_train,
   pretrained,
   save_rule,
@@ -66,10 +67,11 @@ def test_save_and_load_round_trip(trained, tmp_path):
   assert os.path.getsize(blob_path) < 64 * 1024
 
 
-def test_shipped_rule_reproduces_its_recorded_recall():
-  """The shipped `hetero` rule loads by name and gives the recall recorded when it was exported."""
-  assert "hetero" in available_rules()
-  rule = load_rule("hetero")
+@pytest.mark.parametrize("name", ["hetero", "general"])
+def test_shipped_rule_reproduces_its_recorded_recall(name):
+  """A shipped rule loads by name and gives the recall recorded when it was exported."""
+  assert name in available_rules()
+  rule = load_rule(name)
   assert rule.config.task.protocol == "hetero" and rule.meta_steps > 0
   record = next(r for r in rule.info["recall_vs_k"] if r["K"] == 8)
   got = evaluation.recall_vs_k(
@@ -84,16 +86,30 @@ def test_shipped_rule_reproduces_its_recorded_recall():
   assert record["bit_accuracy"] > 0.95  # what the docs report for it
 
 
-def test_shipped_rule_remembers_inside_a_memory():
-  rule = load_rule("hetero")
-  memory = PlasticMemory.from_rule(rule)
+def _recall_in_memory(memory: PlasticMemory, num_pairs: int, episodes: int = 32) -> float:
+  """Bit accuracy of `memory` reading back, in reverse order, `num_pairs` random pairs it wrote."""
   rng = np.random.default_rng(0)
-  keys = rng.choice([-1.0, 1.0], (32, 8, rule.topology.n_in)).astype(np.float32)
-  values = rng.choice([-1.0, 1.0], (32, 8, rule.topology.n_out)).astype(np.float32)
+  keys = rng.choice([-1.0, 1.0], (episodes, num_pairs, memory.topology.n_in)).astype(np.float32)
+  values = rng.choice([-1.0, 1.0], (episodes, num_pairs, memory.topology.n_out)).astype(np.float32)
   variables = memory.init(jax.random.PRNGKey(0), keys)
   _, written = memory.apply(variables, keys, values, method="write", mutable=["memory"])
   recalled, _ = memory.apply({**variables, **written}, keys[:, ::-1], mutable=["memory"])
-  accuracy = float(np.mean(np.sign(recalled) == values[:, ::-1]))
+  return float(np.mean(np.sign(recalled) == values[:, ::-1]))
+
+
+def test_shipped_rule_remembers_inside_a_memory():
+  accuracy = _recall_in_memory(PlasticMemory.from_rule(load_rule("hetero")), 8)
+  assert accuracy > 0.95, accuracy
+
+
+def test_general_rule_runs_on_a_network_of_another_size():
+  """`general`, meta-trained at N = 64 and 128, on a `full` network of a size it never saw (N = 96)
+  through the public API, at the size study's target K = 3N/16 = 18 pairs."""
+  rule = load_rule("general")
+  assert rule.topology.num_neurons == 64
+  memory = PlasticMemory.from_rule(rule, topology=make_full(24, 24, 48))
+  assert memory.num_neurons == 96
+  accuracy = _recall_in_memory(memory, 18, episodes=8)
   assert accuracy > 0.95, accuracy
 
 

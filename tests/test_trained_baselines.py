@@ -1,6 +1,7 @@
-"""Tests of `learned_rules.trained_baselines`: online backprop against an explicit SGD loop, the recurrent
-net's training (on a mixture of K, learning rate tuned, several seeds) and size, both evaluated on the
-network's own held-out episodes, and both recalling more than the best memory that ignores the key.
+"""Tests of `learned_rules.trained_baselines`: online backprop against an explicit SGD loop, random
+features with a delta-rule readout against an explicit loop, the recurrent net's training (on a mixture
+of K, learning rate tuned, several seeds) and size, all evaluated on the network's own held-out episodes,
+and all recalling more than the best memory that ignores the key.
 
 Compilation dominates: the tests share a few tiny tasks (`SPEC`, the sweep `MIX`), one batch size and
 few hidden sizes, so each jitted program compiles once; the recurrent net is fitted once (`fitted`).
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from learned_rules import baselines, capacity_baselines, capacity_plan, network, rules, tasks
+from learned_rules import baselines, capacity_baselines, capacity_plan, network, rules, tasks, unroll
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
 from learned_rules import trained_baselines as tb
@@ -47,6 +48,7 @@ RICH = _spec(3, present_steps=2, gap_steps=1, delay_steps=1, cue_corruption=0.25
 # The reference computations, jitted: one compile each instead of an op-by-op dispatch.
 _sample_episode = jax.jit(tasks.sample_episode, static_argnums=1)
 _online_backprop = jax.jit(tb.online_backprop, static_argnums=(1, 3))
+_random_delta = jax.jit(tb.random_delta, static_argnums=(1, 3))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -91,6 +93,61 @@ def test_online_backprop_with_step_size_zero_stores_nothing():
   got = _online_backprop(episode, RICH, 0.0, HIDDEN, key)
   want = _untrained(key, RICH, HIDDEN, episode.x[:, : RICH.n_in])
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+def _numpy_random_delta(episode, spec, lr, weights) -> np.ndarray:
+  """Explicit loop: read out y = h W (h the random layers' last activity), then, if taught, the
+  normalised delta rule W += lr h (teach - y)^T / (h . h + 1e-6)."""
+  x = np.asarray(episode.x, np.float64)
+  w = np.zeros((weights[-1].shape[1], spec.n_out))
+  readouts = []
+  for step in range(x.shape[0]):
+    h, teach = x[step, : spec.n_in], x[step, spec.n_in : spec.n_in + spec.n_out]
+    for layer in weights:
+      h = np.tanh(h @ np.asarray(layer, np.float64))
+    out = h @ w
+    readouts.append(out)
+    if np.any(teach != 0):
+      w = w + lr * np.outer(h, teach - out) / (h @ h + 1e-6)
+  return np.array(readouts)
+
+
+def test_random_delta_equals_an_explicit_delta_rule_loop():
+  episode = _sample_episode(jax.random.PRNGKey(5), RICH)
+  key, hidden = jax.random.PRNGKey(6), (HIDDEN, 5)
+  got = np.asarray(_random_delta(episode, RICH, 0.4, hidden, key))
+  chex.assert_shape(got, (RICH.episode_steps, RICH.n_out))
+  weights = tb.init_random_features(key, RICH.n_in, hidden)
+  assert [w.shape for w in weights] == [(RICH.n_in, HIDDEN), (HIDDEN, 5)]
+  np.testing.assert_allclose(got, _numpy_random_delta(episode, RICH, 0.4, weights), rtol=1e-4, atol=1e-5)
+  assert np.abs(got).max() > 0.1  # it stored something
+
+
+def test_random_delta_with_step_size_one_stores_a_pair_exactly():
+  """K = 1 (store, then query the same key): the readout at the query is the stored value."""
+  for seed in range(3):
+    episode = _sample_episode(jax.random.PRNGKey(seed), SPEC)
+    got = np.asarray(_random_delta(episode, SPEC, 1.0, (HIDDEN,), jax.random.PRNGKey(10 + seed)))
+    query = np.flatnonzero(np.asarray(episode.score).reshape(SPEC.episode_steps, -1).any(axis=-1))
+    assert len(query) == 1 and query[0] > 0
+    target = np.asarray(episode.target)[query[0]]
+    np.testing.assert_allclose(got[query[0]], target, atol=1e-4)
+    np.testing.assert_array_equal(np.sign(got[query[0]]), np.sign(target))
+    np.testing.assert_array_equal(got[0], 0.0)  # read out before the first update, from W = 0
+
+
+def test_random_delta_on_wide_random_features_recalls_above_the_key_blind_floor():
+  """K = n_in pairs, each shown 3 times, on 4 n_in random tanh units: the step size tuned on one key,
+  recall on another beats the key-blind floor on the same episodes."""
+  spec = _spec(6, cycles=3)
+  hidden = (4 * spec.n_in,)
+  best, table = tb.tune_random_delta_over_k((spec,), jax.random.PRNGKey(10), (0.3, 1.0), BATCH, hidden)
+  assert len(best) == 1 and best[0] in (0.3, 1.0) and np.shape(table) == (2, 1)
+  key = jax.random.PRNGKey(11)
+  held_out = baselines.evaluate_over_k(tb.random_delta_readout_fn(hidden), best[0], (spec,), key, BATCH)
+  floor = baselines.evaluate("key_blind", spec, key, BATCH)
+  assert floor["bit_accuracy"] < 0.7, floor  # K = 6: 0.656 expected
+  assert _beats_key_blind(held_out, [floor]), (best, table, held_out, floor)
 
 
 def _beats_key_blind(recall: list[dict], floor: list[dict]) -> bool:
@@ -280,6 +337,26 @@ def test_several_k_at_once_equal_one_k_at_a_time():
     assert {m: metrics[m] for m in want} == pytest.approx(want, abs=1e-6)
   best, table = tb.tune_online_backprop_over_k(specs, key, (0.0, 0.1), num_episodes=4, hidden=4)
   assert best == [0.1 if table[1][k] > table[0][k] else 0.0 for k in range(2)]
+
+
+def test_random_delta_several_k_at_once_equal_one_k_at_a_time():
+  """`random_delta`'s several-K evaluation (episodes padded with blank steps, one step size per K) equals
+  the readouts of each K's episodes alone (`sample_episodes` of the first batch's key)."""
+  specs = [_spec_for_over_k(k) for k in (1, 3)]
+  key, lrs, hidden = jax.random.PRNGKey(4), [0.3, 1.0], (5, 3)
+  readout = tb.random_delta_readout_fn(hidden)
+  got = baselines.evaluate_over_k(readout, jnp.asarray(lrs), specs, key, num_episodes=4, per_k_args=True)
+  for spec, lr, metrics in zip(specs, lrs, got, strict=True):
+    want = _random_delta_metrics(spec, jax.random.fold_in(key, 0), 4, lr, hidden)
+    for m in ("bit_accuracy", "perfect_recall"):
+      assert metrics[m] == pytest.approx(float(want[m]), abs=1e-6), (spec.num_snippets, m)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 4))
+def _random_delta_metrics(spec, key, batch, lr, hidden):
+  episodes, init_keys = tb.sample_episodes(spec, key, batch)
+  readout = jax.vmap(tb.random_delta, in_axes=(0, None, None, None, 0))(episodes, spec, lr, hidden, init_keys)
+  return unroll.recall_metrics(readout, episodes)
 
 
 def _spec_for_over_k(k: int) -> tasks.TaskSpec:

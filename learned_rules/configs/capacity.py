@@ -25,11 +25,13 @@ synapse the network has), `hopfield` (`hebbian` without the diagonal; `auto` onl
 (learned_rules/baselines.py), `synapses_off` (the `full` network meta-trained with synapse updates off),
 `routing` (the same, every synapse's fixed weight state meta-trained as its own parameter),
 `recurrent` and `recurrent_state` (GRUs matched to the rule in parameter count and in state size,
-trained by back-propagation through time over the study's K, learning rate tuned, several seeds) and
-`online_backprop` (an ordinary network trained during the episode, step size tuned)
-(learned_rules/trained_baselines.py). Layered networks run with keys held for their latency and with
-extra, unscored query steps, so that their scored steps can see the key (`_reachable`). Variants:
-`tiny` (seconds, for tests), `quick`.
+trained by back-propagation through time over the study's K, learning rate tuned, several seeds),
+`online_backprop` (an ordinary network trained during the episode, step size tuned) and `random_delta`
+(fixed random tanh layers of the evaluated network's hidden sizes, drawn per episode, with a readout
+learned during the episode by the normalised delta rule, step size tuned; evaluated on every network
+of `networks`, whose hidden layers it takes) (learned_rules/trained_baselines.py). Layered networks
+run with keys held for their latency and with extra, unscored query steps, so that their scored steps
+can see the key (`_reachable`). Variants: `tiny` (seconds, for tests), `quick`.
 """
 
 from learned_rules import config as config_lib
@@ -75,7 +77,8 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   cfg.base.baseline_synapses_off = False  # the study trains its own synapses-off rule
   cfg.networks = ",".join(NETWORKS)  # names from NETWORKS, comma-separated
   cfg.baselines = (
-    "key_blind,hebbian,hopfield,pseudo_inverse,synapses_off,routing,recurrent,recurrent_state,online_backprop"
+    "key_blind,hebbian,hopfield,pseudo_inverse,synapses_off,routing,recurrent,recurrent_state,online_backprop,"
+    "random_delta"
   )
   cfg.k_values = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32)
   cfg.num_episodes = 256
@@ -87,7 +90,7 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   # rule runs about 4 x 1.25 x 256 steps of a million synapses per episode.
   cfg.size.k_multiples = (0.25, 0.5, 0.75, 1.0, 1.25)
   cfg.size.min_scored_bits = 30000  # per point; episodes at N: enough for this at the smallest K
-  cfg.size.rules = "hetero"  # saved rules (names or paths) and/or `learned`, comma-separated
+  cfg.size.rules = "general,hetero"  # saved rules (names or paths) and/or `learned`, comma-separated
   cfg.size.baselines = "key_blind,hebbian,pseudo_inverse"
 
   cfg.difficulty = config_lib.ConfigDict()
@@ -119,6 +122,12 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   cfg.online_backprop.hidden = 32  # as the base network's hidden neurons
   cfg.online_backprop.step_sizes = (0.003, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0)
   cfg.online_backprop.tune_episodes = 128
+  # `random_delta`: step size of the normalised delta rule, tuned per K on `tune_episodes` episodes of its
+  # own (1 stores the current pair exactly; smaller steps average a snippet's presentations). Its hidden
+  # layers are those of the network evaluated: `net.hidden_layers` if layered, else `(net.num_hidden,)`.
+  cfg.random_delta = config_lib.ConfigDict()
+  cfg.random_delta.step_sizes = (0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+  cfg.random_delta.tune_episodes = 128
 
   configs.apply_variants(cfg, variant, VARIANTS)
   return cfg
@@ -143,6 +152,8 @@ def _tiny(cfg):
   cfg.online_backprop.hidden = 4
   cfg.online_backprop.step_sizes = (0.1, 1.0)
   cfg.online_backprop.tune_episodes = 4
+  cfg.random_delta.step_sizes = (0.3, 1.0)
+  cfg.random_delta.tune_episodes = 4
 
 
 def _quick(cfg):
@@ -157,6 +168,7 @@ def _quick(cfg):
   cfg.recurrent.state_hidden_cap = 128  # the quick study's recurrent training: about 6 minutes
   cfg.online_backprop.step_sizes = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)  # where the full study's optimum lay
   cfg.online_backprop.tune_episodes = 64
+  cfg.random_delta.tune_episodes = 64
 
 
 VARIANTS = {"tiny": _tiny, "quick": _quick}
