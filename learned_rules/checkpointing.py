@@ -55,6 +55,7 @@ OPTIONAL_FIELDS = {
   "train.init_rule": "",
   "rule.reference_fan_in": 0,
   "rule.scale_rate": False,
+  "rule.rate_power": 0.5,
   "rule.center_synapses": False,
 }
 

@@ -155,6 +155,7 @@ def _validate_rule(cfg) -> None:
     raise ConfigError(
       "rule.message_norm", "sqrt_ref needs rule.reference_fan_in (the fan-in where it is the mean)"
     )
+  _optional(cfg, "rule.rate_power", lambda c, f: _float(c, f, 0.0, 2.0, high_open=False))
   _bool(cfg, "rule.fast_synapse")
   _optional_bool(cfg, "rule.center_synapses")
 
@@ -478,6 +479,7 @@ def rule_spec(cfg, topo: network.Topology) -> rules.RuleSpec:
     # Optional: older configs lack these (`_optional`).
     reference_fan_in=int(_optional(cfg, "rule.reference_fan_in", _get)),
     scale_rate=bool(_optional(cfg, "rule.scale_rate", _get)),
+    rate_power=float(_optional(cfg, "rule.rate_power", _get)),
     center_synapses=bool(_optional(cfg, "rule.center_synapses", _get)),
     init_decay=r.init_decay,
     init_rate=r.init_rate,

@@ -45,10 +45,12 @@ class RuleSpec:
   # the post neuron's fan-in F: the per-step decay is sigmoid(lambda) ** (F0 / F), so a neuron with
   # more inputs, which can hold more, forgets more slowly (at F = F0 it is sigmoid(lambda) itself).
   reference_fan_in: int = 0
-  # With reference_fan_in: also scale the write rate by sqrt(F0 / F), so that a synapse's state, a sum
-  # of writes over a time constant that grows with F, keeps its size; with message_norm "sqrt_ref"
-  # messages keep theirs too (docs/RESULTS.md, "Rules that scale").
+  # With reference_fan_in: also scale the write rate by (F0 / F) ** rate_power, so that a synapse's
+  # state, a sum of writes over a time constant that grows with F, keeps its size (a power of 0.5 for
+  # independent writes; the shipped `general` rule keeps its state size with 0.75); with message_norm
+  # "sqrt_ref" messages keep theirs too (docs/RESULTS.md, "Rules that scale").
   scale_rate: bool = False
+  rate_power: float = 0.5
   # After every update, subtract from each post neuron's incoming synapse states their mean (per
   # channel): a write's common part, which would grow with the time constant, is not kept
   # (network.center_synapses; docs/RESULTS.md, "Rules that scale").
@@ -178,10 +180,10 @@ def time_scales(spec: RuleSpec, fan_in: jax.Array) -> jax.Array | None:
 
 
 def rate_scales(spec: RuleSpec, fan_in: jax.Array) -> jax.Array | None:
-  """The write rate's factors for post neurons of fan-in `fan_in`, `sqrt(reference_fan_in / fan-in)`, or
-  None if it is not scaled (`RuleSpec.scale_rate`)."""
+  """The write rate's factors for post neurons of fan-in `fan_in`,
+  `(reference_fan_in / fan-in) ** rate_power`, or None if it is not scaled (`RuleSpec.scale_rate`)."""
   scale = time_scales(spec, fan_in) if spec.scale_rate else None
-  return None if scale is None else jnp.sqrt(scale)
+  return None if scale is None else scale**spec.rate_power
 
 
 def synapse_rate(theta: Theta, rate_scale: jax.Array | None = None) -> jax.Array:

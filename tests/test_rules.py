@@ -249,6 +249,10 @@ def test_decay_is_scaled_by_the_post_neurons_fan_in(theta, small_spec):
   assert rules.rate_scales(spec, jnp.asarray([126.0])) is None
   rates = rules.rate_scales(dataclasses.replace(spec, scale_rate=True), jnp.asarray([63.0, 252.0]))
   np.testing.assert_allclose(rates, [1.0, 0.5])
+  steeper = dataclasses.replace(spec, scale_rate=True, rate_power=0.75)
+  np.testing.assert_allclose(
+    rules.rate_scales(steeper, jnp.asarray([63.0, 252.0])), [1.0, 0.25**0.75], rtol=1e-6
+  )
   write = unscaled - plain * inp["syn"]
   quarter = rules.synapse_update(*args, time_scale=jnp.asarray(0.25), rate_scale=rates[1])
   np.testing.assert_allclose(quarter - plain**0.25 * inp["syn"], 0.5 * write, atol=1e-5)
