@@ -252,7 +252,9 @@ def initial_theta(cfg, meta_batch: MetaBatch) -> rules.Theta | None:
 
   Raises `config.ConfigError` (`train.init_rule`) if there is no such rule, or if it is not a rule of
   this run's layout (sizes, neuron types). Its message and fan-in scaling may differ from the run's: a
-  rule trained with "mean" messages continues under "sqrt_ref" at the same reference fan-in, say.
+  rule trained with "mean" messages continues under "sqrt_ref" at the same reference fan-in, say. A
+  rule with fewer neuron types, one of them hidden, starts the run's extra types (a layered network's
+  deeper hidden layers) as its hidden type (`rules.with_more_types`).
   """
   name = config_lib.init_rule(cfg)
   if not name:
@@ -264,15 +266,19 @@ def initial_theta(cfg, meta_batch: MetaBatch) -> rules.Theta | None:
   except (FileNotFoundError, pretrained.RuleLoadError) as e:
     raise config_lib.ConfigError("train.init_rule", str(e)) from None
   want, got = meta_batch.problems[0].rule, rule.spec
+  more_types = network.HIDDEN_TYPE < got.num_types < want.num_types
   differ = [
     f"rule.{f}: {getattr(got, f)!r}, this run {getattr(want, f)!r}"
     for f in _RULE_LAYOUT
-    if getattr(got, f) != getattr(want, f)
+    if getattr(got, f) != getattr(want, f) and not (f == "num_types" and more_types)
   ]
   if differ or network.SYNAPSE_WEIGHTS in rule.theta:
     why = "; ".join(differ) or "it is a net.trained_synapses run (a trained network, not a rule)"
     raise config_lib.ConfigError("train.init_rule", f"{name} is not a rule of this run's form: {why}")
-  return jax.tree.map(jax.numpy.asarray, rule.theta)
+  theta = jax.tree.map(jax.numpy.asarray, rule.theta)
+  if more_types:
+    theta = rules.with_more_types(theta, want.num_types, like=network.HIDDEN_TYPE)
+  return theta
 
 
 def make_run_meta_step(topos: tuple, meta_batch: MetaBatch, optimizer, seed: int):

@@ -120,6 +120,23 @@ def init_theta(key: jax.Array, spec: RuleSpec) -> Theta:
   }
 
 
+def with_more_types(theta: Theta, num_types: int, like: int) -> Theta:
+  """`theta` for `num_types` neuron types: the types it lacks start as copies of type `like` (its
+  embedding, its initial body state, its initial synapse states as pre and as post neuron). A rule
+  trained with one hidden type so runs on a network with several hidden layers, each a type of its own,
+  every layer starting as the hidden neurons it knew."""
+  have = theta["type_emb"].shape[0]
+  if num_types < have or not 0 <= like < have:
+    raise ValueError(f"with_more_types: {have} types to {num_types}, like type {like}")
+  index = jnp.asarray(list(range(have)) + [like] * (num_types - have))
+  return {
+    **theta,
+    "type_emb": theta["type_emb"][index],
+    "init_body": theta["init_body"][index],
+    "init_synapse": theta["init_synapse"][index][:, index],
+  }
+
+
 def activation(theta: Theta, body: jax.Array, x: jax.Array, spec: RuleSpec) -> jax.Array:
   """What a neuron shows the others: `tanh(body[:Da] + w_in * x)`, `[Da]`.
 

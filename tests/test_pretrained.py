@@ -21,6 +21,7 @@ from learned_rules import (
   make_full,
   meta_train,
   pretrained,
+  rules,
   save_rule,
 )
 from learned_rules import config as config_lib
@@ -201,6 +202,19 @@ def test_a_run_starts_from_a_saved_rule_and_trains_it_further(trained, tmp_path)
       for a, b in zip(jax.tree.leaves(got.theta), jax.tree.leaves(rule.theta), strict=True)
     ]
     assert all(same) == (steps == 0), steps
+  # A rule with one hidden type starts a network of two hidden layers: the second layer as the hidden
+  # neurons it knew.
+  deeper = remember.get_config("tiny")
+  deeper.train.num_steps = 0
+  deeper.train.init_rule = str(tmp_path / "start")
+  deeper.net.topology, deeper.net.hidden_layers = "layered", (4, 4)
+  deeper.task.query_steps, deeper.task.hold_for_latency = 4, True
+  meta_train.train_and_evaluate(deeper, str(tmp_path / "deeper"), evaluate=False)
+  got = load_rule(str(tmp_path / "deeper"))
+  assert got.spec.num_types == 4 and rule.spec.num_types == 3
+  want = rules.with_more_types(rule.theta, 4, like=2)
+  for a, b in zip(jax.tree.leaves(got.theta), jax.tree.leaves(want), strict=True):
+    np.testing.assert_array_equal(a, b)
   # A rule of another form is refused before anything runs, naming the field and the difference.
   other = remember.get_config("tiny")
   other.rule.hidden = 4

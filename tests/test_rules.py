@@ -94,6 +94,24 @@ def test_init_theta_shapes_and_values(small_spec, bilinear):
   np.testing.assert_allclose(jax.nn.sigmoid(theta["synapse"]["rate_logit"]), spec.init_rate, rtol=1e-6)
 
 
+def test_extra_types_start_as_the_type_they_copy(small_spec):
+  theta = rules.init_theta(jax.random.PRNGKey(0), small_spec)
+  theta["init_synapse"] = jax.random.normal(jax.random.PRNGKey(1), theta["init_synapse"].shape)
+  have = small_spec.num_types
+  more = rules.with_more_types(theta, have + 2, like=have - 1)
+  for name in ("type_emb", "init_body"):
+    np.testing.assert_array_equal(more[name][:have], theta[name])
+    np.testing.assert_array_equal(more[name][have:], jnp.stack([theta[name][have - 1]] * 2))
+  syn = more["init_synapse"]
+  np.testing.assert_array_equal(syn[:have, :have], theta["init_synapse"])
+  np.testing.assert_array_equal(syn[have + 1, :have], theta["init_synapse"][have - 1])  # as post
+  np.testing.assert_array_equal(syn[:have, have], theta["init_synapse"][:, have - 1])  # as pre
+  np.testing.assert_array_equal(syn[have, have + 1], theta["init_synapse"][have - 1, have - 1])
+  assert more["body"] is theta["body"]  # the rule itself is shared
+  with pytest.raises(ValueError, match="with_more_types"):
+    rules.with_more_types(theta, have - 1, like=0)
+
+
 def test_init_theta_leaves_are_not_weakly_typed(small_spec):
   theta = rules.init_theta(jax.random.PRNGKey(0), small_spec)
   weak = [
