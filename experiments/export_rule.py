@@ -5,28 +5,61 @@ r"""Save a meta-trained rule as a few-KB file that `learned_rules.load_rule` rea
   python -m experiments.export_rule --workdir=runs/remember-hetero-full-K8-seed0 --name=hetero \
       --out_dir=learned_rules/pretrained                                         # ship it with the package
 
+  python -m experiments.export_rule --workdir=runs/c1 --name=general --set=rule.rate_power=0.75 \
+      --out_dir=learned_rules/pretrained                                         # its fan-in scaling changed
+
 Restores the latest checkpoint of the run in `--workdir`, measures its held-out recall against K (the
 run's `eval.k_values` and `eval.num_episodes`), and writes `<out_dir>/<name>.msgpack` (theta) and
 `<out_dir>/<name>.json` (config, meta steps, recall, and the commands that made it)
 (`learned_rules.rule_export`). With `--sizes_from=<capacity.json>` (a capacity study whose
 `size.rules` listed this rule), its recall against K at every size N goes into the file too.
-`--out_dir` defaults to `<workdir>/exported/`; `load_rule` reads a rule there by its path. Shipping a
-rule means `--out_dir=learned_rules/pretrained`, the package's own folder, whose rules `load_rule(name)`
-finds by name.
+`--set` changes how the rule scales with fan-in (`rule.message_norm`, `rule.reference_fan_in`,
+`rule.scale_rate`, `rule.rate_power`, `rule.center_synapses`: fields that leave theta's layout alone)
+before it is measured and saved; the command in the file records it. `--out_dir` defaults to
+`<workdir>/exported/`; `load_rule` reads a rule there by its path. Shipping a rule means
+`--out_dir=learned_rules/pretrained`, the package's own folder, whose rules `load_rule(name)` finds by
+name.
 
-Exit status: 0 done; 2 a bad --name, no rule in the workdir, or a `net.trained_synapses` run (fixed
-trained weights, no learned rule: refused); see experiments/harness.py.
+Exit status: 0 done; 2 a bad --name or --set, no rule in the workdir, or a `net.trained_synapses` run
+(fixed trained weights, no learned rule: refused); see experiments/harness.py.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import os
 
 from absl import flags
 
 from experiments import harness
+from learned_rules import config as config_lib
 from learned_rules import evaluation, pretrained, rule_export
+
+# The rule fields `--set` may change: how the rule scales with fan-in, not the shape of its theta.
+SETTABLE = (
+  "rule.message_norm",
+  "rule.reference_fan_in",
+  "rule.scale_rate",
+  "rule.rate_power",
+  "rule.center_synapses",
+)
+
+
+def parse_set(text: str) -> dict:
+  """`--set`'s `field=value,...` as `{field: value}`, values as Python literals (a bare word is a string);
+  a `UsageError` for anything but the `SETTABLE` fields."""
+  overrides = {}
+  for part in filter(None, (p.strip() for p in text.split(","))):
+    field, eq, value = part.partition("=")
+    if not eq or field not in SETTABLE:
+      raise harness.UsageError(f"--set: {part!r} is not field=value with a field of {SETTABLE}")
+    try:
+      overrides[field] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[field] = value
+  return overrides
 
 
 def main(cfg, workdir: str, opts) -> rule_export.Export:
@@ -41,6 +74,11 @@ def main(cfg, workdir: str, opts) -> rule_export.Export:
   except FileNotFoundError as e:
     raise harness.UsageError(str(e)) from e
   command = f"python -m experiments.export_rule --workdir={workdir} --name={name}"
+  if opts.set:
+    cfg = config_lib.with_overrides(rule.config, parse_set(opts.set))
+    config_lib.validate(cfg)  # a ConfigError names the field (exit status 2)
+    rule = dataclasses.replace(rule, config=cfg)
+    command += f" --set={opts.set}"
   out_dir = opts.out_dir or os.path.join(workdir, "exported")
   by_size = None
   if opts.sizes_from:
@@ -96,6 +134,13 @@ if __name__ == "__main__":
         flags.DEFINE_string,
         None,
         "The rule's name in that study's size.rules (default: --name).",
+      ),
+      "set": (
+        flags.DEFINE_string,
+        None,
+        "Comma-separated field=value of the rule's fan-in scaling to change before measuring and saving: "
+        + ", ".join(SETTABLE)
+        + ".",
       ),
       "trained_by": (
         flags.DEFINE_string,
