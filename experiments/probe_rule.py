@@ -61,8 +61,8 @@ def main(cfg, workdir: str, opts) -> list[dict]:
   print(probe_study.format_table(records))
   storage = storage_writes(rule)
   print("Writing one more pair into synapses that hold K pairs (learned_rules/storage_probe.py):")
-  for result in storage:
-    print("  " + storage_probe.format_probe(result))
+  for write in storage:
+    print("  " + storage_probe.format_probe(write))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "probe.json"), "w") as f:
     summary = {"rule": opts.rule, "meta_steps": rule.meta_steps, "contexts": probe_study.CONTEXTS}

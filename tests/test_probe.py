@@ -6,12 +6,13 @@ import dataclasses
 import functools
 import json
 import os
+import types
 
 import jax
 import numpy as np
 import pytest
 
-from learned_rules import Rule, baselines, load_rule, network, probe, probe_study, rules, tasks, unroll
+from learned_rules import Rule, baselines, network, probe, probe_study, rules, tasks, unroll
 from learned_rules import config as config_lib
 from learned_rules.configs import remember
 
@@ -88,13 +89,17 @@ def test_increment_at_the_real_inputs_is_the_one_the_network_applied(theta, smal
   assert probe.sample_contexts(dataclasses.replace(ctx, mask=np.asarray(layered.mask)), 0, 0, 4) is None
 
 
-def test_shipped_rule_probe_table_and_figure(tmp_path):
-  rule = load_rule("hetero")
-  result = probe_study.probe_rule(rule)
-  out = probe_study.describe("hetero", rule) + "\n" + probe_study.format_table(result.records())
-  assert "input->output" in out and "hebbian" in out
-  records = json.loads(json.dumps(result.records()))  # as experiments.probe_rule writes them
-  assert records == result.records()
+def test_shipped_rule_probe_table_and_figure(tmp_path, capsys):
+  """`python -m experiments.probe_rule` on the shipped rule, in-process: table, storage probe, figure."""
+  from experiments import probe_rule
+
+  result = probe_rule.main(None, str(tmp_path), types.SimpleNamespace(rule="hetero", figure_dir=None))
+  out = capsys.readouterr().out
+  assert "input->output" in out and "hebbian" in out and "error-driven share" in out
+  with open(tmp_path / "probe.json") as f:
+    saved = json.load(f)
+  records = saved["records"]
+  assert records == result and len(saved["storage"]) == 2  # at the training K and at 3N/16
   assert {r["rule"] for r in records} == {"learned", "untrained"} and len(records) == 2 * 9
   for r in records:
     assert sum(r[t] for t in probe.TERMS) == pytest.approx(1.0, abs=1e-6)
@@ -102,7 +107,6 @@ def test_shipped_rule_probe_table_and_figure(tmp_path):
   # Meta-training made the synapse that stores key -> value pairs Hebbian (docs/RESULTS.md).
   shares = {r["rule"]: r["hebbian"] for r in records if r["pair"] == "input->output"}
   assert shares["learned"] > 0.6 and shares["learned"] > shares["untrained"] + 0.3, shares
-  probe_study.plot(result, os.path.join(tmp_path, "probe.png"), "the shipped rule")
   assert os.path.getsize(os.path.join(tmp_path, "probe.png")) > 10_000
 
 
