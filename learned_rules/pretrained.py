@@ -2,6 +2,7 @@
 the package, and save one to a few-KB file.
 
   rule = load_rule("hetero")                                      # shipped with the package
+  rule = load_rule("general")                                     # shipped: full networks of any size
   rule = load_rule("runs/remember-hetero-full-K8-seed0")          # a run of experiments.remember
   rule.theta, rule.config, rule.topology, rule.spec               # what a network needs to run it
 
