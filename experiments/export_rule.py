@@ -14,11 +14,11 @@ run's `eval.k_values` and `eval.num_episodes`), and writes `<out_dir>/<name>.msg
 (`learned_rules.rule_export`). With `--sizes_from=<capacity.json>` (a capacity study whose
 `size.rules` listed this rule), its recall against K at every size N goes into the file too.
 `--set` changes how the rule scales with fan-in (`rule.message_norm`, `rule.reference_fan_in`,
-`rule.scale_rate`, `rule.rate_power`, `rule.center_synapses`: fields that leave theta's layout alone)
-before it is measured and saved; the command in the file records it. `--out_dir` defaults to
-`<workdir>/exported/`; `load_rule` reads a rule there by its path. Shipping a rule means
-`--out_dir=learned_rules/pretrained`, the package's own folder, whose rules `load_rule(name)` finds by
-name.
+`rule.scale_rate`, `rule.rate_power`, `rule.decay_power`, `rule.center_synapses`: fields that leave
+theta's layout alone) before it is measured and saved; the command in the file records it.
+`--out_dir` defaults to `<workdir>/exported/`; `load_rule` reads a rule there by its path. Shipping a
+rule means `--out_dir=learned_rules/pretrained`, the package's own folder, whose rules `load_rule(name)`
+finds by name.
 
 Exit status: 0 done; 2 a bad --name or --set, no rule in the workdir, or a `net.trained_synapses` run
 (fixed trained weights, no learned rule: refused); see experiments/harness.py.
@@ -43,6 +43,7 @@ SETTABLE = (
   "rule.reference_fan_in",
   "rule.scale_rate",
   "rule.rate_power",
+  "rule.decay_power",
   "rule.center_synapses",
 )
 

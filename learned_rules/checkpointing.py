@@ -56,6 +56,7 @@ OPTIONAL_FIELDS = {
   "rule.reference_fan_in": 0,
   "rule.scale_rate": False,
   "rule.rate_power": 0.5,
+  "rule.decay_power": 1.0,
   "rule.center_synapses": False,
 }
 

@@ -156,6 +156,7 @@ def _validate_rule(cfg) -> None:
       "rule.message_norm", "sqrt_ref needs rule.reference_fan_in (the fan-in where it is the mean)"
     )
   _optional(cfg, "rule.rate_power", lambda c, f: _float(c, f, 0.0, 2.0, high_open=False))
+  _optional(cfg, "rule.decay_power", lambda c, f: _float(c, f, 0.0, 2.0, high_open=False))
   _bool(cfg, "rule.fast_synapse")
   _optional_bool(cfg, "rule.center_synapses")
 
@@ -480,6 +481,7 @@ def rule_spec(cfg, topo: network.Topology) -> rules.RuleSpec:
     reference_fan_in=int(_optional(cfg, "rule.reference_fan_in", _get)),
     scale_rate=bool(_optional(cfg, "rule.scale_rate", _get)),
     rate_power=float(_optional(cfg, "rule.rate_power", _get)),
+    decay_power=float(_optional(cfg, "rule.decay_power", _get)),
     center_synapses=bool(_optional(cfg, "rule.center_synapses", _get)),
     init_decay=r.init_decay,
     init_rate=r.init_rate,

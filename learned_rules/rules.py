@@ -45,6 +45,8 @@ class RuleSpec:
   # the post neuron's fan-in F: the per-step decay is sigmoid(lambda) ** (F0 / F), so a neuron with
   # more inputs, which can hold more, forgets more slowly (at F = F0 it is sigmoid(lambda) itself).
   reference_fan_in: int = 0
+  # The decay's exponent is (F0 / F) ** decay_power: a time constant proportional to F ** decay_power.
+  decay_power: float = 1.0
   # With reference_fan_in: also scale the write rate by (F0 / F) ** rate_power, so that a synapse's
   # state, a sum of writes over a time constant that grows with F, keeps its size (a power of 0.5 for
   # independent writes; the shipped `general` rule keeps its state size with 0.75); with message_norm
@@ -188,19 +190,26 @@ def synapse_decay(theta: Theta, time_scale: jax.Array | None = None) -> jax.Arra
   return jnp.exp(jnp.asarray(time_scale)[..., None] * jax.nn.log_sigmoid(logit))
 
 
-def time_scales(spec: RuleSpec, fan_in: jax.Array) -> jax.Array | None:
-  """`synapse_decay`'s exponents for post neurons of fan-in `fan_in` under `spec`, or None if the
-  decay is not scaled (`RuleSpec.reference_fan_in`)."""
+def _fan_in_ratio(spec: RuleSpec, fan_in: jax.Array) -> jax.Array | None:
+  """`reference_fan_in / fan-in` for post neurons of fan-in `fan_in`, or None without a reference."""
   if not spec.reference_fan_in:
     return None
   return spec.reference_fan_in / jnp.maximum(jnp.asarray(fan_in, jnp.float32), 1.0)
 
 
+def time_scales(spec: RuleSpec, fan_in: jax.Array) -> jax.Array | None:
+  """`synapse_decay`'s exponents for post neurons of fan-in `fan_in` under `spec`,
+  `(reference_fan_in / fan-in) ** decay_power`, or None if the decay is not scaled
+  (`RuleSpec.reference_fan_in`)."""
+  ratio = _fan_in_ratio(spec, fan_in)
+  return None if ratio is None else ratio**spec.decay_power
+
+
 def rate_scales(spec: RuleSpec, fan_in: jax.Array) -> jax.Array | None:
   """The write rate's factors for post neurons of fan-in `fan_in`,
   `(reference_fan_in / fan-in) ** rate_power`, or None if it is not scaled (`RuleSpec.scale_rate`)."""
-  scale = time_scales(spec, fan_in) if spec.scale_rate else None
-  return None if scale is None else scale**spec.rate_power
+  ratio = _fan_in_ratio(spec, fan_in) if spec.scale_rate else None
+  return None if ratio is None else ratio**spec.rate_power
 
 
 def synapse_rate(theta: Theta, rate_scale: jax.Array | None = None) -> jax.Array:

@@ -498,6 +498,7 @@ INVALID_VALUES = {
   "rule.reference_fan_in": ("", _int_below(0)),
   "rule.scale_rate": ("", NOT_A_BOOL),
   "rule.rate_power": ("", _float_outside(0.0, 2.0, False, False)),
+  "rule.decay_power": ("", _float_outside(0.0, 2.0, False, False)),
   "rule.center_synapses": ("", NOT_A_BOOL),
   "task.protocol": ("", _not_one_of(tasks.PROTOCOLS)),
   "task.num_snippets": ("", _int_below(1)),

@@ -267,6 +267,10 @@ def test_decay_is_scaled_by_the_post_neurons_fan_in(theta, small_spec):
   assert rules.rate_scales(spec, jnp.asarray([126.0])) is None
   rates = rules.rate_scales(dataclasses.replace(spec, scale_rate=True), jnp.asarray([63.0, 252.0]))
   np.testing.assert_allclose(rates, [1.0, 0.5])
+  # decay_power: the decay's exponent is (F0 / F) ** decay_power; the rate's power is its own.
+  slower = dataclasses.replace(spec, scale_rate=True, decay_power=0.5, rate_power=1.0)
+  np.testing.assert_allclose(rules.time_scales(slower, jnp.asarray([63.0, 252.0])), [1.0, 0.5], rtol=1e-6)
+  np.testing.assert_allclose(rules.rate_scales(slower, jnp.asarray([63.0, 252.0])), [1.0, 0.25], rtol=1e-6)
   steeper = dataclasses.replace(spec, scale_rate=True, rate_power=0.75)
   np.testing.assert_allclose(
     rules.rate_scales(steeper, jnp.asarray([63.0, 252.0])), [1.0, 0.25**0.75], rtol=1e-6

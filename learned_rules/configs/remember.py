@@ -58,6 +58,7 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   # The fan-in at which the rule is plain (0: none; 63 is the default network's). With it, the synapse
   # decay is sigmoid(lambda) ** (reference_fan_in / fan-in): neurons with more inputs forget more slowly.
   cfg.rule.reference_fan_in = 0
+  cfg.rule.decay_power = 1.0  # with reference_fan_in: synapse time constants grow as fan-in ** this
   cfg.rule.scale_rate = False  # with reference_fan_in: the write rate times (reference_fan_in / fan-in)
   cfg.rule.rate_power = 0.5  # ... to this power
   cfg.rule.center_synapses = False  # subtract each neuron's mean incoming synapse state after every update
