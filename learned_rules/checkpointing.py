@@ -18,7 +18,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
 import time
 from typing import Any
 
@@ -27,6 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+
+from learned_rules import files
 
 # Dotted config prefixes that may change when a run is resumed.
 RESUMABLE_FIELDS = (
@@ -117,28 +118,32 @@ def environment_differences(saved: dict, current: dict) -> list[str]:
 
 
 def check_workdir(workdir: str, needed_bytes: int) -> None:
-  """Creates `workdir` and checks that a file can be written there and that `needed_bytes` are free.
+  """Creates `workdir` (local, or remote as `files` takes it) and checks that a file can be written
+  there and, on a local disk, that `needed_bytes` are free.
 
   Raises `WorkdirError` (before anything is compiled or trained) otherwise; leaves nothing behind
   but the directory itself.
   """
   try:
-    os.makedirs(workdir, exist_ok=True)
+    folder = files.makedirs(workdir)
   except OSError as e:
     raise WorkdirError(f"workdir {workdir}: cannot create it: {e.strerror or e}") from e
-  probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+  probe = folder / f".write_test.{os.getpid()}"
   try:
-    with open(probe, "wb") as f:
-      f.write(b"\0" * 4096)
-      f.flush()
-      os.fsync(f.fileno())
+    if files.is_remote(workdir):
+      probe.write_bytes(b"\0" * 16)
+    else:
+      with open(probe, "wb") as f:
+        f.write(b"\0" * 4096)
+        f.flush()
+        os.fsync(f.fileno())
   except OSError as e:
     raise WorkdirError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
   finally:
-    if os.path.exists(probe):
-      os.remove(probe)
-  free = shutil.disk_usage(workdir).free
-  if free < needed_bytes:
+    if probe.exists():
+      probe.unlink()
+  free = files.free_bytes(workdir)
+  if free is not None and free < needed_bytes:
     raise WorkdirError(
       f"workdir {workdir} has {free / 2**20:.1f} MiB free, the run's checkpoints need about "
       f"{needed_bytes / 2**20:.1f} MiB (train.max_to_keep + 1 of them); free some space or use "
@@ -205,8 +210,8 @@ class Checkpointer:
   def __init__(self, workdir: str, max_to_keep: int = 3, create: bool = True):
     """Opens `workdir/checkpoints`; with `create=False` a missing one raises FileNotFoundError
     instead of being created (for readers such as experiments.evaluate)."""
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    if not create and not os.path.isdir(self.directory):
+    self.directory = os.fspath(files.as_path(workdir) / "checkpoints")
+    if not create and not files.is_dir(self.directory):
       raise FileNotFoundError(f"no checkpoints in {self.directory}; run experiments.remember first")
     # Synchronous saves: the meta step donates its state, so a background save must not read it later.
     # A writer removes the leftovers of saves cut short (`<step>.orbax-checkpoint-tmp*`); they are
@@ -360,13 +365,11 @@ class Checkpointer:
   def set_aside(self, step: int) -> str:
     """Moves the damaged `step` out of the checkpoints (to `<workdir>/checkpoints_damaged/`, kept for
     inspection) so the run can save that step again; returns where it went."""
-    target = os.path.join(
-      os.path.dirname(self.directory), DAMAGED_DIR, f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
-    )
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    shutil.move(os.path.join(self.directory, str(step)), target)
+    folder = files.makedirs(epath.Path(self.directory).parent / DAMAGED_DIR)
+    target = folder / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
+    (epath.Path(self.directory) / str(step)).rename(target)
     self._manager.reload()
-    return target
+    return os.fspath(target)
 
   def close(self) -> None:
     self._manager.close()

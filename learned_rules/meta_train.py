@@ -13,8 +13,6 @@ in flight and stop (`Preempted`). A damaged newest checkpoint is set aside and t
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import signal
 import threading
 import time
@@ -24,8 +22,9 @@ from typing import NamedTuple
 import jax
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
-from learned_rules import checkpointing, gradient_estimators, learner, network, rules, sharding, unroll
+from learned_rules import checkpointing, files, gradient_estimators, learner, network, rules, sharding, unroll
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
 from learned_rules import metrics as metrics_lib
@@ -174,8 +173,7 @@ def make_meta_step(meta_batch: MetaBatch, optimizer: optax.GradientTransformatio
 def _write_config(workdir: str, cfg) -> None:
   """`config.json`: `{"config": ..., "environment": checkpointing.environment()}`."""
   record = {"config": checkpointing.config_to_dict(cfg), "environment": checkpointing.environment()}
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(record, f, indent=2)
+  files.write_json(files.join(workdir, "config.json"), record)
 
 
 def checkpoint_bytes(topos: tuple, meta_batch: MetaBatch, optimizer) -> int:
@@ -302,21 +300,36 @@ def _latest_or_initial_state(
   return (state, None) if restored is None else (restored, step)
 
 
-class _StopRequest:
-  """Within `with`: SIGTERM sets `requested` instead of killing the process (main thread only: signal
-  handlers can be installed nowhere else), so the loop can save a checkpoint before it stops."""
+class StopRequest:
+  """Within `with`: a preemption notice (SIGTERM) makes `reached(step)` true at a step where the run
+  saves a checkpoint and stops, instead of killing the process.
+
+  One process: SIGTERM sets a flag (main thread only: signal handlers can be installed nowhere else),
+  and the run stops after the meta step in flight. Several processes (`jax.distributed`): the notice
+  reaching any one of them is shared through JAX's preemption sync service, and `reached` turns true on
+  every process at the same step (the largest step any process had reached, plus one), so that all of
+  them save that one step and stop; no Python handler is installed then, as the service catches
+  SIGTERM itself. `reached(step)` must be called at every meta step, by every process.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self.coordinated = jax.process_count() > 1
 
   def _handle(self, signum, frame):
     del frame
     self.requested = True
     logging.warning("signal %d: saving a checkpoint after this meta step, then stopping", signum)
 
+  def reached(self, step: int) -> bool:
+    """Whether the run saves `step` and stops there (the same answer on every process)."""
+    if self.coordinated:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if not self.coordinated and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -388,7 +401,7 @@ def _train_loop(
   writer = metrics_lib.MetricsWriter(workdir)
   num_steps = spec.num_steps
   first = int(state.step)
-  clock = _TrainClock(metrics_lib.read_metrics(writer.path) if curve and os.path.exists(writer.path) else [])
+  clock = _TrainClock(metrics_lib.read_metrics(writer.path) if curve and files.exists(writer.path) else [])
   if main and first == 0:
     _record_curve(writer, curve, clock, 0, state.theta)
   if first < num_steps and hasattr(meta_step, "lower"):
@@ -399,7 +412,7 @@ def _train_loop(
     if main and curve is not None:
       writer.write(first, compile_s=time.perf_counter() - start)
   progress = metrics_lib.Progress(num_steps, first, label)
-  with _StopRequest() as stop:
+  with StopRequest() as stop:
     for step in range(first, num_steps):
       if curve is None:
         state, step_metrics = meta_step(state, topos)
@@ -413,11 +426,15 @@ def _train_loop(
         progress.update(done, scalars["loss"], scalars["bit_accuracy"])
       if main:
         _record_curve(writer, curve, clock, done, state.theta)
-      if done % spec.checkpoint_every == 0 or done == num_steps or stop.requested:
+      stopping = stop.reached(done) and done < num_steps
+      if done % spec.checkpoint_every == 0 or done == num_steps or stopping:
         ckpt.save(done, state, cfg)
-      if stop.requested and done < num_steps:
+      if stopping:
         progress.close()
-        raise Preempted(f"stopped by SIGTERM after step {done}, saved in {ckpt.directory}; rerun to resume")
+        raise Preempted(
+          f"stopped by a preemption notice (SIGTERM) after step {done}, saved in {ckpt.directory}; "
+          "rerun to resume"
+        )
   progress.close()
   if ckpt.latest_step() is None:  # num_steps == 0: still leave a restorable run behind.
     ckpt.save(int(state.step), state, cfg)

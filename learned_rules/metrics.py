@@ -10,22 +10,22 @@ import time
 
 from absl import logging
 
+from learned_rules import files
+
 
 class MetricsWriter:
-  """Appends one JSON record per line to `workdir/metrics.jsonl`."""
+  """Appends one JSON record per line to `workdir/metrics.jsonl` (local or remote: `files`)."""
 
   def __init__(self, workdir: str, filename: str = "metrics.jsonl"):
-    self.path = os.path.join(workdir, filename)
+    self.path = files.join(workdir, filename)
 
   def write(self, step: int, **scalars) -> None:
     record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    files.append_text(self.path, json.dumps(record) + "\n")
 
 
 def read_metrics(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
 def _clock(seconds: float) -> str:

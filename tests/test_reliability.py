@@ -34,6 +34,7 @@ from experiments import remember as remember_cmd
 from learned_rules import (
   checkpointing,
   evaluation,
+  files,
   gradient_estimators,
   meta_train,
   metrics,
@@ -615,7 +616,7 @@ def test_an_unwritable_workdir_is_reported_before_training(make_cfg, tmp_path):
 
 def test_a_full_workdir_is_reported_before_training(make_cfg, tmp_path, monkeypatch):
   usage = collections.namedtuple("usage", "total used free")
-  monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 5000, 5000))
+  monkeypatch.setattr(files.shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 5000, 5000))
   with pytest.raises(checkpointing.WorkdirError, match=r"MiB free, the run's checkpoints need about"):
     meta_train.train_and_evaluate(make_cfg("tiny"), str(tmp_path / "run"))
   assert os.listdir(tmp_path / "run") == []  # the directory only: no checkpoints, config or metrics

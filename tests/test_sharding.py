@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -156,9 +158,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _two_processes(repo_root, env, args, workdir):
+def _launch_two(repo_root, env, args, workdir):
   port = _free_port()
-  procs = [
+  return [
     subprocess.Popen(
       [
         sys.executable, "-m", "experiments.remember", *args, f"--workdir={workdir}", "--distributed",
@@ -168,10 +170,31 @@ def _two_processes(repo_root, env, args, workdir):
     )
     for i in range(2)
   ]  # fmt: skip
+
+
+def _two_processes(repo_root, env, args, workdir):
+  procs = _launch_two(repo_root, env, args, workdir)
   outputs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outputs, strict=True):
     assert p.returncode == 0, f"stdout:\n{out[-2000:]}\nstderr:\n{err[-3000:]}"
   return outputs
+
+
+TWO_PROCESS_ARGS = [
+  "--config=learned_rules/configs/remember.py:tiny",
+  "--config.train.batch_size=4",
+  "--config.train.log_every=1",
+  "--config.mesh.batch=0",
+  "--config.baseline_synapses_off=False",
+]
+
+
+def _two_process_env():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+    "--xla_force_host_platform_device_count=8", "--xla_force_host_platform_device_count=2"
+  )
+  return env
 
 
 @pytest.mark.slow  # two OS processes, each compiling its own programs: about a minute
@@ -180,17 +203,7 @@ def test_two_processes_match_one(repo_root, tmp_path):
   run two meta steps over a (4 x 1) mesh, then resume from the checkpoint both wrote for a third:
   process 0 logs the numbers of one process running all three steps, and the final checkpoint
   restores to its parameters."""
-  args = [
-    "--config=learned_rules/configs/remember.py:tiny",
-    "--config.train.batch_size=4",
-    "--config.train.log_every=1",
-    "--config.mesh.batch=0",
-    "--config.baseline_synapses_off=False",
-  ]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
-    "--xla_force_host_platform_device_count=8", "--xla_force_host_platform_device_count=2"
-  )
+  args, env = TWO_PROCESS_ARGS, _two_process_env()
   multi = str(tmp_path / "multi")
   outputs = _two_processes(repo_root, env, [*args, f"--config.train.num_steps={STEPS}"], multi)
   assert "mesh batch=4 x neurons=1 over 4 cpu device(s) in 2 process(es)" in outputs[0][1]
@@ -221,3 +234,45 @@ def test_two_processes_match_one(repo_root, tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   with open(os.path.join(multi, "summary.json")) as f:
     assert json.load(f)["meta_steps"] == STEPS + 1
+
+
+def _training_steps(workdir) -> int:
+  path = os.path.join(workdir, "metrics.jsonl")
+  return len([r for r in metrics.read_metrics(path) if "loss" in r]) if os.path.exists(path) else 0
+
+
+@pytest.mark.slow  # three two-process runs: about two minutes
+def test_sigterm_to_one_process_stops_both_at_one_step(repo_root, tmp_path):
+  """SIGTERM to process 1 only, mid-run: through JAX's preemption sync both processes save the same
+  step, one complete checkpoint, and stop (exit 143); rerunning both resumes from it, and the result
+  is bit for bit the uninterrupted two-process run's."""
+  env, long = _two_process_env(), 10_000
+  stopped = str(tmp_path / "stopped")
+  args = [*TWO_PROCESS_ARGS, "--config.train.checkpoint_every=100000"]  # the stop's checkpoint only
+  procs = _launch_two(repo_root, env, [*args, f"--config.train.num_steps={long}"], stopped)
+  deadline = time.monotonic() + 240
+  while _training_steps(stopped) < 3 and all(p.poll() is None for p in procs):
+    assert time.monotonic() < deadline, "the run did not start training"
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=240) for p in procs]
+  for p, (_, err) in zip(procs, outputs, strict=True):
+    assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+  ckpt = checkpointing.Checkpointer(stopped, create=False)
+  steps = ckpt.all_steps()
+  ckpt.close()
+  assert len(steps) == 1 and 3 <= steps[0] < long  # one checkpoint, of the step where both stopped
+  saved = steps[0]
+  for _, err in outputs:
+    assert f"after step {saved}," in err
+
+  total = saved + 2
+  resumed = _two_processes(repo_root, env, [*args, f"--config.train.num_steps={total}"], stopped)
+  assert f"resumed from step {saved}" in resumed[0][1]
+  straight = str(tmp_path / "straight")
+  _two_processes(repo_root, env, [*args, f"--config.train.num_steps={total}"], straight)
+  _, _, a = meta_train.load_run(stopped)
+  _, _, b = meta_train.load_run(straight)
+  assert int(a.step) == int(b.step) == total
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
