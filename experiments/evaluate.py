@@ -8,8 +8,8 @@ Restores the latest checkpoint of the run in `--workdir` and the config saved wi
 held-out episodes at every K (all K snippets queried) beside the key-blind floor on the same episodes
 (`learned_rules.recall_study`), and writes `DIR/recall_vs_k.json` (records plus the capacity at bit
 accuracy 0.99 and 0.95), and into `--figure_dir` (default: DIR) `recall_vs_k.png` and
-`training_curve.png` (meta-training recall of the run and of its synapses-off twin, read from their
-metrics.jsonl).
+`training_curve.png` (meta-training loss and recall of the run and of its synapses-off twin, read from
+their metrics.jsonl; the same figure `experiments.remember` draws).
 
 Exit status: 0 done; 2 no checkpoint in DIR, a damaged or unreadable one, or a streaming run (refused
 before anything is written); see experiments/harness.py.
@@ -17,13 +17,10 @@ before anything is written); see experiments/harness.py.
 
 from __future__ import annotations
 
-import json
-import os
-
 from absl import flags
 
 from experiments import harness
-from learned_rules import recall_study
+from learned_rules import experiment, files, recall_study
 
 
 def k_values(values: list[str] | None) -> list[int] | None:
@@ -45,14 +42,13 @@ def main(cfg, workdir: str, opts) -> dict:
     run = recall_study.evaluate_run(workdir, k_values(opts.k_values), opts.num_episodes)
   except FileNotFoundError as e:
     raise harness.UsageError(str(e)) from e
-  json_path = os.path.join(workdir, "recall_vs_k.json")
-  with open(json_path, "w") as f:
-    json.dump(run.result, f, indent=2)
+  json_path = files.join(workdir, "recall_vs_k.json")
+  files.write_json(json_path, run.result)
   figure_dir = harness.figure_dir(workdir, opts.figure_dir)
-  png_path = os.path.join(figure_dir, "recall_vs_k.png")
+  png_path = files.join(figure_dir, "recall_vs_k.png")
   recall_study.plot(run.result, png_path, run.title)
-  curve_path = os.path.join(figure_dir, "training_curve.png")
-  if recall_study.plot_training(workdir, curve_path):
+  curve_path = files.join(figure_dir, experiment.CURVE)
+  if experiment.draw_training_curve(workdir, curve_path):
     print(f"wrote {curve_path}")
   print(recall_study.format_table(run.result))
   print(f"wrote {json_path}, {png_path}")

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from absl import app, flags
 from ml_collections import config_flags
 
-from learned_rules import checkpointing, configs, meta_train, pretrained, sharding
+from learned_rules import checkpointing, configs, files, meta_train, pretrained, sharding
 from learned_rules import config as config_lib
 from learned_rules import metrics as metrics_lib
 
@@ -222,5 +222,5 @@ def run(
 def figure_dir(workdir: str, named: str | None) -> str:
   """Where a command draws its figures: `named` (`--figure_dir`, e.g. docs/figures) or the workdir."""
   folder = named or workdir
-  os.makedirs(folder, exist_ok=True)
+  files.makedirs(folder)
   return folder

@@ -8,7 +8,11 @@ Trains the learned rule in `--workdir` and, unless `--config.baseline_synapses_o
 network with synapse updates off in `<workdir>/synapses_off` (its own run, same budget). Rerunning with
 the same workdir resumes both. Ends with a table of held-out recall bit accuracy, beside the key-blind
 floor (the best answer that ignores the cue, on the same episodes) and chance, and writes
-`<workdir>/summary.json`. The `routing` variant (`net.trained_synapses`) trains a network with synapse
+`<workdir>/summary.json` and `<workdir>/training_curve.png` (loss and recall against meta step).
+While it trains, `tensorboard --logdir=<workdir>` shows loss, recall, gradient norm, steps per second
+and the non-finite count (event files in the workdir and in `synapses_off/`, written by process 0).
+The workdir may be any path `etils.epath` understands: a local folder, or `gs://bucket/...` (with
+the `gcs` extra). The `routing` variant (`net.trained_synapses`) trains a network with synapse
 updates off whose fixed per-synapse weights are meta-trained, and no twin.
 
 Exit status: 0 done; 2 a bad config, workdir or checkpoint (refused before training) or a save that failed

@@ -8,7 +8,9 @@ The public API, for use inside other JAX models (shapes in each docstring; `N` n
 - the network: `make_full`, `make_layered`, `make_sparse` (topologies; `make_topology` from a config's
   `net` block), `init_net_state`, and
   `network_step`, the one function that vmaps the rules over every neuron and synapse;
-- `PlasticMemory`, a Flax module holding a network and its rule, with `write`, `read` and `step`;
+- `PlasticMemory`, a Flax module holding a network and its rule, with `write`, `read` and `step`, and
+  `NNXPlasticMemory`, the same as a Flax NNX module (its state a `MemoryState` variable, a frozen
+  rule's theta `FrozenTheta` variables);
 - `load_rule` (a shipped rule by name, a run of `experiments.remember`, or a saved rule),
   `available_rules`, `save_rule`, and `Rule`.
 """
@@ -24,12 +26,16 @@ from learned_rules.network import (
   make_sparse,
   network_step,
 )
+from learned_rules.nnx_memory import FrozenTheta, MemoryState, NNXPlasticMemory
 from learned_rules.pretrained import Rule, RuleLoadError, available_rules, load_rule, save_rule
 from learned_rules.rules import RuleSpec, Theta, body_update, init_theta, synapse_update
 
 __version__ = "0.1.0"
 
 __all__ = [
+  "FrozenTheta",
+  "MemoryState",
+  "NNXPlasticMemory",
   "NetState",
   "PlasticMemory",
   "Rule",

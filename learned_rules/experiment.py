@@ -3,20 +3,20 @@
 `run_experiment(cfg, workdir)` is what `python -m experiments.remember` runs: it meta-trains the rule of
 `cfg` in `workdir` (`meta_train.train_and_evaluate`), and, unless `baseline_synapses_off` is False, the
 same network with synapse updates off in `<workdir>/synapses_off`; then it scores the key-blind floor
-(the best answer that ignores the cue) on the same held-out episodes, and writes `summary.json`. A
+(the best answer that ignores the cue) on the same held-out episodes, and writes `summary.json` and
+`training_curve.png` (loss and recall against meta step, `draw_training_curve`). A
 meta-batch of several problems (`train.mixture`) reports each problem's recall and floor as well.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import jax
 
-from learned_rules import baselines, evaluation, meta_train
+from learned_rules import baselines, curve_png, evaluation, files, meta_train
 from learned_rules import config as config_lib
+from learned_rules import metrics as metrics_lib
 
 CHANCE = 0.5  # targets are uniform +-1 bits, so any fixed guess is right half the time
 
@@ -71,6 +71,32 @@ def _member_rows(cfg, learned: dict, summary: dict) -> list[tuple[str, float]]:
   return rows
 
 
+CURVE = "training_curve.png"
+
+
+def draw_training_curve(workdir: str, path: str, floor: float | None = None) -> bool:
+  """Draws the meta-training loss and recall (bit accuracy on the training episodes, against meta
+  step) of the run in `workdir` and of its synapses-off twin if it has one, beside chance and, if
+  given, the key-blind floor, to the PNG `path` (`curve_png`: no matplotlib). False (nothing drawn)
+  if neither run logged a metrics.jsonl."""
+  loss, recall = {}, {}
+  for name, run_dir in (("learned rule", workdir), ("synapses off", files.join(workdir, "synapses_off"))):
+    log = files.join(run_dir, "metrics.jsonl")
+    records = [r for r in metrics_lib.read_metrics(log) if "loss" in r] if files.exists(log) else []
+    if records:
+      loss[name] = [(r["step"], r["loss"]) for r in records]
+      recall[name] = [(r["step"], r["bit_accuracy"]) for r in records]
+  if not loss:
+    return False
+  references = {"chance": CHANCE} if floor is None else {"chance": CHANCE, "key-blind floor": floor}
+  panels = [
+    curve_png.Panel("meta-training loss", loss),
+    curve_png.Panel("recall (training episodes)", recall, references=references),
+  ]
+  curve_png.write_curves(path, panels)
+  return True
+
+
 def run_experiment(cfg, workdir: str) -> tuple[dict, str]:
   """Both runs and the summary: returns the summary dict (also written to `<workdir>/summary.json` by
   process 0) and the table of held-out recall. Raises what `meta_train.train_and_evaluate` raises."""
@@ -91,7 +117,7 @@ def run_experiment(cfg, workdir: str) -> tuple[dict, str]:
   if "members" in learned:
     rows += _member_rows(cfg, learned, summary)
   if spec.baseline_synapses_off and spec.synapse_updates:
-    off_dir = os.path.join(workdir, "synapses_off")
+    off_dir = files.join(workdir, "synapses_off")
     off = meta_train.train_and_evaluate(synapses_off_config(cfg), off_dir, label="synapses off: ")
     summary["bit_accuracy_synapses_off"] = off["bit_accuracy"]
     rows.append(("same network, synapse updates off", off["bit_accuracy"]))
@@ -100,6 +126,6 @@ def run_experiment(cfg, workdir: str) -> tuple[dict, str]:
   rows += [("key-blind floor (ignores the cue)", floor), ("chance", CHANCE)]
   summary["wall_seconds"] = time.perf_counter() - start
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    files.write_json(files.join(workdir, "summary.json"), summary)
+    draw_training_curve(workdir, files.join(workdir, CURVE), floor)
   return summary, format_table(rows, task_label(spec))

@@ -59,6 +59,10 @@ def read_text(path) -> str:
   return as_path(path).read_text()
 
 
+def read_bytes(path) -> bytes:
+  return as_path(path).read_bytes()
+
+
 def read_json(path):
   return json.loads(read_text(path))
 
@@ -69,6 +73,15 @@ def exists(path) -> bool:
 
 def is_dir(path) -> bool:
   return as_path(path).is_dir()
+
+
+def is_file(path) -> bool:
+  return as_path(path).is_file()
+
+
+def size(path) -> int:
+  """The bytes of the file `path`."""
+  return as_path(path).stat().length
 
 
 def append_text(path, text: str) -> None:

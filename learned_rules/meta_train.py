@@ -394,11 +394,18 @@ def _record_curve(writer, curve: Curve | None, clock: _TrainClock, done: int, th
 def _train_loop(
   spec: config_lib.TrainSpec, cfg, workdir, ckpt, state: TrainState, meta_step, topos, label, curve
 ):
-  """Meta steps up to `spec.num_steps`, with metrics, progress, checkpoints (each with `cfg`, for
-  provenance) and the `curve` evaluations; stops early with `NonFiniteError` or (after saving)
-  `Preempted`."""
+  """Meta steps up to `spec.num_steps`, with metrics (metrics.jsonl and, on process 0, TensorBoard
+  event files in `workdir`), progress, checkpoints (each with `cfg`, for provenance) and the `curve`
+  evaluations; stops early with `NonFiniteError` or (after saving) `Preempted`."""
   main = jax.process_index() == 0  # only the first process of a multi-host run logs
-  writer = metrics_lib.MetricsWriter(workdir)
+  writer = metrics_lib.MetricsWriter(workdir, events=main)
+  try:
+    return _run_steps(spec, cfg, ckpt, state, meta_step, topos, label, curve, writer, main)
+  finally:
+    writer.close()
+
+
+def _run_steps(spec, cfg, ckpt, state, meta_step, topos, label, curve, writer, main: bool):
   num_steps = spec.num_steps
   first = int(state.step)
   clock = _TrainClock(metrics_lib.read_metrics(writer.path) if curve and files.exists(writer.path) else [])
@@ -409,8 +416,12 @@ def _train_loop(
     logging.info("%scompiling the meta step ...", label)
     start = time.perf_counter()
     meta_step = meta_step.lower(state, topos).compile()
+    compile_s = time.perf_counter() - start
+    logging.info("%scompiled in %.1f s; training steps %d to %d", label, compile_s, first + 1, num_steps)
+    if main:
+      writer.write_events(first, compile_s=compile_s)
     if main and curve is not None:
-      writer.write(first, compile_s=time.perf_counter() - start)
+      writer.write(first, compile_s=compile_s)
   progress = metrics_lib.Progress(num_steps, first, label)
   with StopRequest() as stop:
     for step in range(first, num_steps):
@@ -424,6 +435,7 @@ def _train_loop(
         scalars = jax.device_get(step_metrics)
         writer.write(done, **scalars)
         progress.update(done, scalars["loss"], scalars["bit_accuracy"])
+        writer.write_events(done, steps_per_s=progress.rate)
       if main:
         _record_curve(writer, curve, clock, done, state.theta)
       stopping = stop.reached(done) and done < num_steps
@@ -545,5 +557,7 @@ def train_and_evaluate(
   results.update(meta_steps=int(state.step), wall_seconds=time.perf_counter() - start)
   if jax.process_index() == 0:
     scalars = {f"eval_{k}": v for k, v in results.items() if k != "members"}
-    metrics_lib.MetricsWriter(workdir).write(int(state.step), **scalars)
+    writer = metrics_lib.MetricsWriter(workdir, events=True)
+    writer.write(int(state.step), **scalars)
+    writer.close()
   return results

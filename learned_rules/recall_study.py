@@ -3,14 +3,12 @@ points (`python -m experiments.evaluate`); the figures of recall against K and o
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 
-from learned_rules import baselines, evaluation, meta_train
+from learned_rules import baselines, evaluation, figures, meta_train
 from learned_rules import config as config_lib
-from learned_rules import metrics as metrics_lib
 
 LEVELS = (0.99, 0.95)  # bit accuracies whose capacity (the largest K that reaches them) is reported
 
@@ -100,28 +98,4 @@ def plot(result: dict, path: str, title: str) -> None:
   ax.set(xlabel="snippets per episode K", ylabel="held-out recall", ylim=(0, 1.02), title=title)
   ax.legend(loc="lower left", fontsize=8)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-
-
-def plot_training(workdir: str, path: str) -> bool:
-  """Meta-training bit accuracy against meta step of the run in `workdir`, with its synapses-off run
-  where there is one, to `path`; False (nothing drawn) if neither logged a metrics.jsonl."""
-  runs = [("learned rule", workdir), ("synapses off", os.path.join(workdir, "synapses_off"))]
-  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
-  plotted = False
-  for name, run_dir in runs:
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(metrics_path):
-      continue
-    records = [r for r in metrics_lib.read_metrics(metrics_path) if "bit_accuracy" in r]
-    ax.plot([r["step"] for r in records], [r["bit_accuracy"] for r in records], label=name)
-    plotted = True
-  ax.axhline(0.5, color="k", lw=0.5)
-  ax.set(xlabel="meta step", ylabel="training recall bit accuracy", ylim=(0.4, 1.02))
-  ax.legend(loc="lower right", fontsize=8)
-  fig.tight_layout()
-  if plotted:
-    fig.savefig(path)
-  plt.close(fig)
-  return plotted
+  figures.save_png(fig, path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 
+import jax.numpy as jnp
+
 
 def _example(repo_root: str, heading: str = "## Use a learned rule in your model") -> str:
   with open(os.path.join(repo_root, "README.md")) as f:
@@ -15,11 +17,25 @@ def _example(repo_root: str, heading: str = "## Use a learned rule in your model
 
 def test_readme_example_runs_and_recalls(repo_root, capsys):
   code = _example(repo_root)
+  assert "PlasticMemory.from_rule" in code and "nnx" not in code  # the Linen example, first in its section
   assert len(code.strip().splitlines()) <= 25  # a short example
   namespace = {"__name__": "readme_example"}
   exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
   assert "recalled bits:" in capsys.readouterr().out
   assert float(namespace["accuracy"]) > 0.95  # 8 snippets: the shipped rule's K@0.99
+
+
+def test_readme_nnx_example_runs_recalls_and_differentiates(repo_root, capsys):
+  """The NNX subsection of the same section: write, read and nnx.jit recall as the Linen example does,
+  and its nnx.grad line gives the host layer finite, non-zero gradients (tests/test_nnx_memory.py)."""
+  code = _example(repo_root, "### In a Flax NNX model")
+  assert "nnx.grad" in code and len(code.strip().splitlines()) <= 25  # a short example
+  namespace = {"__name__": "readme_nnx_example"}
+  exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+  assert "recalled bits:" in capsys.readouterr().out
+  assert float(namespace["accuracy"]) > 0.95  # 8 snippets: the shipped rule's K@0.99
+  kernel = namespace["grads"]["kernel"].get_value()
+  assert bool(jnp.all(jnp.isfinite(kernel))) and float(jnp.abs(kernel).sum()) > 0
 
 
 def test_readme_general_rule_runs_on_another_size(repo_root):
