@@ -443,10 +443,7 @@ def _run_steps(spec, cfg, ckpt, state, meta_step, topos, label, curve, writer, m
         ckpt.save(done, state, cfg)
       if stopping:
         progress.close()
-        raise Preempted(
-          f"stopped by a preemption notice (SIGTERM) after step {done}, saved in {ckpt.directory}; "
-          "rerun to resume"
-        )
+        raise Preempted(f"stopped by SIGTERM after step {done}, saved in {ckpt.directory}; rerun to resume")
   progress.close()
   if ckpt.latest_step() is None:  # num_steps == 0: still leave a restorable run behind.
     ckpt.save(int(state.step), state, cfg)
