@@ -54,6 +54,7 @@ OPTIONAL_FIELDS = {
   "train.estimator.std": 0.0,
   "train.mixture": [],
   "train.init_rule": "",
+  "train.decay_steps": 0,
   "rule.reference_fan_in": 0,
   "rule.scale_rate": False,
   "rule.rate_power": 0.5,

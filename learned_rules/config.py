@@ -219,6 +219,7 @@ def _validate_train(cfg) -> None:
     _int(cfg, f"train.{name}", 1)
   _choice(cfg, "train.remat", unroll.REMAT_POLICIES)
   max_nonfinite_steps(cfg)
+  decay_steps(cfg)
   init_rule(cfg)
   _int(cfg, "eval.num_episodes", 1)
   _int_sequence(cfg, "eval.k_values", allow_empty=False)
@@ -324,6 +325,14 @@ def init_rule(cfg) -> str:
   return value
 
 
+def decay_steps(cfg) -> int:
+  """`train.decay_steps`, validated (>= 0; 0: a constant learning rate). Optional: a config from
+  before it existed gets 0."""
+  if "decay_steps" not in _get(cfg, "train"):
+    return 0
+  return _int(cfg, "train.decay_steps", 0)
+
+
 def max_nonfinite_steps(cfg) -> int:
   """`train.max_nonfinite_steps`, validated (>= 1). Optional: a config from before it existed (a
   shipped rule's, an older run's) gets `DEFAULT_MAX_NONFINITE_STEPS`."""
@@ -363,6 +372,7 @@ class TrainSpec:
   num_steps: int
   learning_rate: float
   clip_norm: float
+  decay_steps: int
   log_every: int
   checkpoint_every: int
   max_to_keep: int
@@ -381,6 +391,7 @@ def train_spec(cfg) -> TrainSpec:
     num_steps=int(t["num_steps"]),
     learning_rate=float(t["learning_rate"]),
     clip_norm=float(t["clip_norm"]),
+    decay_steps=decay_steps(cfg),
     log_every=int(t["log_every"]),
     checkpoint_every=int(t["checkpoint_every"]),
     max_to_keep=int(t["max_to_keep"]),

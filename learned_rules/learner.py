@@ -32,9 +32,17 @@ class TrainState:
   carries: tuple = ()
 
 
-def make_optimizer(learning_rate: float, clip_norm: float) -> optax.GradientTransformation:
+DECAY_FLOOR = 0.1  # a decayed learning rate ends at this fraction of its peak
+
+
+def make_optimizer(
+  learning_rate: float, clip_norm: float, decay_steps: int = 0
+) -> optax.GradientTransformation:
   """Adam with global-norm clipping (docs/DESIGN.md, "Meta-training"); also the recurrent baselines'
-  and host models' optimizer (`supervised.py`)."""
+  and host models' optimizer (`supervised.py`). With `decay_steps` > 0 the learning rate follows a
+  cosine from `learning_rate` down to a tenth of it at step `decay_steps` (`train.decay_steps`)."""
+  if decay_steps > 0:
+    learning_rate = optax.cosine_decay_schedule(learning_rate, decay_steps, alpha=DECAY_FLOOR)
   return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
 
 

@@ -187,7 +187,8 @@ def setup(cfg):
   config_lib.validate(cfg)
   topo = config_lib.make_topology(cfg)
   spec = config_lib.train_spec(cfg)
-  return topo, config_lib.problem(cfg, topo), make_optimizer(spec.learning_rate, spec.clip_norm)
+  optimizer = make_optimizer(spec.learning_rate, spec.clip_norm, spec.decay_steps)
+  return topo, config_lib.problem(cfg, topo), optimizer
 
 
 def setup_meta_batch(cfg):

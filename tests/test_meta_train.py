@@ -123,6 +123,25 @@ def test_optimizer_is_adam_on_globally_clipped_gradients():
   assert differs  # the clipping mattered on this gradient sequence
 
 
+def test_decay_steps_give_a_cosine_learning_rate_down_to_a_tenth():
+  """With a constant gradient Adam's step is the learning rate itself: it starts at 0.1, is halfway
+  down the cosine (0.055) at step 10 of 20, a tenth (0.01) from step 20 on; without decay it stays."""
+  decayed = meta_train.make_optimizer(learning_rate=0.1, clip_norm=10.0, decay_steps=20)
+  constant = meta_train.make_optimizer(learning_rate=0.1, clip_norm=10.0)
+  params, grads = np.zeros(2, np.float32), np.ones(2, np.float32)
+  steps = {}
+  for name, optimizer in (("decayed", decayed), ("constant", constant)):
+    state, sizes = optimizer.init(params), []
+    for _ in range(25):
+      updates, state = optimizer.update(grads, state, params)
+      sizes.append(float(-updates[0]))
+    steps[name] = sizes
+  np.testing.assert_allclose(
+    [steps["decayed"][i] for i in (0, 10, 20, 24)], [0.1, 0.055, 0.01, 0.01], rtol=1e-3
+  )
+  np.testing.assert_allclose(steps["constant"], 0.1, rtol=1e-3)
+
+
 def test_init_train_state():
   cfg = remember.get_config("tiny")
   topos, meta_batch, optimizer = meta_train.setup_meta_batch(cfg)

@@ -524,6 +524,7 @@ INVALID_VALUES = {
   "train.max_to_keep": ("", _int_below(1)),
   "train.remat": ("", _not_one_of(unroll.REMAT_POLICIES)),
   "train.max_nonfinite_steps": ("", _int_below(1)),
+  "train.decay_steps": ("", _int_below(0)),
   "train.init_rule": ("", st.one_of(st.integers(), st.booleans(), st.just(["hetero"]))),
   "train.estimator.kind": ("", _not_one_of(gradient_estimators.KINDS)),
   "train.estimator.window": ("", _int_below(0)),

@@ -88,6 +88,7 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   cfg.train.num_steps = 250
   cfg.train.learning_rate = 3e-3
   cfg.train.clip_norm = 1.0
+  cfg.train.decay_steps = 0  # > 0: cosine decay of the learning rate to a tenth over these steps
   cfg.train.loss = "mse"  # mse | logistic
   cfg.train.remat = "step"  # none | step | neurons | nested: what the meta-gradient stores per step
   cfg.train.log_every = 20
