@@ -34,12 +34,10 @@ before anything is compiled, with one `error:` line.
 
 from __future__ import annotations
 
-import os
-
 from absl import flags
 
 from experiments import harness
-from learned_rules import benchmarking
+from learned_rules import benchmarking, files
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -66,7 +64,7 @@ def main(cfg, workdir: str, opts) -> dict:
     options = options_of(cfg)
   except ValueError as e:
     raise harness.UsageError(f"--config: {e}") from None
-  out = opts.out or os.path.join(workdir, "benchmark.json")
+  out = opts.out or files.join(workdir, "benchmark.json")
   results = benchmarking.run(options, out)
   print(benchmarking.format_tables(results))
   print(f"wall time {results['wall_seconds']:.0f} s; results in {out}")

@@ -27,14 +27,13 @@ line. See docs/RELIABILITY.md.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from absl import flags
 
 from experiments import harness
-from learned_rules import capacity_figures, capacity_plan, capacity_study
+from learned_rules import capacity_figures, capacity_plan, capacity_study, files
 
 
 def default_workdir(cfg, quick: bool = False) -> str:
@@ -44,9 +43,8 @@ def default_workdir(cfg, quick: bool = False) -> str:
 
 def write_records(workdir: str, cfg, plan: capacity_plan.Plan, records: list[dict]) -> str:
   """Writes `<workdir>/capacity.json` (the studies, the config and the records); returns its path."""
-  path = os.path.join(workdir, "capacity.json")
-  with open(path, "w") as f:
-    json.dump({"studies": list(plan.studies), "config": cfg.to_dict(), "records": records}, f, indent=2)
+  path = files.join(workdir, "capacity.json")
+  files.write_json(path, {"studies": list(plan.studies), "config": cfg.to_dict(), "records": records})
   return path
 
 

@@ -25,7 +25,7 @@ import os
 from absl import flags
 
 from experiments import harness
-from learned_rules import estimator_study
+from learned_rules import estimator_study, files
 
 
 def default_workdir(cfg, quick: bool) -> str:
@@ -36,7 +36,7 @@ def default_workdir(cfg, quick: bool) -> str:
 def main(study, workdir: str, opts) -> dict:
   out = estimator_study.run_study(study, workdir)
   estimator_study.plot(
-    out["results"], os.path.join(harness.figure_dir(workdir, opts.figure_dir), "estimators.png")
+    out["results"], files.join(harness.figure_dir(workdir, opts.figure_dir), "estimators.png")
   )
   print(estimator_study.table(out["summary"]))
   print(f"results in {workdir}/results.json")

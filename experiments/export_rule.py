@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import json
-import os
 
 from absl import flags
 
 from experiments import harness
 from learned_rules import config as config_lib
-from learned_rules import evaluation, pretrained, rule_export
+from learned_rules import evaluation, files, pretrained, rule_export
 
 # The rule fields `--set` may change: how the rule scales with fan-in, not the shape of its theta.
 SETTABLE = (
@@ -80,12 +78,11 @@ def main(cfg, workdir: str, opts) -> rule_export.Export:
     config_lib.validate(cfg)  # a ConfigError names the field (exit status 2)
     rule = dataclasses.replace(rule, config=cfg)
     command += f" --set={opts.set}"
-  out_dir = opts.out_dir or os.path.join(workdir, "exported")
+  out_dir = opts.out_dir or files.join(workdir, "exported")
   by_size = None
   if opts.sizes_from:
     try:
-      with open(opts.sizes_from) as f:
-        study = json.load(f)
+      study = files.read_json(opts.sizes_from)
       by_size = rule_export.size_records(study, opts.size_rule or name, pretrained.theta_digest(rule.theta))
     except (OSError, ValueError) as e:
       raise harness.UsageError(f"--sizes_from: {opts.sizes_from}: {e}") from e
@@ -94,7 +91,7 @@ def main(cfg, workdir: str, opts) -> rule_export.Export:
     )
   exported = rule_export.export_rule(
     rule,
-    os.path.join(out_dir, name),
+    files.join(out_dir, name),
     trained_by=opts.trained_by,
     exported_by=command + (f" --out_dir={opts.out_dir}" if opts.out_dir else ""),
     by_size=by_size,
@@ -109,7 +106,7 @@ def main(cfg, workdir: str, opts) -> rule_export.Export:
   for n in sorted({r["N"] for r in by_size or ()}):
     at_n = [r for r in by_size if r["N"] == n]
     print(f"  N={n:5d}  K@0.99 {evaluation.capacity(at_n, 0.99)}, K@0.95 {evaluation.capacity(at_n, 0.95)}")
-  size = sum(os.path.getsize(p) for p in exported.paths) / 1024
+  size = sum(files.size(p) for p in exported.paths) / 1024
   print(f"wrote {', '.join(exported.paths)} ({size:.1f} KB)")
   return exported
 

@@ -14,13 +14,12 @@ Exit status: 0 done; 2 a bad flag or a rule that is missing or unreadable; see e
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import flags
 
 from experiments import harness
-from learned_rules import generalisation_study, pretrained
+from learned_rules import files, generalisation_study, pretrained
 
 
 def _rule_name(rule: str) -> str:
@@ -47,9 +46,8 @@ def main(cfg, workdir: str, opts) -> list[dict]:
   rule = load_rule(opts.rule)
   records = generalisation_study.evaluate_settings(rule, opts.num_episodes)
   print(generalisation_study.format_table(_rule_name(opts.rule), rule, records, opts.num_episodes))
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "generalisation.json"), "w") as f:
-    json.dump({"rule": opts.rule, "meta_steps": rule.meta_steps, "records": records}, f, indent=2)
+  summary = {"rule": opts.rule, "meta_steps": rule.meta_steps, "records": records}
+  files.write_json(files.join(workdir, "generalisation.json"), summary)
   print(f"wrote {workdir}/generalisation.json")
   return records
 

@@ -19,13 +19,12 @@ Exit status: 0 done; 2 a bad config or rule (refused before any evaluation); see
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import flags
 
 from experiments import harness
-from learned_rules import learning_figures, learning_study
+from learned_rules import files, learning_figures, learning_study
 
 
 def default_workdir(cfg, quick: bool = False) -> str:
@@ -35,11 +34,10 @@ def default_workdir(cfg, quick: bool = False) -> str:
 
 def read_results(workdir: str) -> dict:
   """The `results.json` a run of this command left in `workdir` (for `--plot_only`)."""
-  path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path):
+  path = files.join(workdir, "results.json")
+  if not files.exists(path):
     raise harness.UsageError(f"--plot_only: no {path}; run the study first")
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(path)
 
 
 def main(cfg, workdir: str, opts) -> dict:
@@ -48,11 +46,9 @@ def main(cfg, workdir: str, opts) -> dict:
     result = read_results(workdir)
   else:
     result = learning_study.run(cfg)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(result, f, indent=2)
+    files.write_json(files.join(workdir, "results.json"), result)
   print(learning_study.format_table(result))
-  figure = os.path.join(harness.figure_dir(workdir, opts.figure_dir), "learning.png")
+  figure = files.join(harness.figure_dir(workdir, opts.figure_dir), "learning.png")
   learning_figures.plot(result, figure)
   if opts.plot_only:
     print(f"drew {figure} from {workdir}/results.json")

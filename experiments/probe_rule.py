@@ -20,13 +20,12 @@ experiments/harness.py.
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import flags
 
 from experiments import harness
-from learned_rules import evaluation, pretrained, probe_study, storage_probe
+from learned_rules import evaluation, files, pretrained, probe_study, storage_probe
 
 
 def _rule_name(rule: str) -> str:
@@ -63,11 +62,9 @@ def main(cfg, workdir: str, opts) -> list[dict]:
   print("Writing one more pair into synapses that hold K pairs (learned_rules/storage_probe.py):")
   for write in storage:
     print("  " + storage_probe.format_probe(write))
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "probe.json"), "w") as f:
-    summary = {"rule": opts.rule, "meta_steps": rule.meta_steps, "contexts": probe_study.CONTEXTS}
-    json.dump({**summary, "records": records, "storage": storage}, f, indent=2)
-  figure = os.path.join(harness.figure_dir(workdir, opts.figure_dir), "probe.png")
+  summary = {"rule": opts.rule, "meta_steps": rule.meta_steps, "contexts": probe_study.CONTEXTS}
+  files.write_json(files.join(workdir, "probe.json"), {**summary, "records": records, "storage": storage})
+  figure = files.join(harness.figure_dir(workdir, opts.figure_dir), "probe.png")
   title = f"rule {name}: one synapse update against pre and post input, in its network's own states"
   probe_study.plot(result, figure, title)
   print(f"wrote {workdir}/probe.json, {figure}")

@@ -18,14 +18,11 @@ Exit status: 0 done; 2 a bad config or flag; see experiments/harness.py.
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 from absl import flags
 
 from experiments import harness
-from learned_rules import mesh_survey
+from learned_rules import files, mesh_survey
 
 
 def main(cfg, workdir: str, opts) -> list[dict]:
@@ -37,10 +34,9 @@ def main(cfg, workdir: str, opts) -> list[dict]:
   for row in mesh_survey.survey(cfg, opts.batch, opts.steps):
     print(mesh_survey.format_row(row), flush=True)
     rows.append(row)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "sharding_report.json"), "w") as f:
-    devices = {"devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind}
-    json.dump({**devices, "batch": opts.batch, "steps": opts.steps, "rows": rows}, f, indent=2)
+  devices = {"devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind}
+  report = {**devices, "batch": opts.batch, "steps": opts.steps, "rows": rows}
+  files.write_json(files.join(workdir, "sharding_report.json"), report)
   print(f"wrote {workdir}/sharding_report.json")
   return rows
 

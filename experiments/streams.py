@@ -23,13 +23,12 @@ experiments/harness.py.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 from absl import flags
 
 from experiments import harness
-from learned_rules import streams_figures, streams_study
+from learned_rules import files, streams_figures, streams_study
 
 
 def default_workdir(cfg, quick: bool = False) -> str:
@@ -56,11 +55,9 @@ def main(cfg, workdir: str, opts) -> dict:
   if opts.probe_max_lag < 1:
     raise harness.UsageError("--probe_max_lag must be >= 1")
   out = streams_study.run(opts.rule, sizes, opts.probe_max_lag, opts.synapses_off)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(out, f, indent=1)
+  files.write_json(files.join(workdir, "results.json"), out, indent=1)
   print(streams_study.format_tables(out))
-  figure = os.path.join(
+  figure = files.join(
     harness.figure_dir(workdir, opts.figure_dir), f"streams{'-quick' if opts.quick else ''}.png"
   )
   streams_figures.plot(out, figure)

@@ -24,14 +24,13 @@ named. Exit status: 0 done; 2 a bad config or rule (one `error:` line, before an
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from absl import flags
 
 from experiments import harness
-from learned_rules import host_plan, host_study
+from learned_rules import files, host_plan, host_study
 
 FIGURE = "accuracy_vs_length.png"
 RESULTS = "token_recall.json"
@@ -52,12 +51,10 @@ def main(cfg, workdir: str, opts) -> dict:
     print(f"[{time.perf_counter() - start:6.0f} s] {text}", flush=True)
 
   out = {"config": cfg.to_dict(), **host_study.run_study(study, log)}
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, RESULTS), "w") as f:
-    json.dump(out, f, indent=2)
+  files.write_json(files.join(workdir, RESULTS), out)
   # The figure always goes beside the results; a named --figure_dir (docs/figures/...) gets a copy.
   folders = dict.fromkeys([workdir, harness.figure_dir(workdir, opts.figure_dir)])
-  figures = [os.path.join(folder, FIGURE) for folder in folders]
+  figures = [files.join(folder, FIGURE) for folder in folders]
   for path in figures:
     host_study.plot(out, path)
   print(host_study.format_table(out))

@@ -8,7 +8,6 @@ measured in one process. The command is experiments/benchmark.py; docs/PERFORMAN
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from learned_rules import benchmark_cases, benchmark_host, rules, unroll
+from learned_rules import benchmark_cases, benchmark_host, files, rules, unroll
 from learned_rules.benchmark_cases import (
   PLANS,
   Case,
@@ -352,9 +351,7 @@ def run(options: Options = Options(), out: str | None = None) -> dict:
     results["million_synapse_case"] = run_million(sizes.million_case, settings)
   results["wall_seconds"] = time.perf_counter() - start
   if out:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-      json.dump(results, f, indent=2)
+    files.write_json(out, results, indent=2)
   return results
 
 

@@ -11,13 +11,12 @@ training key with a tag of its own: neither training batches nor evaluation epis
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from learned_rules import baselines, meta_train, network, result_cache, trained_baselines
+from learned_rules import baselines, files, meta_train, network, result_cache, trained_baselines
 from learned_rules import config as config_lib
 from learned_rules.capacity_plan import OnlineBackpropSpec, RandomDeltaSpec, RecurrentSpec
 
@@ -77,7 +76,7 @@ def fit_recurrent(
         label=f"{name} {hidden} lr {learning_rate:g} seed {run_seed}: ",
       )[0]
 
-    path = os.path.join(folder, f"{specs[0].protocol}-{hidden}-{digest}.msgpack")
+    path = files.join(folder, f"{specs[0].protocol}-{hidden}-{digest}.msgpack")
     return result_cache.load_or_make_params(path, make)
 
   fit = trained_baselines.fit_recurrent(

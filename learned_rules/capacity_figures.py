@@ -6,11 +6,9 @@ drawn when the records hold its study.
 
 from __future__ import annotations
 
-import os
-
 import matplotlib.pyplot as plt
 
-from learned_rules import figures
+from learned_rules import figures, files
 from learned_rules.capacity_study import groups
 from learned_rules.evaluation import capacity
 
@@ -34,7 +32,7 @@ def plot_all(records: list[dict], folder: str, train_neurons: int | None, train_
   ):
     rows = [r for r in records if r["study"] == name]
     if rows:
-      draw(rows, os.path.join(folder, path))
+      draw(rows, files.join(folder, path))
       made.append(path)
   return made
 

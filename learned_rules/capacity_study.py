@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 
 import jax
 
-from learned_rules import capacity_baselines, meta_train, network, pretrained, result_cache, trained_baselines
+from learned_rules import (
+  capacity_baselines,
+  files,
+  meta_train,
+  network,
+  pretrained,
+  result_cache,
+  trained_baselines,
+)
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
 from learned_rules.capacity_plan import (
@@ -62,7 +69,7 @@ class Study:
     """`(cfg, topo, theta, meta_steps)` of learned rule `run`, meta-trained first where needed."""
     if run not in self.rules:
       cfg = self.plan.rules[run]
-      run_dir = os.path.join(self.workdir, run)
+      run_dir = files.join(self.workdir, run)
       meta_train.train_and_evaluate(cfg, run_dir, label=f"{run}: ", evaluate=False)
       _, topo, state = meta_train.load_run(run_dir)
       self.rules[run] = (cfg, topo, state.theta, int(state.step))
@@ -77,7 +84,7 @@ class Study:
     hidden, state = capacity_baselines.recurrent_size(rule, spec, cfg, topo, size)
     memo = (specs, config_lib.train_spec(cfg).seed, hidden)
     if memo not in self.recurrent:
-      folder = os.path.join(self.workdir, "recurrent")
+      folder = files.join(self.workdir, "recurrent")
       self.recurrent[memo] = capacity_baselines.fit_recurrent(*memo, spec, folder, rule, self.log)
     fit = self.recurrent[memo]
     return capacity_baselines.recurrent_records(fit, specs, key, num_episodes, hidden, state, spec.cell)
@@ -229,7 +236,7 @@ def _meta(study: str, network_name: str = "full", axis: str | None = None, value
 def run(plan: Plan, workdir: str) -> list[dict]:
   """Runs the studies of `plan` in `workdir`; returns all their records, those of `networks` first, then
   `auto`, `size` and `difficulty`."""
-  os.makedirs(workdir, exist_ok=True)
+  files.makedirs(workdir)
   s = Study(plan, workdir)
   records = []
   if "networks" in plan.studies:

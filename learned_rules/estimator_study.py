@@ -13,14 +13,13 @@ out compilation, evaluation and checkpoints.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import numpy as np
 
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
-from learned_rules import figures, gradient_estimators, meta_train
+from learned_rules import figures, files, gradient_estimators, meta_train
 from learned_rules import metrics as metrics_lib
 
 REFERENCE = "full"  # the estimator whose final recall the others are timed to
@@ -85,7 +84,7 @@ def evaluator(study):
 def read_curve(workdir: str, cfg) -> tuple[list[dict], float]:
   """The curve a run wrote (records of `step`, `wall_s`, `cpu_s`, `stream_steps`, recall) and the
   seconds its meta step took to compile."""
-  records = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  records = metrics_lib.read_metrics(files.join(workdir, "metrics.jsonl"))
   spec = config_lib.estimator_spec(cfg)
   _, problem, _ = meta_train.setup(cfg)
   per_step = spec.stream_steps(problem.task, config_lib.train_spec(cfg).batch_size)
@@ -109,23 +108,26 @@ def run_study(study, workdir: str) -> dict:
   `results.json`'s record: the config, the curves, the summary (`summarise`)."""
   configs = run_configs(study)
   curve = meta_train.Curve(frozenset(), evaluator(study))
+  # A line per run; the study's budgets make the runs alike (learned_rules/configs/estimators.py), but a
+  # run finished before this invocation takes only seconds, so a resumed study's first estimates are low.
+  progress = metrics_lib.StudyProgress("estimators", len(configs) * len(study.seeds))
   results = {}
   for name, cfg in configs.items():
     runs, compile_s = [], None
     for seed in study.seeds:
       run_cfg = config_lib.with_overrides(cfg, {"seed": int(seed)})
-      run_dir = os.path.join(workdir, name, f"seed{seed}")
+      run_dir = files.join(workdir, name, f"seed{seed}")
       steps = frozenset(eval_steps(config_lib.train_spec(run_cfg).num_steps, study.eval_points))
-      meta_train.train_and_evaluate(
+      trained = meta_train.train_and_evaluate(
         run_cfg, run_dir, f"{name} seed {seed}: ", False, curve._replace(steps=steps)
       )
       points, seconds = read_curve(run_dir, run_cfg)
+      progress.done(f"{name} seed {int(seed)} at meta step {trained['meta_steps']}")
       compile_s = compile_s if compile_s is not None else seconds
       runs.append({"seed": int(seed), "curve": points})
     results[name] = {"spec": study.estimator[name].to_dict(), "compile_s": compile_s, "runs": runs}
   out = {"config": study.to_dict(), "summary": summarise(results), "results": results}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(out, f, indent=1, default=str)
+  files.write_text(files.join(workdir, "results.json"), json.dumps(out, indent=1, default=str))
   return out
 
 
@@ -243,5 +245,4 @@ def plot(results: dict, path: str) -> None:
   seeds = len(next(iter(results.values()))["runs"])
   fig.suptitle(f"Meta-training estimators on streaming recall ({seeds} seeds, mean and min-max)")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  figures.save_small_png(fig, path)
+  figures.save_small_png(fig, path)  # creates the folder

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from learned_rules import learning_study
+from learned_rules import figures, learning_study
 
 _LABELS = {
   "learned": "learned rule (hetero, frozen)",
@@ -55,5 +55,4 @@ def plot(result: dict, path: str) -> None:
   handles, labels = axes[0][1].get_legend_handles_labels()
   fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
   fig.tight_layout(rect=(0, 0.07, 1, 1))
-  fig.savefig(path)
-  plt.close(fig)
+  figures.save_png(fig, path)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
+import math
 import os
 import re
 import sys
 import time
+from collections.abc import Callable
 
+import jax
 from absl import logging
 
 from learned_rules import event_file, files
@@ -94,6 +97,40 @@ class Progress:
     if self.live:
       self.stream.write("\n")
       self.stream.flush()
+
+
+class StudyProgress:
+  """An absl INFO line as each unit of a long study ends (a run, a rule, a seed), on process 0 only:
+  `<label> <done>/<total>: <what> in <s> s; <s> s elapsed, about <s> s left`. Time left is `left_s`
+  when the caller knows better (units of unlike cost; a function of the unit's seconds; NaN: not known
+  yet), else the mean unit so far times the units left; there is none after the last unit."""
+
+  def __init__(self, label: str, total: int):
+    self.label, self.total, self.count = label, total, 0
+    self.start = self.last = time.perf_counter()
+
+  def done(self, what: str, left_s: float | Callable[[float], float] | None = None) -> None:
+    """Logs the line of the unit that just ended."""
+    now = time.perf_counter()
+    took, self.last = now - self.last, now
+    self.count += 1
+    if callable(left_s):
+      left_s = left_s(took)
+    elapsed, units_left = now - self.start, self.total - self.count
+    if left_s is None:
+      left_s = elapsed / self.count * units_left
+    rest = f", about {left_s:.0f} s left" if units_left and math.isfinite(left_s) else ""
+    if jax.process_index() == 0:
+      logging.info(
+        "%s %d/%d: %s in %.0f s; %.0f s elapsed%s",
+        self.label,
+        self.count,
+        self.total,
+        what,
+        took,
+        elapsed,
+        rest,
+      )
 
 
 class _DropLibraryInfo:

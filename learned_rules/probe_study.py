@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from learned_rules import config as config_lib
-from learned_rules import evaluation, meta_train, network, pretrained, probe, rules
+from learned_rules import evaluation, figures, meta_train, network, pretrained, probe, rules
 
 TYPE_NAMES = {network.INPUT_TYPE: "input", network.OUTPUT_TYPE: "output"}
 GRID = 21  # points of `probe.probe`'s default grid of inputs in [-1, 1]
@@ -140,5 +140,4 @@ def plot(result: RuleProbe, path: str, title: str) -> None:
   _shares_panel(axes[2], result)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  figures.save_png(fig, path)

@@ -1,8 +1,8 @@
 """Results kept in a workdir as soon as each is computed, so that a long study that is stopped resumes
 where it was, and a finished one is read back in seconds instead of computed again.
 
-Both stores write a new file beside the old one and rename it over, so that a study killed mid-write
-leaves the previous contents intact.
+The workdir may be local or remote (`files`). Locally both stores write a new file beside the old one
+and rename it over, so that a study killed mid-write leaves the previous contents intact.
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from collections.abc import Callable
 
 from flax import serialization
 
+from learned_rules import files
+
 
 class ResultCache:
   """JSON results by key, kept in `<folder>/<name>` (rewritten after each new result)."""
 
   def __init__(self, folder: str, name: str = "cache.json"):
-    self.path = os.path.join(folder, name)
-    self.entries = {}
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        self.entries = json.load(f)
+    self.path = files.join(folder, name)
+    self.entries = files.read_json(self.path) if files.exists(self.path) else {}
 
   def get(self, key: dict, compute: Callable[[], object]):
     """The result stored under `key` (a JSON-able dict), or `compute()`'s, stored first."""
@@ -36,16 +35,20 @@ class ResultCache:
 def load_or_make_params(path: str, make: Callable[[], object]):
   """The parameters (a pytree of arrays) kept in the msgpack file `path`, or `make()`'s, written there
   first. Read back, the pytree's dicts are plain dicts of numpy arrays."""
-  if os.path.exists(path):
-    with open(path, "rb") as f:
-      return serialization.msgpack_restore(f.read())
+  if files.exists(path):
+    return serialization.msgpack_restore(files.read_bytes(path))
   params = make()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  files.makedirs(files.as_path(path).parent)
   _replace(path, serialization.to_bytes(params))
   return params
 
 
 def _replace(path: str, data: bytes) -> None:
+  """Writes `data` to `path` whole or not at all."""
+  if files.is_remote(path):
+    # An object store's upload replaces the object only once it is complete: a plain write is atomic.
+    files.write_bytes(path, data)
+    return
   with open(path + ".tmp", "wb") as f:
     f.write(data)
   os.replace(path + ".tmp", path)

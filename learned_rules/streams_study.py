@@ -19,17 +19,19 @@ every slot whose asked-for snippet was shown whole in the stream. `streams_figur
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
-import os
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from learned_rules import config as config_lib
-from learned_rules import evaluation, pretrained, streaming
+from learned_rules import evaluation, files, pretrained, streaming
+from learned_rules import metrics as metrics_lib
 
 DECAY_GRID = (0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0)
 MEMORIES = ("learned", "palimpsest", "hebbian_no_decay", "synapses_off")
@@ -57,6 +59,37 @@ def _clock():
 
 def _since(start) -> dict[str, float]:
   return {"wall_seconds": time.perf_counter() - start[0], "cpu_seconds": time.process_time() - start[1]}
+
+
+# The runs over the streams of one protocol, in order, as the progress lines name them.
+RUNS = {
+  "tuning": f"{len(DECAY_GRID)} palimpsests on the decay-tuning streams",
+  "hebbian": f"{len(DECAY_GRID)} palimpsests on the evaluation streams",
+  "learned": "the learned rule",
+  "synapses_off": "the synapses-off network",
+}
+
+
+def _time_left(seconds: dict, runs: list[tuple[str, str]]) -> float:
+  """Seconds the runs after those in `seconds` (`{(protocol, run): s}`) take, each as long as the same
+  run on an earlier protocol (as many streams and windows, compiled anew); NaN until every one has one."""
+  like = {run: s for (_, run), s in seconds.items()}
+  rest = [run for _, run in runs[len(seconds) :]]
+  return sum(like[r] for r in rest) if set(rest) <= set(like) else float("nan")
+
+
+def _progress(runs: list[tuple[str, str]]) -> Callable[[str, str], None]:
+  """`done(protocol, run)`, called as each run over the streams ends: a `metrics.StudyProgress` line."""
+  progress, seconds = metrics_lib.StudyProgress("streams", len(runs)), {}
+
+  def done(protocol: str, run: str) -> None:
+    def left(took: float) -> float:
+      seconds[protocol, run] = took
+      return _time_left(seconds, runs)
+
+    progress.done(f"{protocol} protocol, {RUNS[run]}", left)
+
+  return done
 
 
 def _nan_to_none(values) -> list:
@@ -91,8 +124,8 @@ def synapses_off_rule(rule_path: str, rule: pretrained.Rule, synapses_off: str) 
   or was trained on another stream."""
   if synapses_off == "none":
     return None
-  path = synapses_off or os.path.join(rule_path, "synapses_off")
-  if not synapses_off and not os.path.isdir(os.path.join(path, "checkpoints")):
+  path = synapses_off or files.join(rule_path, "synapses_off")
+  if not synapses_off and not files.is_dir(files.join(path, "checkpoints")):
     return None
   off = load_streaming_rule(path, "synapses-off run")
   if off.experiment.synapse_updates:
@@ -124,15 +157,17 @@ def _norm_record(norms: streaming.StateNorms) -> dict:
   return record
 
 
-def _hebbian_memories(task, keys, sizes: StreamSizes) -> dict:
+def _hebbian_memories(task, keys, sizes: StreamSizes, done: Callable[[str], None]) -> dict:
   """The palimpsest (its decay the best of `DECAY_GRID` on the tuning streams of `keys[1]`) and decay 1,
   on the evaluation streams of `keys[0]`, with the tuning table."""
   k_eval, k_tune = keys
   b, w = sizes.num_streams, sizes.num_windows
   start = _clock()
   grid = jnp.asarray(DECAY_GRID)
-  tune_counts, _ = streaming.run_hebbian_streams(task, k_tune, b, w, grid)
-  counts, max_weight = streaming.run_hebbian_streams(task, k_eval, b, w, grid)
+  tune_counts, _ = jax.block_until_ready(streaming.run_hebbian_streams(task, k_tune, b, w, grid))
+  done("tuning")
+  counts, max_weight = jax.block_until_ready(streaming.run_hebbian_streams(task, k_eval, b, w, grid))
+  done("hebbian")
   pick = lambda tree, i: jax.tree.map(lambda a: a[i], tree)  # noqa: E731
   tuned = [float(streaming.accuracy(pick(tune_counts, i))) for i in range(len(DECAY_GRID))]
   best = int(np.argmax(tuned))
@@ -160,27 +195,29 @@ def _network_memory(rule: pretrained.Rule, max_lag: int, key, sizes: StreamSizes
   return _memory_record(counts, norms=_norm_record(norms), **_since(start))
 
 
-def run_protocol(rule, off_rule, max_lag: int, keys, sizes: StreamSizes) -> dict:
+def run_protocol(
+  rule, off_rule, max_lag: int, keys, sizes: StreamSizes, done: Callable[[str], None] = lambda run: None
+) -> dict:
   """Every memory on `sizes.num_streams` streams of `rule`'s protocol with lags up to `max_lag`,
   `sizes.num_windows` windows each: the learned rule, the palimpsest (its decay the best of
-  `DECAY_GRID` on as many other streams of `keys[1]`), decay 1, and synapses off (`off_rule`, if any)."""
+  `DECAY_GRID` on as many other streams of `keys[1]`), decay 1, and synapses off (`off_rule`, if any).
+  `done(run)` is called as each run of `RUNS` ends."""
   task = on_protocol(rule, max_lag)[1].task
   out = {"max_lag": max_lag, "window": task.window, "num_streams": sizes.num_streams}
   out["num_windows"] = sizes.num_windows
-  out.update(_hebbian_memories(task, keys, sizes))
+  out.update(_hebbian_memories(task, keys, sizes, done))
   out["learned"] = _network_memory(rule, max_lag, keys[0], sizes)
+  done("learned")
   if off_rule is not None:
     out["synapses_off"] = _network_memory(off_rule, max_lag, keys[0], sizes)
+    done("synapses_off")
   return out
 
 
 def _meta_training(rule_path: str) -> dict | None:
   """What `experiments.remember` recorded of the rule's meta-training (its summary.json), if anything."""
-  path = os.path.join(rule_path, "summary.json")
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  path = files.join(rule_path, "summary.json")
+  return files.read_json(path) if files.is_file(path) else None
 
 
 def run(rule_path: str, sizes: StreamSizes = FULL, probe_max_lag: int = 16, synapses_off: str = "") -> dict:
@@ -193,6 +230,17 @@ def run(rule_path: str, sizes: StreamSizes = FULL, probe_max_lag: int = 16, syna
   train_lag = rule.experiment.task.max_lag
   keys = jax.random.split(evaluation.eval_key(rule.experiment.train.seed))  # evaluation, decay tuning
   lags = {"train": train_lag, **({"probe": probe_max_lag} if probe_max_lag > train_lag else {})}
+  runs = [r for r in RUNS if off is not None or r != "synapses_off"]
+  order = [(name, r) for name in lags for r in runs]
+  done = _progress(order)
+  if jax.process_index() == 0:
+    logging.info(
+      "streams: %d runs of %d streams x %d windows, protocols %s; each run compiles first",
+      len(order),
+      sizes.num_streams,
+      sizes.num_windows,
+      ", ".join(lags),
+    )
   out = {
     "rule": rule_path,
     "meta_steps": rule.meta_steps,
@@ -201,7 +249,10 @@ def run(rule_path: str, sizes: StreamSizes = FULL, probe_max_lag: int = 16, syna
     "train_max_lag": train_lag,
     "sizes": dataclasses.asdict(sizes),
     "synapse_bound": streaming.synapse_bound(rule.theta),
-    "protocols": {name: run_protocol(rule, off, lag, keys, sizes) for name, lag in lags.items()},
+    "protocols": {
+      name: run_protocol(rule, off, lag, keys, sizes, functools.partial(done, name))
+      for name, lag in lags.items()
+    },
   }
   out.update(_since(start))
   return out

@@ -14,6 +14,7 @@ import pytest
 
 from learned_rules import config as config_lib
 from learned_rules import estimator_study, gradient_estimators, meta_train, rules
+from learned_rules import metrics as metrics_lib
 from learned_rules.configs import estimators as estimator_configs
 
 
@@ -28,15 +29,20 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny, tmp_path_factory):
+  """`(workdir, results, logged)`: the tiny study run, and the absl INFO lines it logged."""
   workdir = str(tmp_path_factory.mktemp("estimators"))
-  out = estimator_study.run_study(tiny[0], workdir)
+  logged = []
+  with pytest.MonkeyPatch.context() as patch:
+    record = lambda msg, *args: logged.append(str(msg) % args if args else str(msg))  # noqa: E731
+    patch.setattr(metrics_lib.logging, "info", record)
+    out = estimator_study.run_study(tiny[0], workdir)
   estimator_study.plot(out["results"], os.path.join(workdir, "estimators.png"))
-  return workdir, out
+  return workdir, out, logged
 
 
 def test_tiny_study_writes_curves_summary_and_figure(tiny, tiny_run):
   study, configs, *_ = tiny
-  workdir, out = tiny_run
+  workdir, out, _ = tiny_run
   with open(os.path.join(workdir, "results.json")) as f:
     saved = json.load(f)
   assert list(saved["results"]) == list(configs) == ["truncated_8", "full", "open_es", "pes_8"]
@@ -85,9 +91,20 @@ def test_tiny_study_writes_curves_summary_and_figure(tiny, tiny_run):
 
 def test_a_finished_study_reruns_from_its_checkpoints(tiny, tiny_run):
   """Rerun on the same folder, every run resumes at its last step: nothing trains, the curves stay."""
-  workdir, out = tiny_run
+  workdir, out, _ = tiny_run
   again = estimator_study.run_study(tiny[0], workdir)
   assert again["results"] == out["results"]
+
+
+def test_the_study_logs_a_progress_line_per_run(tiny, tiny_run):
+  study, configs, *_ = tiny
+  lines = [line for line in tiny_run[2] if line.startswith("estimators ")]
+  total = len(configs) * len(study.seeds)
+  runs = [(name, seed) for name in configs for seed in study.seeds]
+  assert len(lines) == total, tiny_run[2]
+  for i, (line, (name, seed)) in enumerate(zip(lines, runs, strict=True)):
+    assert line.startswith(f"estimators {i + 1}/{total}: {name} seed {seed} at meta step "), line
+    assert "s elapsed" in line and ("s left" in line) == (i + 1 < total), line
 
 
 def test_full_window_is_back_propagation_through_the_episode(tiny, trees_close):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +44,7 @@ SIZES = {"num_streams": 2, "num_windows": 30}  # 30 windows of W = 8: 240 steps,
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, run_module):
-  """`(folder, results.json, stdout)`: the tiny rule (and its synapses-off twin) saved in `folder` and
+  """`(folder, results.json, stdout, stderr)`: the tiny rule (and its synapses-off twin) saved in `folder` and
   run by the command on its own protocol (no probe: a probe compiles every program again). Requested
   after `test_long_stream_...`, whose programs it then finds in the tests' compilation cache."""
   folder = tmp_path_factory.mktemp("streams")
@@ -54,7 +55,7 @@ def tiny_run(tmp_path_factory, run_module):
   done = run_module("experiments.streams", *args, f"--workdir={folder}/out", f"--figure_dir={folder}/fig")
   assert done.returncode == 0, done.stderr[-3000:]
   with open(folder / "out" / "results.json") as f:
-    return folder, json.load(f), done.stdout
+    return folder, json.load(f), done.stdout, done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def test_only_streaming_rules_are_accepted(tiny_run, tmp_path):
 
 
 def test_command_records_every_memory(tiny_run, tmp_path):
-  folder, out, stdout = tiny_run
+  folder, out, stdout, _ = tiny_run
   assert "recall bit accuracy by lag" in stdout and "state norms" in stdout
   assert set(out["protocols"]) == {"train"}  # the probe's Dmax 4 is the rule's own
   p = out["protocols"]["train"]
@@ -176,3 +177,14 @@ def test_command_records_every_memory(tiny_run, tmp_path):
     {**out, "protocols": {"train": p, "probe": {**probe, "max_lag": 8}}}, str(tmp_path / "p.png")
   )
   assert os.path.getsize(tmp_path / "p.png") > 1000
+
+
+def test_command_logs_a_progress_line_per_run(tiny_run):
+  """One absl INFO line per run over the streams (the rule, its synapses-off twin, the Hebbian memories
+  on the tuning and the evaluation streams), each with runs done of the total and the time elapsed."""
+  stderr = tiny_run[3]
+  assert "streams: 4 runs of 2 streams x 30 windows, protocols train;" in stderr
+  lines = [line for line in stderr.splitlines() if re.search(r"\] streams \d/4: ", line)]
+  assert [re.search(r"streams (\d)/4", line)[1] for line in lines] == ["1", "2", "3", "4"], stderr[-3000:]
+  names = ["decay-tuning streams", "palimpsests on the evaluation streams", "learned rule", "synapses-off"]
+  assert all(name in line and "s elapsed" in line for name, line in zip(names, lines, strict=True)), lines
