@@ -51,6 +51,19 @@ def write_bytes(path, data: bytes) -> None:
   as_path(path).write_bytes(data)
 
 
+def replace_bytes(path, data: bytes) -> None:
+  """Writes `data` to `path` whole or not at all (creating its folder): locally into `<path>.tmp`,
+  then renamed over `path`; on an object store an upload replaces the object only once it is complete,
+  so a plain write is already atomic."""
+  if is_remote(path):
+    write_bytes(path, data)
+    return
+  makedirs(as_path(path).parent)
+  with open(os.fspath(path) + ".tmp", "wb") as f:
+    f.write(data)
+  os.replace(os.fspath(path) + ".tmp", path)
+
+
 def write_json(path, record, indent: int | None = 2) -> None:
   write_text(path, json.dumps(record, indent=indent))
 

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from learned_rules import checkpointing, meta_train, network, rules, unroll
+from learned_rules import checkpointing, files, meta_train, network, rules, unroll
 from learned_rules import config as config_lib
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
@@ -88,12 +88,12 @@ def load_rule(name_or_path: str) -> Rule:
     RuleLoadError: a checkpoint or file that does not hold a rule of this version's layout.
   """
   path = os.fspath(name_or_path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  if files.is_dir(files.join(path, "checkpoints")):
     return _load_run(path)
-  if os.path.isdir(path):
+  if files.is_dir(path):
     raise FileNotFoundError(f"load_rule: {path} holds no checkpoints/; is it a run of experiments.remember?")
   prefix = path[: -len(".json")] if path.endswith(".json") else path
-  if os.path.exists(prefix + ".json"):
+  if files.exists(prefix + ".json"):
     return _load_file(prefix)
   if os.sep not in path and path in available_rules():
     return _load_file(os.path.join(PRETRAINED_DIR, path))
@@ -137,12 +137,12 @@ def _load_run(workdir: str) -> Rule:
       f"the checkpoint in {workdir} does not match the train-state layout of its config under this "
       f"version of learned_rules: {e}"
     ) from e
-  return Rule(theta=state.theta, config=cfg, meta_steps=int(state.step), source=os.path.abspath(workdir))
+  source = os.fspath(files.as_path(workdir))
+  return Rule(theta=state.theta, config=cfg, meta_steps=int(state.step), source=source)
 
 
 def _load_file(prefix: str) -> Rule:
-  with open(prefix + ".json") as f:
-    meta = json.load(f)
+  meta = files.read_json(prefix + ".json")
   if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
     raise RuleLoadError(
       f"{prefix}.json is not a saved rule of format {FORMAT_VERSION} (format {meta.get('format')!r})"
@@ -152,8 +152,7 @@ def _load_file(prefix: str) -> Rule:
   cfg = _validated_config(meta.get("config"), f"{prefix}.json")
   topo = config_lib.make_topology(cfg)
   like = rules.init_theta(jax.random.PRNGKey(0), config_lib.rule_spec(cfg, topo))
-  with open(prefix + ".msgpack", "rb") as f:
-    raw = serialization.msgpack_restore(f.read())
+  raw = serialization.msgpack_restore(files.read_bytes(prefix + ".msgpack"))
   theta = _theta_like(like, raw, f"{prefix}.msgpack")
   info = {k: v for k, v in meta.items() if k not in ("format", "config", "meta_steps")}
   return Rule(theta=theta, config=cfg, meta_steps=int(meta["meta_steps"]), source=prefix, info=info)
@@ -189,7 +188,8 @@ class RuleSaveError(ValueError):
 
 
 def save_rule(rule: Rule, prefix: str, **info) -> tuple[str, str]:
-  """Writes `rule` to `<prefix>.json` and `<prefix>.msgpack` (each written whole, then renamed);
+  """Writes `rule` to `<prefix>.json` and `<prefix>.msgpack` (each whole or not at all: local or remote,
+  `files.replace_bytes`);
   `info` (JSON-ready) is recorded beside the config. Returns the two paths.
 
   Raises `RuleSaveError` for a run of `net.trained_synapses` (theta holds one weight per synapse of its
@@ -201,7 +201,6 @@ def save_rule(rule: Rule, prefix: str, **info) -> tuple[str, str]:
       f"holds its per-synapse weights, {network.SYNAPSE_WEIGHTS!r}), which a saved rule cannot hold; "
       "load_rule(<its run directory>) reads it as it is"
     )
-  os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
   meta = {
     "format": FORMAT_VERSION,
     "meta_steps": int(rule.meta_steps),
@@ -213,7 +212,5 @@ def save_rule(rule: Rule, prefix: str, **info) -> tuple[str, str]:
     prefix + ".json": (json.dumps(meta, indent=2) + "\n").encode(),
   }
   for path, blob in blobs.items():
-    with open(path + ".tmp", "wb") as f:
-      f.write(blob)
-    os.replace(path + ".tmp", path)
+    files.replace_bytes(path, blob)
   return prefix + ".json", prefix + ".msgpack"

@@ -8,7 +8,6 @@ and rename it over, so that a study killed mid-write leaves the previous content
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 
 from flax import serialization
@@ -28,7 +27,7 @@ class ResultCache:
     text = json.dumps(key, sort_keys=True)
     if text not in self.entries:
       self.entries[text] = compute()
-      _replace(self.path, json.dumps(self.entries).encode())
+      files.replace_bytes(self.path, json.dumps(self.entries).encode())
     return self.entries[text]
 
 
@@ -39,16 +38,5 @@ def load_or_make_params(path: str, make: Callable[[], object]):
     return serialization.msgpack_restore(files.read_bytes(path))
   params = make()
   files.makedirs(files.as_path(path).parent)
-  _replace(path, serialization.to_bytes(params))
+  files.replace_bytes(path, serialization.to_bytes(params))
   return params
-
-
-def _replace(path: str, data: bytes) -> None:
-  """Writes `data` to `path` whole or not at all."""
-  if files.is_remote(path):
-    # An object store's upload replaces the object only once it is complete: a plain write is atomic.
-    files.write_bytes(path, data)
-    return
-  with open(path + ".tmp", "wb") as f:
-    f.write(data)
-  os.replace(path + ".tmp", path)

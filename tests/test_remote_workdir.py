@@ -20,7 +20,7 @@ pytest.importorskip("gcsfs", reason="gs:// workdirs need gcsfs (the gcs extra)")
 emulator = pytest.importorskip("gcp_storage_emulator.server", reason="the test extra's storage emulator")
 from gcp_storage_emulator.handlers import objects as gcs_objects  # noqa: E402
 
-from learned_rules import checkpointing, files, metrics  # noqa: E402
+from learned_rules import checkpointing, files, metrics, pretrained  # noqa: E402
 
 BUCKET = "learned-rules-test"
 
@@ -124,3 +124,14 @@ def test_remember_writes_to_the_bucket_and_resumes(gcs, repo_root, tmp_path):
   assert files.read_json(files.join(workdir, "summary.json"))["meta_steps"] == 4
   steps = [r["step"] for r in metrics.read_metrics(files.join(workdir, "metrics.jsonl")) if "loss" in r]
   assert steps == [1, 2, 3, 4]
+
+
+def test_rules_save_to_and_load_from_a_bucket(gcs):
+  _, bucket = gcs
+  rule = pretrained.load_rule("hetero")
+  json_path, _ = pretrained.save_rule(rule, files.join(bucket, "rules", "mine"), note="remote")
+  assert json_path == f"{bucket}/rules/mine.json"
+  loaded = pretrained.load_rule(json_path)
+  assert loaded.info["note"] == "remote" and loaded.meta_steps == rule.meta_steps
+  for a, b in zip(jax.tree.leaves(loaded.theta), jax.tree.leaves(rule.theta), strict=True):
+    np.testing.assert_array_equal(a, b)
