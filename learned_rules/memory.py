@@ -44,6 +44,22 @@ import jax.numpy as jnp
 from learned_rules import network, rules, unroll
 
 
+def rule_fields(rule, trainable: bool = False) -> dict:
+  """The network, theta and protocol a loaded rule (`load_rule`) was meta-trained with, as the fields of
+  `PlasticMemory` (and `NNXPlasticMemory`)."""
+  problem = rule.problem()
+  return dict(
+    topology=rule.topology,
+    spec=rule.spec,
+    theta=rule.theta,
+    trainable=trainable,
+    present_steps=problem.task.present_steps,
+    delay_steps=problem.task.delay_steps,
+    query_steps=problem.task.query_steps,
+    init_noise=problem.init_noise,
+  )
+
+
 class PlasticMemory(nn.Module):
   """A network of plastic synapses run by a learned rule; `write`, `read` (`__call__`) and `step`.
 
@@ -74,18 +90,7 @@ class PlasticMemory(nn.Module):
   @classmethod
   def from_rule(cls, rule, trainable: bool = False, **overrides) -> PlasticMemory:
     """The network, theta and protocol a loaded rule (`load_rule`) was meta-trained with."""
-    problem = rule.problem()
-    fields = dict(
-      topology=rule.topology,
-      spec=rule.spec,
-      theta=rule.theta,
-      trainable=trainable,
-      present_steps=problem.task.present_steps,
-      delay_steps=problem.task.delay_steps,
-      query_steps=problem.task.query_steps,
-      init_noise=problem.init_noise,
-    )
-    return cls(**{**fields, **overrides})
+    return cls(**{**rule_fields(rule, trainable), **overrides})
 
   @property
   def num_neurons(self) -> int:

@@ -119,18 +119,7 @@ class NNXPlasticMemory(nnx.Module):
   def from_rule(cls, rule, trainable: bool = False, *, rngs: nnx.Rngs, **overrides) -> NNXPlasticMemory:
     """The network, theta and protocol a loaded rule (`load_rule`) was meta-trained with; `overrides`
     (e.g. `batch_shape=(4,)`) replace any of the constructor's arguments."""
-    problem = rule.problem()
-    fields = dict(
-      topology=rule.topology,
-      spec=rule.spec,
-      theta=rule.theta,
-      trainable=trainable,
-      present_steps=problem.task.present_steps,
-      delay_steps=problem.task.delay_steps,
-      query_steps=problem.task.query_steps,
-      init_noise=problem.init_noise,
-    )
-    return cls(**{**fields, **overrides}, rngs=rngs)
+    return cls(**{**memory_lib.rule_fields(rule, trainable), **overrides}, rngs=rngs)
 
   @property
   def topology(self) -> network.Topology:

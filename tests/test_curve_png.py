@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 import time
 import zlib
 
@@ -154,27 +152,3 @@ def test_encode_png_round_trip_and_no_panels():
     curve_png.render_curves([])
   with pytest.raises(ValueError, match="increasing"):
     curve_png.render_curves([Panel("flat", {"a": [(0, 1)]}, ylim=(1.0, 1.0))])
-
-
-def test_imports_only_numpy_and_etils(repo_root):
-  """Loaded on its own (not through the package's __init__), the module pulls in no third-party
-  package but numpy and etils: no matplotlib."""
-  loaded = subprocess.run(
-    [sys.executable, "-c", _LOAD_ALONE.format(path="learned_rules/curve_png.py")],
-    cwd=repo_root,
-    capture_output=True,
-    text=True,
-    check=True,
-  ).stdout.split()
-  assert loaded == ["etils", "numpy"]
-
-
-# Prints the top-level third-party modules that loading the file at {path} imports.
-_LOAD_ALONE = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("alone", "{path}")
-module = sys.modules["alone"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-names = {{name.split(".")[0] for name in sys.modules if not name.startswith("_")}}
-print(*sorted(names - set(sys.stdlib_module_names) - {{"alone"}}))
-"""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -107,27 +105,3 @@ def test_tensorboard_reads_the_file(tmp_path):
   assert [e.value for e in loss[:3]] == [1.5, 0.75, 0.25]
   assert math.isnan(loss[3].value)
   assert accumulator.file_version == 2.0
-
-
-def test_imports_only_the_standard_library_and_etils(repo_root):
-  """Loaded on its own (not through the package's __init__), the module pulls in no third-party
-  package but etils: no TensorFlow, protobuf or tensorboard."""
-  loaded = subprocess.run(
-    [sys.executable, "-c", _LOAD_ALONE.format(path="learned_rules/event_file.py")],
-    cwd=repo_root,
-    capture_output=True,
-    text=True,
-    check=True,
-  ).stdout.split()
-  assert loaded == ["etils"]
-
-
-# Prints the top-level third-party modules that loading the file at {path} imports.
-_LOAD_ALONE = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("alone", "{path}")
-module = sys.modules["alone"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-names = {{name.split(".")[0] for name in sys.modules if not name.startswith("_")}}
-print(*sorted(names - set(sys.stdlib_module_names) - {{"alone"}}))
-"""

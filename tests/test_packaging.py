@@ -68,3 +68,24 @@ def test_remember_runs_without_them(repo_root, tmp_path):
   names = os.listdir(tmp_path)
   assert {"summary.json", "training_curve.png"} <= set(names)
   assert any(n.startswith("events.out.tfevents.") for n in names)
+
+
+# Prints the top-level third-party modules that loading the file at {path} on its own imports.
+_LOAD_ALONE = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("alone", "{path}")
+module = sys.modules["alone"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+names = {{name.split(".")[0] for name in sys.modules if not name.startswith("_")}}
+print(*sorted(names - set(sys.stdlib_module_names) - {{"alone"}}))
+"""
+
+
+@pytest.mark.parametrize("module, allowed", [("event_file", ["etils"]), ("curve_png", ["etils", "numpy"])])
+def test_the_live_view_writers_need_neither_matplotlib_nor_tensorflow(repo_root, module, allowed):
+  """Loaded on their own (not through the package's __init__), the event-file and curve writers pull in
+  no third-party package but these: no TensorFlow, protobuf, TensorBoard or matplotlib."""
+  path = f"learned_rules/{module}.py"
+  command = [sys.executable, "-c", _LOAD_ALONE.format(path=path)]
+  loaded = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, check=True).stdout.split()
+  assert loaded == allowed
