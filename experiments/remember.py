@@ -1,6 +1,6 @@
 r"""Meta-train update rules to remember snippets, then report held-out recall.
 
-  python -m experiments.remember                      # default config, about 5 minutes on 2 CPU cores
+  python -m experiments.remember                      # default config, about 2 minutes on 2 CPU cores
   python -m experiments.remember --config=learned_rules/configs/remember.py:tiny --workdir=/tmp/tiny
   python -m experiments.remember --config.task.num_snippets=12 --config.train.num_steps=800
 
