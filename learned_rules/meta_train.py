@@ -419,10 +419,8 @@ def _run_steps(spec, cfg, ckpt, state, meta_step, topos, label, curve, writer, m
     meta_step = meta_step.lower(state, topos).compile()
     compile_s = time.perf_counter() - start
     logging.info("%scompiled in %.1f s; training steps %d to %d", label, compile_s, first + 1, num_steps)
-    if main:
-      writer.write_events(first, compile_s=compile_s)
-    if main and curve is not None:
-      writer.write(first, compile_s=compile_s)
+    if main:  # a curve's metrics.jsonl keeps it too (`write` also writes it to the event file)
+      (writer.write if curve is not None else writer.write_events)(first, compile_s=compile_s)
   progress = metrics_lib.Progress(num_steps, first, label)
   with StopRequest() as stop:
     for step in range(first, num_steps):

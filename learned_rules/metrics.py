@@ -7,9 +7,10 @@ import logging as std_logging
 import math
 import os
 import re
+import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import jax
 from absl import logging
@@ -101,25 +102,31 @@ class Progress:
 
 class StudyProgress:
   """An absl INFO line as each unit of a long study ends (a run, a rule, a seed), on process 0 only:
-  `<label> <done>/<total>: <what> in <s> s; <s> s elapsed, about <s> s left`. Time left is `left_s`
-  when the caller knows better (units of unlike cost; a function of the unit's seconds; NaN: not known
-  yet), else the mean unit so far times the units left; there is none after the last unit."""
+  `<label> <done>/<total>: <what> in <s> s; <s> s elapsed, about <s> s left`.
 
-  def __init__(self, label: str, total: int):
-    self.label, self.total, self.count = label, total, 0
+  `kinds` names the kind of every unit, in the order they run (units of one kind cost alike; by default
+  all are of one kind). Time left is each unit still to run as long as the mean of the units of its kind
+  done so far; it is left out while a kind still to run has none done, and after the last unit."""
+
+  def __init__(self, label: str, total: int, kinds: Sequence[str] | None = None):
+    self.label, self.total = label, total
+    self.kinds = list(kinds) if kinds is not None else [""] * total
+    if len(self.kinds) != total:
+      raise ValueError(f"StudyProgress: {len(self.kinds)} kinds for {total} units")
+    self.seconds: dict[str, list[float]] = {}  # kind -> the seconds of its units done
+    self.count = 0
     self.start = self.last = time.perf_counter()
 
-  def done(self, what: str, left_s: float | Callable[[float], float] | None = None) -> None:
+  def done(self, what: str) -> None:
     """Logs the line of the unit that just ended."""
     now = time.perf_counter()
     took, self.last = now - self.last, now
+    self.seconds.setdefault(self.kinds[self.count], []).append(took)
     self.count += 1
-    if callable(left_s):
-      left_s = left_s(took)
-    elapsed, units_left = now - self.start, self.total - self.count
-    if left_s is None:
-      left_s = elapsed / self.count * units_left
-    rest = f", about {left_s:.0f} s left" if units_left and math.isfinite(left_s) else ""
+    elapsed, rest_kinds = now - self.start, self.kinds[self.count :]
+    known = all(k in self.seconds for k in rest_kinds)
+    left_s = sum(statistics.fmean(self.seconds[k]) for k in rest_kinds) if known else math.nan
+    rest = f", about {left_s:.0f} s left" if rest_kinds and math.isfinite(left_s) else ""
     if jax.process_index() == 0:
       logging.info(
         "%s %d/%d: %s in %.0f s; %.0f s elapsed%s",

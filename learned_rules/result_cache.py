@@ -37,6 +37,5 @@ def load_or_make_params(path: str, make: Callable[[], object]):
   if files.exists(path):
     return serialization.msgpack_restore(files.read_bytes(path))
   params = make()
-  files.makedirs(files.as_path(path).parent)
-  files.replace_bytes(path, serialization.to_bytes(params))
+  files.replace_bytes(path, serialization.to_bytes(params))  # creates the folder
   return params

@@ -70,28 +70,6 @@ RUNS = {
 }
 
 
-def _time_left(seconds: dict, runs: list[tuple[str, str]]) -> float:
-  """Seconds the runs after those in `seconds` (`{(protocol, run): s}`) take, each as long as the same
-  run on an earlier protocol (as many streams and windows, compiled anew); NaN until every one has one."""
-  like = {run: s for (_, run), s in seconds.items()}
-  rest = [run for _, run in runs[len(seconds) :]]
-  return sum(like[r] for r in rest) if set(rest) <= set(like) else float("nan")
-
-
-def _progress(runs: list[tuple[str, str]]) -> Callable[[str, str], None]:
-  """`done(protocol, run)`, called as each run over the streams ends: a `metrics.StudyProgress` line."""
-  progress, seconds = metrics_lib.StudyProgress("streams", len(runs)), {}
-
-  def done(protocol: str, run: str) -> None:
-    def left(took: float) -> float:
-      seconds[protocol, run] = took
-      return _time_left(seconds, runs)
-
-    progress.done(f"{protocol} protocol, {RUNS[run]}", left)
-
-  return done
-
-
 def _nan_to_none(values) -> list:
   return [None if not math.isfinite(v) else float(v) for v in np.asarray(values, np.float64).ravel()]
 
@@ -232,7 +210,13 @@ def run(rule_path: str, sizes: StreamSizes = FULL, probe_max_lag: int = 16, syna
   lags = {"train": train_lag, **({"probe": probe_max_lag} if probe_max_lag > train_lag else {})}
   runs = [r for r in RUNS if off is not None or r != "synapses_off"]
   order = [(name, r) for name in lags for r in runs]
-  done = _progress(order)
+  # A line per run; a run takes as long as the same run on an earlier protocol (as many streams and
+  # windows, compiled anew).
+  progress = metrics_lib.StudyProgress("streams", len(order), kinds=[run for _, run in order])
+
+  def done(protocol: str, run: str) -> None:
+    progress.done(f"{protocol} protocol, {RUNS[run]}")
+
   if jax.process_index() == 0:
     logging.info(
       "streams: %d runs of %d streams x %d windows, protocols %s; each run compiles first",
