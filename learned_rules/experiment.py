@@ -34,7 +34,12 @@ def run_name(cfg) -> str:
 def task_label(spec: config_lib.ExperimentSpec) -> str:
   t = spec.task
   if t.protocol == "streaming":
-    return f"streaming, recall of the snippet 1..{t.max_lag} slots back"
+    # evaluation.eval_batch: fresh streams, their first windows (the start-up included); the
+    # streams command measures never-reset streams over 100-200 windows.
+    return (
+      f"streaming, recall of the snippet 1..{t.max_lag} slots back, "
+      f"first {evaluation.STREAM_EVAL_WINDOWS} windows of fresh streams"
+    )
   return f"{t.protocol}, K = {t.num_snippets} snippets per episode"
 
 

@@ -155,8 +155,18 @@ def run_hebbian_streams(
   return RecallCounts(*map(swap, counts)), swap(max_weight)
 
 
-def synapse_bound(theta: rules.Theta) -> float:
-  """What the bounded synapse update `s' = sigmoid(lambda) s + sigmoid(eta) tanh(.)` guarantees from a
-  start inside it: `|s| <= max_c sigmoid(eta_c) / (1 - sigmoid(lambda_c))` over channels `c`."""
-  p = theta["synapse"]
-  return float(jnp.max(jax.nn.sigmoid(p["rate_logit"]) / (1.0 - jax.nn.sigmoid(p["decay_logit"]))))
+def synapse_bound(theta: rules.Theta, spec: rules.RuleSpec | None = None, fan_in=None) -> float | None:
+  """What the bounded synapse update `s' = decay s + rate tanh(.)` guarantees from a start inside it:
+  `|s| <= max rate / (1 - decay)` over channels and, for a rule that scales both by fan-in
+  (`RuleSpec.reference_fan_in`, `scale_rate`), over the post neurons' fan-ins `fan_in` `[N]`.
+
+  None for a rule that centres its synapses (`RuleSpec.center_synapses`): subtracting the mean of a
+  neuron's incoming synapses after each update keeps no such bound.
+  """
+  if spec is not None and spec.center_synapses:
+    return None
+  fan_in = None if spec is None or fan_in is None else jnp.asarray(fan_in)
+  scaled = fan_in is not None and spec.reference_fan_in
+  decay = rules.synapse_decay(theta, rules.time_scales(spec, fan_in) if scaled else None)
+  rate = rules.synapse_rate(theta, rules.rate_scales(spec, fan_in) if scaled else None)
+  return float(jnp.max(rate / (1.0 - decay)))

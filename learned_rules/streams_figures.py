@@ -73,7 +73,8 @@ def _plot_norms(ax, out: dict) -> None:
       if name == "train":
         rms = _as_float(p["learned"]["norms"][f"rms_{state}"])
         ax.plot(_window_steps(p), rms, "-", color=color, lw=0.6, alpha=0.6, label=f"RMS {state} ({name})")
-  ax.axhline(out["synapse_bound"], color="C4", lw=0.8, ls="--", label="synapse bound")
+  if out["synapse_bound"] is not None:  # None: a rule that centres its synapses has none
+    ax.axhline(out["synapse_bound"], color="C4", lw=0.8, ls="--", label="synapse bound")
   ax.set(xlabel="stream step (end of window)", ylabel="|state entry|", ylim=(0, None))
   ax.set_title("learned rule: state norms over the stream", fontsize=9)
   ax.legend(fontsize=6.5, loc="center right")

@@ -113,6 +113,12 @@ def synapses_off_rule(rule_path: str, rule: pretrained.Rule, synapses_off: str) 
   return off
 
 
+def synapse_bound(rule: pretrained.Rule) -> float | None:
+  """`streaming.synapse_bound` of `rule` on its own streaming network (its fan-ins)."""
+  topo, problem = on_protocol(rule, 1)
+  return streaming.synapse_bound(rule.theta, problem.rule, topo.fan_in)
+
+
 def _memory_record(counts: streaming.RecallCounts, **extra) -> dict:
   """Forgetting curve and per-window accuracy of one memory's `[num_windows, Dmax]` counts."""
   return {
@@ -232,7 +238,7 @@ def run(rule_path: str, sizes: StreamSizes = FULL, probe_max_lag: int = 16, syna
     "synapses_off_run": None if off is None else off.source,
     "train_max_lag": train_lag,
     "sizes": dataclasses.asdict(sizes),
-    "synapse_bound": streaming.synapse_bound(rule.theta),
+    "synapse_bound": synapse_bound(rule),
     "protocols": {
       name: run_protocol(rule, off, lag, keys, sizes, functools.partial(done, name))
       for name, lag in lags.items()
@@ -289,5 +295,7 @@ def format_tables(out: dict) -> str:
         )
   lines.append(
     f"(the bounded synapse update allows |synapse| <= {out['synapse_bound']:.3f}; bodies are gated tanh)"
+    if out["synapse_bound"] is not None
+    else "(the rule centres its synapses: its update keeps no bound on |synapse|; bodies are gated tanh)"
   )
   return "\n".join(lines)

@@ -107,6 +107,27 @@ def test_palimpsest_forgets_and_no_decay_forgets_less():
   assert float(max_weight[1, -1]) > float(max_weight[0, -1])  # without decay the weights keep growing
 
 
+def test_synapse_bound_follows_the_fan_in_scaling_and_is_none_when_centred():
+  rule = _tiny_rule()
+  topo = rule.topology
+  spec = dataclasses.replace(
+    config_lib.rule_spec(rule.config, topo),
+    reference_fan_in=2,
+    scale_rate=True,
+    rate_power=0.75,
+    decay_power=0.85,
+  )
+  p = rule.theta["synapse"]
+  rate, decay = jax.nn.sigmoid(p["rate_logit"]), jax.nn.sigmoid(p["decay_logit"])
+  ratio = 2.0 / np.maximum(np.asarray(topo.fan_in, np.float64), 1.0)[:, None]
+  expected = np.max(rate * ratio**0.75 / (1.0 - decay ** (ratio**0.85)))
+  bound = streaming.synapse_bound(rule.theta, spec, topo.fan_in)
+  np.testing.assert_allclose(bound, expected, rtol=1e-5)
+  assert bound != pytest.approx(streaming.synapse_bound(rule.theta))  # the fan-ins here are not 2
+  centred = dataclasses.replace(spec, center_synapses=True)
+  assert streaming.synapse_bound(rule.theta, centred, topo.fan_in) is None
+
+
 def test_long_stream_runs_many_windows_with_finite_bounded_norms():
   rule = _tiny_rule()
   topo, problem = streams_study.on_protocol(rule, rule.config.task.max_lag)
