@@ -165,8 +165,7 @@ def synapse_bound(theta: rules.Theta, spec: rules.RuleSpec | None = None, fan_in
   """
   if spec is not None and spec.center_synapses:
     return None
-  fan_in = None if spec is None or fan_in is None else jnp.asarray(fan_in)
-  scaled = fan_in is not None and spec.reference_fan_in
-  decay = rules.synapse_decay(theta, rules.time_scales(spec, fan_in) if scaled else None)
-  rate = rules.synapse_rate(theta, rules.rate_scales(spec, fan_in) if scaled else None)
+  plain = spec is None or fan_in is None  # else the rule's own scales (None where it has none)
+  decay = rules.synapse_decay(theta, None if plain else rules.time_scales(spec, fan_in))
+  rate = rules.synapse_rate(theta, None if plain else rules.rate_scales(spec, fan_in))
   return float(jnp.max(rate / (1.0 - decay)))

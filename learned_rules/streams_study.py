@@ -115,8 +115,8 @@ def synapses_off_rule(rule_path: str, rule: pretrained.Rule, synapses_off: str) 
 
 def synapse_bound(rule: pretrained.Rule) -> float | None:
   """`streaming.synapse_bound` of `rule` on its own streaming network (its fan-ins)."""
-  topo, problem = on_protocol(rule, 1)
-  return streaming.synapse_bound(rule.theta, problem.rule, topo.fan_in)
+  spec = config_lib.rule_spec(rule.config, rule.topology)
+  return streaming.synapse_bound(rule.theta, spec, rule.topology.fan_in)
 
 
 def _memory_record(counts: streaming.RecallCounts, **extra) -> dict:
