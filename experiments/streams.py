@@ -4,13 +4,15 @@ r"""Streams that never reset: a streaming rule run for 100-200 times its trainin
   python -m experiments.streams --rule=runs/streaming                 # 64 streams x 200 windows
   python -m experiments.streams --rule=runs/streaming --quick         # 32 streams x 100 windows
   python -m experiments.streams --rule=runs/streaming --figure_dir=docs/figures/streams  # the docs' figure
+  python -m experiments.streams --rule=runs/streaming --quick --num_neurons=256  # on a larger network
 
 Runs `learned_rules.streams_study` on the rule: fresh streams of its streaming protocol, never reset,
 for `--num_windows` windows of the training length W, on the `train` protocol (lags the rule was
 meta-trained on) and, with lags up to `--probe_max_lag`, the `probe` protocol; beside the rule, the
 palimpsest (a Hebbian memory with tuned decay), the same memory without decay and, when the rule's run
 has one (`<rule>/synapses_off`, written by `experiments.remember`), the same network meta-trained with
-synapse updates off, all on the same stream steps.
+synapse updates off, all on the same stream steps. `--num_neurons` runs the rule, without retraining, on
+a `full` network of another size (keys and values a quarter of it wide), without the synapses-off run.
 
 Prints the forgetting-curve tables and the norm summary; writes `<workdir>/results.json` (default
 runs/streams, or runs/streams-quick with --quick) and draws `streams.png` (`streams-quick.png` with
@@ -54,7 +56,9 @@ def main(cfg, workdir: str, opts) -> dict:
   sizes = sizes_of(opts)
   if opts.probe_max_lag < 1:
     raise harness.UsageError("--probe_max_lag must be >= 1")
-  out = streams_study.run(opts.rule, sizes, opts.probe_max_lag, opts.synapses_off)
+  if opts.num_neurons < 0:
+    raise harness.UsageError("--num_neurons must be >= 8 (0: the rule's own network)")
+  out = streams_study.run(opts.rule, sizes, opts.probe_max_lag, opts.synapses_off, opts.num_neurons)
   files.write_json(files.join(workdir, "results.json"), out, indent=1)
   print(streams_study.format_tables(out))
   figure = files.join(
@@ -78,6 +82,12 @@ if __name__ == "__main__":
       "figure_dir": (flags.DEFINE_string, None, "Where to draw the PNG (default: the workdir)."),
       "num_streams": (flags.DEFINE_integer, 0, "Streams (0: 64, --quick 32)."),
       "num_windows": (flags.DEFINE_integer, 0, "Windows of W steps per stream (0: 200, --quick 100)."),
+      "num_neurons": (
+        flags.DEFINE_integer,
+        0,
+        "Run the rule, without retraining, on a `full` network of this many neurons (a quarter input, a "
+        "quarter output, the rest hidden); 0: the network it was meta-trained on.",
+      ),
       "probe_max_lag": (
         flags.DEFINE_integer,
         16,

@@ -47,8 +47,9 @@ def _plot_curve(ax, out: dict) -> None:
   ax.axhline(0.5, color="gray", lw=0.6, ls=":")
   ax.set(xlabel="lag d (slots back)", ylabel="recall bit accuracy", ylim=(lowest, 1.02))
   ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  size = f"N = {out['num_neurons']}, " if "num_neurons" in out else ""
   ax.set_title(
-    f"forgetting curve (lags 1..{curve['max_lag']} asked, trained on 1..{train['max_lag']})", fontsize=9
+    f"forgetting curve ({size}lags 1..{curve['max_lag']} asked, trained on 1..{train['max_lag']})", fontsize=9
   )
   ax.legend(fontsize=6.5, loc="lower left")
 

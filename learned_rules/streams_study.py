@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from learned_rules import capacity_plan, evaluation, files, pretrained, streaming
 from learned_rules import config as config_lib
-from learned_rules import evaluation, files, pretrained, streaming
 from learned_rules import metrics as metrics_lib
 
 DECAY_GRID = (0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0)
@@ -204,13 +204,34 @@ def _meta_training(rule_path: str) -> dict | None:
   return files.read_json(path) if files.is_file(path) else None
 
 
-def run(rule_path: str, sizes: StreamSizes = FULL, probe_max_lag: int = 16, synapses_off: str = "") -> dict:
+def at_size(rule: pretrained.Rule, num_neurons: int) -> pretrained.Rule:
+  """`rule` on a `full` network of `num_neurons` neurons (a quarter input, a quarter output, the rest
+  hidden, as the size study), without retraining; `StreamsError` if its network is not `full`."""
+  if rule.experiment.topology != "full":
+    topology = rule.experiment.topology
+    raise StreamsError(f"only a rule meta-trained on `full` runs at another size, not {topology!r}")
+  if num_neurons < 8:
+    raise StreamsError(f"a network of {num_neurons} neurons is too small (at least 8)")
+  config = capacity_plan.with_setting(rule.config, "size", num_neurons)
+  return dataclasses.replace(rule, config=config, source=f"{rule.source} at N = {num_neurons}")
+
+
+def run(
+  rule_path: str,
+  sizes: StreamSizes = FULL,
+  probe_max_lag: int = 16,
+  synapses_off: str = "",
+  num_neurons: int = 0,
+) -> dict:
   """Every protocol (`train`, and `probe` if `probe_max_lag` exceeds the rule's Dmax) of the streaming
-  rule at `rule_path`, JSON-ready. `synapses_off` as in `synapses_off_rule`. Raises `StreamsError` for
-  a rule that is not a streaming rule or cannot be loaded."""
+  rule at `rule_path`, JSON-ready; on a `full` network of `num_neurons` neurons (`at_size`) when that is
+  not 0, without the synapses-off run (trained at its own size). `synapses_off` as in
+  `synapses_off_rule`. Raises `StreamsError` for a rule that is not a streaming rule or cannot be loaded."""
   start = _clock()
   rule = load_streaming_rule(rule_path)
-  off = synapses_off_rule(rule_path, rule, synapses_off)
+  off = synapses_off_rule(rule_path, rule, "none" if num_neurons else synapses_off)
+  if num_neurons:
+    rule = at_size(rule, num_neurons)
   train_lag = rule.experiment.task.max_lag
   keys = jax.random.split(evaluation.eval_key(rule.experiment.train.seed))  # evaluation, decay tuning
   lags = {"train": train_lag, **({"probe": probe_max_lag} if probe_max_lag > train_lag else {})}
@@ -236,6 +257,7 @@ def run(rule_path: str, sizes: StreamSizes = FULL, probe_max_lag: int = 16, syna
     "meta_steps": rule.meta_steps,
     "meta_training": _meta_training(rule_path),
     "synapses_off_run": None if off is None else off.source,
+    "num_neurons": rule.topology.num_neurons,
     "train_max_lag": train_lag,
     "sizes": dataclasses.asdict(sizes),
     "synapse_bound": synapse_bound(rule),
@@ -283,7 +305,8 @@ def _curve_table(name: str, p: dict) -> list[str]:
 
 def format_tables(out: dict) -> str:
   """The forgetting curve of every protocol and the state-norm summary, as text."""
-  lines = [line for name, p in out["protocols"].items() for line in _curve_table(name, p)]
+  lines = [f"the rule {out['rule']} on a network of {out.get('num_neurons', '?')} neurons"]
+  lines += [line for name, p in out["protocols"].items() for line in _curve_table(name, p)]
   lines.append("\nstate norms: largest |entry| over every step of a window and every stream")
   lines.append(f"{'protocol':<10}{'memory':<14}{'state':<9}{'first window':>14}{'last window':>13}{'max':>9}")
   for name, p in out["protocols"].items():

@@ -160,9 +160,29 @@ def test_only_streaming_rules_are_accepted(tiny_run, tmp_path):
   assert streams_study.synapses_off_rule(folder, rule, "") is None  # no <rule>/synapses_off run there
 
 
+def test_a_rule_runs_on_a_network_of_another_size():
+  """`at_size`: the rule, unchanged, on a `full` network of 24 neurons (6 in, 6 out, 12 hidden); its
+  streams score the 6 value bits of that network."""
+  rule = _tiny_rule()
+  bigger = streams_study.at_size(rule, 24)
+  assert rule.topology.num_neurons == 12 and bigger.topology.num_neurons == 24
+  net = bigger.experiment
+  assert (net.num_inputs, net.num_outputs, net.num_hidden) == (6, 6, 12)
+  task = bigger.experiment.task
+  assert bigger.theta is rule.theta and (task.n_in, task.n_out, task.num_neurons) == (6, 6, 24)
+  assert task.max_lag == rule.experiment.task.max_lag and task.window == rule.experiment.task.window
+  record = streams_study._network_memory(bigger, 2, jax.random.PRNGKey(0), streams_study.StreamSizes(2, 3))
+  bits = np.asarray(record["scored_bits_by_lag"])
+  assert bits.sum() > 0 and np.all(bits % 6 == 0) and record["norms"]["finite"]
+  layered = dataclasses.replace(rule, config=remember.get_config("tiny,streaming,layered"))
+  with pytest.raises(streams_study.StreamsError, match="only a rule meta-trained on `full`"):
+    streams_study.at_size(layered, 24)
+
+
 def test_command_records_every_memory(tiny_run, tmp_path):
   folder, out, stdout, _ = tiny_run
   assert "recall bit accuracy by lag" in stdout and "state norms" in stdout
+  assert out["num_neurons"] == 12 and "on a network of 12 neurons" in stdout
   assert set(out["protocols"]) == {"train"}  # the probe's Dmax 4 is the rule's own
   p = out["protocols"]["train"]
   assert set(streams_study.MEMORIES) <= set(p) and len(p["learned"]["accuracy_by_lag"]) == p["max_lag"] == 4
