@@ -73,6 +73,7 @@ SHIPPED = [("hetero", 8, 0.95), ("general", 8, 0.95), ("layered1", 8, 0.95), ("l
 
 
 @pytest.mark.parametrize("name, k, reported", SHIPPED)
+@pytest.mark.usefixtures("optimized_evaluation")
 def test_shipped_rule_reproduces_its_recorded_recall(name, k, reported):
   """A shipped rule loads by name and gives the recall recorded when it was exported."""
   assert name in available_rules()

@@ -89,6 +89,7 @@ def test_increment_at_the_real_inputs_is_the_one_the_network_applied(theta, smal
   assert probe.sample_contexts(dataclasses.replace(ctx, mask=np.asarray(layered.mask)), 0, 0, 4) is None
 
 
+@pytest.mark.usefixtures("optimized_evaluation")
 def test_shipped_rule_probe_table_and_figure(tmp_path, capsys):
   """`python -m experiments.probe_rule` on the shipped rule, in-process: table, storage probe, figure."""
   from experiments import probe_rule
