@@ -9,7 +9,8 @@ r"""Save a meta-trained rule as a few-KB file that `learned_rules.load_rule` rea
       --out_dir=learned_rules/pretrained                                         # its fan-in scaling changed
 
 Restores the latest checkpoint of the run in `--workdir`, measures its held-out recall against K (the
-run's `eval.k_values` and `eval.num_episodes`), and writes `<out_dir>/<name>.msgpack` (theta) and
+run's `eval.k_values` and `eval.num_episodes`; a streaming rule: its recall on that many fresh streams,
+as the trainer measures it), and writes `<out_dir>/<name>.msgpack` (theta) and
 `<out_dir>/<name>.json` (config, meta steps, recall, and the commands that made it)
 (`learned_rules.rule_export`). With `--sizes_from=<capacity.json>` (a capacity study whose
 `size.rules` listed this rule), its recall against K at every size N goes into the file too.
@@ -97,11 +98,14 @@ def main(cfg, workdir: str, opts) -> rule_export.Export:
     by_size=by_size,
   )
   caps, topo = exported.capacity, rule.topology
-  print(
-    f"{name}: {rule.meta_steps} meta steps, {rule.config.task.protocol} on {rule.config.net.topology} "
-    f"({topo.num_neurons} neurons); capacity K@0.99 {caps['0.99']}, K@0.95 {caps['0.95']}"
-  )
-  for r in exported.records:
+  what = f"{name}: {rule.meta_steps} meta steps, {rule.config.task.protocol} on {rule.config.net.topology} "
+  what += f"({topo.num_neurons} neurons)"
+  if caps is None:  # a streaming rule
+    r = exported.records[0]
+    print(f"{what}; lags 1..{r['max_lag']}, bit accuracy {r['bit_accuracy']:.4f} on {r['measured_on']}")
+  else:
+    print(f"{what}; capacity K@0.99 {caps['0.99']}, K@0.95 {caps['0.95']}")
+  for r in exported.records if caps is not None else ():
     print(f"  K={r['K']:3d}  bit accuracy {r['bit_accuracy']:.4f}  perfect recall {r['perfect_recall']:.4f}")
   for n in sorted({r["N"] for r in by_size or ()}):
     at_n = [r for r in by_size if r["N"] == n]

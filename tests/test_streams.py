@@ -16,6 +16,8 @@ import pytest
 from learned_rules import (
   Rule,
   baselines,
+  load_rule,
+  rule_export,
   rules,
   save_rule,
   streaming,
@@ -177,6 +179,23 @@ def test_a_rule_runs_on_a_network_of_another_size():
   layered = dataclasses.replace(rule, config=remember.get_config("tiny,streaming,layered"))
   with pytest.raises(streams_study.StreamsError, match="only a rule meta-trained on `full`"):
     streams_study.at_size(layered, 24)
+
+
+def test_a_streaming_rule_exports_with_its_recall_on_fresh_streams(tmp_path):
+  """`rule_export.export_rule` of a streaming rule records what the trainer's evaluation measures (it has
+  no recall against K) and the file loads back with it."""
+  rule = _tiny_rule()
+  exported = rule_export.export_rule(rule, str(tmp_path / "s"), trained_by="a test", exported_by="a test")
+  train = rule.experiment.train
+  expected = evaluate_lib.evaluate(
+    rule.theta, rule.topology, rule.problem(), evaluate_lib.eval_key(train.seed), train.eval_episodes
+  )
+  assert exported.capacity is None and len(exported.records) == 1
+  record = exported.records[0]
+  assert record["bit_accuracy"] == expected["bit_accuracy"] and record["streams"] == train.eval_episodes
+  assert (record["max_lag"], record["window"], record["num_neurons"]) == (4, 8, 12)
+  loaded = load_rule(str(tmp_path / "s"))
+  assert loaded.info["recall_on_streams"] == record and "recall_vs_k" not in loaded.info
 
 
 def test_command_records_every_memory(tiny_run, tmp_path):
