@@ -92,10 +92,11 @@ def _optimized(jitted, *static: str):
 
 
 # The programs that run for seconds in the tests that evaluate a shipped rule: every held-out
-# evaluation of episodes, the rule probe's recorded unroll and the storage probe. Made once, so that each
-# problem compiles once for the whole suite.
+# evaluation (of episodes, and of fresh streams), the rule probe's recorded unroll and the storage
+# probe. Made once, so that each problem compiles once for the whole suite.
 _OPTIMIZED = (
   (evaluation, "_eval_padded", _optimized(evaluation._eval_padded, "problem")),
+  (evaluation, "eval_batch", _optimized(evaluation.eval_batch, "problem", "batch")),
   (probe, "_record", _optimized(probe._record, "problem", "batch")),
   (storage_probe, "branch_writes", _optimized(storage_probe.branch_writes, "problem", "batch")),
 )
