@@ -223,6 +223,17 @@ def test_command_records_every_memory(tiny_run, tmp_path):
     credit = np.where(bits > 0, np.nan_to_num(by_lag) * bits, 0.0)
     np.testing.assert_allclose(2 * credit, np.round(2 * credit), atol=1e-6 * bits.max(), err_msg=m)
     assert p[m]["bit_accuracy"] == pytest.approx(credit.sum() / bits.sum(), rel=1e-9), m
+  # The palimpsest with the best decay at each lag: the grid's largest curve there, never below the tuned one.
+  curves = np.array(
+    [[np.nan if a is None else a for a in row] for row in tuning["accuracy_by_lag_eval_streams"]]
+  )
+  envelope = p["palimpsest_best_per_lag"]
+  assert curves.shape == (len(streams_study.DECAY_GRID), p["max_lag"])
+  for d, (best, decay) in enumerate(zip(envelope["accuracy_by_lag"], envelope["decay_by_lag"], strict=True)):
+    if best is not None:
+      assert best == pytest.approx(np.nanmax(curves[:, d])) and best >= p["palimpsest"]["accuracy_by_lag"][d]
+      assert curves[streams_study.DECAY_GRID.index(decay), d] == pytest.approx(best)
+  assert "palimpsest, best per lag" in stdout
   # The Hebbian memories' accuracies are those of their decays in the tuning table (the same streams).
   on_eval = dict(zip(tuning["grid"], tuning["accuracy_eval_streams"], strict=True))
   assert p["palimpsest"]["bit_accuracy"] == pytest.approx(on_eval[p["palimpsest"]["decay"]], rel=1e-6)
