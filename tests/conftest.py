@@ -9,6 +9,9 @@ meshes on them; every other test runs on the first). Compilation dominates the s
   subprocesses of `test_cli.py`, so a program compiled once (e.g. the `:tiny` meta step) is not
   compiled again by a later `train_and_evaluate` call or by the command line run.
 
+The suite runs in two worker processes (pytest-xdist, each test file on one; pyproject.toml's
+`addopts`): the workers inherit these settings and share the one compilation cache.
+
 Either setting can be overridden from the environment (`XLA_FLAGS`, `JAX_COMPILATION_CACHE_DIR`);
 neither changes what is computed, only how long the compiler takes.
 
