@@ -33,8 +33,8 @@ from learned_rules import capacity_plan, evaluation, files, pretrained, streamin
 from learned_rules import config as config_lib
 from learned_rules import metrics as metrics_lib
 
-# Fine near 1, where the best decay lies: 0.99 on the streams of lags 1..16 at N = 192 and 256 (its
-# neighbours 0.985 and 0.993 are on the grid, so the palimpsest is tuned to within them).
+# Fine near 1, where the best decay lies on the streams of lags 1..16: 0.985 at N = 64 and 128, 0.99 at
+# N = 192 and 256 (with a neighbour on each side, so the palimpsest is tuned to within them).
 DECAY_GRID = (0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
 DECAY_GRID += (0.985, 0.99, 0.993, 0.995, 0.998, 1.0)
 MEMORIES = ("learned", "palimpsest", "hebbian_no_decay", "synapses_off")
