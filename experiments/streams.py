@@ -9,7 +9,8 @@ r"""Streams that never reset: a streaming rule run for 100-200 times its trainin
 Runs `learned_rules.streams_study` on the rule: fresh streams of its streaming protocol, never reset,
 for `--num_windows` windows of the training length W, on the `train` protocol (lags the rule was
 meta-trained on) and, with lags up to `--probe_max_lag`, the `probe` protocol; beside the rule, the
-palimpsest (a Hebbian memory with tuned decay), the same memory without decay and, when the rule's run
+palimpsest (a Hebbian memory with tuned decay; the tables also show the best decay at each lag), the
+same memory without decay and, when the rule's run
 has one (`<rule>/synapses_off`, written by `experiments.remember`), the same network meta-trained with
 synapse updates off, all on the same stream steps. `--num_neurons` runs the rule, without retraining, on
 a `full` network of another size (keys and values a quarter of it wide), without the synapses-off run.

@@ -11,9 +11,11 @@ reset, for `num_windows` windows of the training length W, on one or two protoco
 
 On exactly the same stream steps run: the palimpsest, a Hebbian outer-product memory with decay
 (`baselines.hebbian`, online), its decay tuned over `DECAY_GRID` on separate streams of the same protocol,
-and the same memory with decay 1 (no forgetting); and, when there is one, the same network meta-trained
-with synapse updates off (no synaptic memory). Recall is scored, as in training, on both query steps of
-every slot whose asked-for snippet was shown whole in the stream. `streams_figures.plot` draws the result.
+and the same memory with decay 1 (no forgetting); as a stricter yardstick, every decay's forgetting curve
+and the best decay at each lag (picked on the evaluation streams themselves); and, when there is one,
+the same network meta-trained with synapse updates off (no synaptic memory). Recall is scored, as in
+training, on both query steps of every slot whose asked-for snippet was shown whole in the stream.
+`streams_figures.plot` draws the result.
 """
 
 from __future__ import annotations
