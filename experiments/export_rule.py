@@ -105,8 +105,9 @@ def main(cfg, workdir: str, opts) -> rule_export.Export:
     print(f"{what}; lags 1..{r['max_lag']}, bit accuracy {r['bit_accuracy']:.4f} on {r['measured_on']}")
   else:
     print(f"{what}; capacity K@0.99 {caps['0.99']}, K@0.95 {caps['0.95']}")
-  for r in exported.records if caps is not None else ():
-    print(f"  K={r['K']:3d}  bit accuracy {r['bit_accuracy']:.4f}  perfect recall {r['perfect_recall']:.4f}")
+    for r in exported.records:
+      accuracy, perfect = r["bit_accuracy"], r["perfect_recall"]
+      print(f"  K={r['K']:3d}  bit accuracy {accuracy:.4f}  perfect recall {perfect:.4f}")
   for n in sorted({r["N"] for r in by_size or ()}):
     at_n = [r for r in by_size if r["N"] == n]
     print(f"  N={n:5d}  K@0.99 {evaluation.capacity(at_n, 0.99)}, K@0.95 {evaluation.capacity(at_n, 0.95)}")

@@ -10,9 +10,9 @@ Runs `learned_rules.streams_study` on the rule: fresh streams of its streaming p
 for `--num_windows` windows of the training length W, on the `train` protocol (lags the rule was
 meta-trained on) and, with lags up to `--probe_max_lag`, the `probe` protocol; beside the rule, the
 palimpsest (a Hebbian memory with tuned decay; the tables also show the best decay at each lag), the
-same memory without decay and, when the rule's run
-has one (`<rule>/synapses_off`, written by `experiments.remember`), the same network meta-trained with
-synapse updates off, all on the same stream steps. `--num_neurons` runs the rule, without retraining, on
+same memory without decay and, when the rule's run has one (`<rule>/synapses_off`, written by
+`experiments.remember`), the same network meta-trained with synapse updates off, all on the same stream
+steps. `--num_neurons` runs the rule, without retraining, on
 a `full` network of another size (keys and values a quarter of it wide), without the synapses-off run.
 
 Prints the forgetting-curve tables and the norm summary; writes `<workdir>/results.json` (default
@@ -57,8 +57,6 @@ def main(cfg, workdir: str, opts) -> dict:
   sizes = sizes_of(opts)
   if opts.probe_max_lag < 1:
     raise harness.UsageError("--probe_max_lag must be >= 1")
-  if opts.num_neurons < 0:
-    raise harness.UsageError("--num_neurons must be >= 8 (0: the rule's own network)")
   out = streams_study.run(opts.rule, sizes, opts.probe_max_lag, opts.synapses_off, opts.num_neurons)
   files.write_json(files.join(workdir, "results.json"), out, indent=1)
   print(streams_study.format_tables(out))

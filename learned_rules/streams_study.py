@@ -161,6 +161,7 @@ def _hebbian_memories(task, keys, sizes: StreamSizes, done: Callable[[str], None
   tuned = [float(streaming.accuracy(pick(tune_counts, i))) for i in range(len(DECAY_GRID))]
   best = int(np.argmax(tuned))
   by_lag = np.stack([streaming.accuracy(pick(counts, i), axis=0) for i in range(len(DECAY_GRID))])
+  best_at_lag = np.argmax(np.nan_to_num(by_lag, nan=-1.0), axis=0)  # a lag nothing asked for stays NaN
   out = {
     "decay_tuning": {
       "grid": list(DECAY_GRID),
@@ -172,8 +173,8 @@ def _hebbian_memories(task, keys, sizes: StreamSizes, done: Callable[[str], None
     # A stricter yardstick than the tuned palimpsest: at each lag, the best decay of the grid on the
     # evaluation streams themselves (a different decay per lag, chosen after seeing the answers).
     "palimpsest_best_per_lag": {
-      "accuracy_by_lag": _nan_to_none(np.max(np.nan_to_num(by_lag, nan=-1.0), axis=0)),
-      "decay_by_lag": [DECAY_GRID[i] for i in np.argmax(np.nan_to_num(by_lag, nan=-1.0), axis=0)],
+      "accuracy_by_lag": _nan_to_none(by_lag[best_at_lag, np.arange(by_lag.shape[1])]),
+      "decay_by_lag": [DECAY_GRID[i] for i in best_at_lag],
     },
   }
   timing = _since(start)  # both Hebbian runs, every decay of the grid

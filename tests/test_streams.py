@@ -230,6 +230,7 @@ def test_command_records_every_memory(tiny_run, tmp_path):
   envelope = p["palimpsest_best_per_lag"]
   assert curves.shape == (len(streams_study.DECAY_GRID), p["max_lag"])
   for d, (best, decay) in enumerate(zip(envelope["accuracy_by_lag"], envelope["decay_by_lag"], strict=True)):
+    assert (best is None) == bool(np.all(np.isnan(curves[:, d])))  # a lag nothing asked for: no figure
     if best is not None:
       assert best == pytest.approx(np.nanmax(curves[:, d])) and best >= p["palimpsest"]["accuracy_by_lag"][d]
       assert curves[streams_study.DECAY_GRID.index(decay), d] == pytest.approx(best)
