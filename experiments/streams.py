@@ -5,15 +5,20 @@ r"""Streams that never reset: a streaming rule run for 100-200 times its trainin
   python -m experiments.streams --rule=runs/streaming --quick         # 32 streams x 100 windows
   python -m experiments.streams --rule=runs/streaming --figure_dir=docs/figures/streams  # the docs' figure
   python -m experiments.streams --rule=runs/streaming --quick --num_neurons=256  # on a larger network
+  python -m experiments.streams --rule=runs/streaming --quick --stream_seed=1    # on fresh streams
 
 Runs `learned_rules.streams_study` on the rule: fresh streams of its streaming protocol, never reset,
 for `--num_windows` windows of the training length W, on the `train` protocol (lags the rule was
 meta-trained on) and, with lags up to `--probe_max_lag`, the `probe` protocol; beside the rule, the
 palimpsest (a Hebbian memory with tuned decay; the tables also show the best decay at each lag), the
-same memory without decay and, when the rule's run has one (`<rule>/synapses_off`, written by
-`experiments.remember`), the same network meta-trained with synapse updates off, all on the same stream
-steps. `--num_neurons` runs the rule, without retraining, on
-a `full` network of another size (keys and values a quarter of it wide), without the synapses-off run.
+same memory without decay, the key-blind floor (the best answer that ignores the cue) and, when the
+rule's run has one (`<rule>/synapses_off`, written by `experiments.remember`), the same network
+meta-trained with synapse updates off, all on the same stream steps. `--num_neurons` runs the rule,
+without retraining, on a `full` network of another size (keys and values a quarter of it wide), without
+the synapses-off run. `--stream_seed` draws fresh streams (default: those of the trainer's evaluation).
+Every forgetting curve has a 95 % bootstrap interval over streams, and the rule's differences from the
+palimpsests and the floor have paired intervals; the tables end with the lags at which the rule is
+above each with the whole interval.
 
 Prints the forgetting-curve tables and the norm summary; writes `<workdir>/results.json` (default
 runs/streams, or runs/streams-quick with --quick) and draws `streams.png` (`streams-quick.png` with
@@ -57,7 +62,12 @@ def main(cfg, workdir: str, opts) -> dict:
   sizes = sizes_of(opts)
   if opts.probe_max_lag < 1:
     raise harness.UsageError("--probe_max_lag must be >= 1")
-  out = streams_study.run(opts.rule, sizes, opts.probe_max_lag, opts.synapses_off, opts.num_neurons)
+  if opts.stream_seed < -1:
+    raise harness.UsageError("--stream_seed must be >= 0 (-1: the rule's meta-training seed)")
+  stream_seed = None if opts.stream_seed == -1 else opts.stream_seed
+  out = streams_study.run(
+    opts.rule, sizes, opts.probe_max_lag, opts.synapses_off, opts.num_neurons, stream_seed
+  )
   files.write_json(files.join(workdir, "results.json"), out, indent=1)
   print(streams_study.format_tables(out))
   figure = files.join(
@@ -86,6 +96,12 @@ if __name__ == "__main__":
         0,
         "Run the rule, without retraining, on a `full` network of this many neurons (a quarter input, a "
         "quarter output, the rest hidden); 0: the network it was meta-trained on.",
+      ),
+      "stream_seed": (
+        flags.DEFINE_integer,
+        -1,
+        "Seed of the evaluation and decay-tuning streams (-1: the rule's meta-training seed, the streams "
+        "its trainer evaluates on). Another seed gives fresh streams.",
       ),
       "probe_max_lag": (
         flags.DEFINE_integer,

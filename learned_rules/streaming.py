@@ -5,18 +5,21 @@ windows of `W` steps. Here fresh streams run for many windows, never reset, wind
 `lax.scan` over windows of `tasks.sample_stream_window`, so memory does not grow with the stream), and
 every window is summarised by:
 
-- `RecallCounts`: correct and scored readout bits, grouped by the lag `d` (in slots) that each scored
-  step asks for (`tasks.sample_stream_lags`): summed over windows, a forgetting curve;
+- `RecallCounts`: correct and scored readout bits of every stream, grouped by the lag `d` (in slots)
+  that each scored step asks for (`tasks.sample_stream_lags`): summed over windows and streams, a
+  forgetting curve; resampled over streams (`lag_intervals`), its 95 % bootstrap interval;
 - `StateNorms`: the largest absolute body and synapse state over every step of the window, and their
   root mean square at the window's last step.
 
 A Hebbian memory with decay (the palimpsest, `baselines.hebbian`) runs online on exactly the same
-stream steps (`run_hebbian_streams` with the key given to `run_long_streams`).
+stream steps (`run_hebbian_streams` with the key given to `run_long_streams`), and so does the key-blind
+floor (`run_key_blind_streams`, `baselines.stream_key_blind`: the best answer that ignores the cue).
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -27,8 +30,8 @@ from learned_rules import baselines, network, rules, tasks, unroll
 
 
 class RecallCounts(NamedTuple):
-  """Readout bits of scored steps, summed over streams and steps, by lag: `[..., Dmax]` each, index
-  `d - 1` for lag `d`."""
+  """Readout bits of scored steps, summed over a stream's steps, by stream and lag: `[..., B, Dmax]` each,
+  index `d - 1` for lag `d`."""
 
   correct_by_lag: jax.Array
   bits_by_lag: jax.Array
@@ -46,12 +49,12 @@ class StateNorms(NamedTuple):
 
 
 def lag_counts(readout: jax.Array, episodes: tasks.Episode, lags: jax.Array, max_lag: int) -> RecallCounts:
-  """`RecallCounts` `[Dmax]` of readouts `[B, T, n_out]` against windows `[B, ...]` whose steps ask for
-  lags `[B, T]` (`tasks.sample_stream_lags`); unscored steps count nowhere."""
+  """`RecallCounts` `[B, Dmax]` of readouts `[B, T, n_out]` against windows `[B, ...]` whose steps ask
+  for lags `[B, T]` (`tasks.sample_stream_lags`); unscored steps count nowhere."""
   correct = jnp.sum(unroll.bit_credit(readout, episodes.target), axis=-1)  # [B, T]
   by_lag = jax.nn.one_hot(lags - 1, max_lag) * episodes.score[..., None]  # [B, T, Dmax]
   bits = jnp.full(correct.shape, readout.shape[-1], jnp.float32)
-  return RecallCounts(jnp.einsum("bt,btd->d", correct, by_lag), jnp.einsum("bt,btd->d", bits, by_lag))
+  return RecallCounts(jnp.einsum("bt,btd->bd", correct, by_lag), jnp.einsum("bt,btd->bd", bits, by_lag))
 
 
 def accuracy(counts: RecallCounts, axis=None) -> np.ndarray:
@@ -99,8 +102,8 @@ def run_long_streams(
   num_windows: int,
 ) -> tuple[RecallCounts, StateNorms]:
   """Runs `batch` fresh streams of `problem.task` from `key` (`unroll.init_stream_carry`) for
-  `num_windows` windows, never reset. Returns per window `RecallCounts` `[num_windows, Dmax]` and
-  `StateNorms` `[num_windows]`, each summed (maxed) over the streams."""
+  `num_windows` windows, never reset. Returns per window `RecallCounts` `[num_windows, B, Dmax]` and
+  `StateNorms` `[num_windows]` (maxed over the streams)."""
   spec = problem.task
   carry = unroll.init_stream_carry(theta, topo, problem, key, batch)
 
@@ -136,8 +139,8 @@ def run_hebbian_streams(
   spec: tasks.TaskSpec, key: jax.Array, batch: int, num_windows: int, decays: jax.Array
 ) -> tuple[RecallCounts, jax.Array]:
   """The palimpsest on the streams `run_long_streams` runs for the same key, one memory per decay of
-  `decays` `[M]`. Returns per decay and window `RecallCounts` `[M, num_windows, Dmax]` and the largest
-  |weight| at the window's end over the streams `[M, num_windows]`."""
+  `decays` `[M]`. Returns per decay and window `RecallCounts` `[M, num_windows, B, Dmax]` and the
+  largest |weight| at the window's end over the streams `[M, num_windows]`."""
   per_stream = jax.vmap(hebbian_window, in_axes=(0, 0, None, None))
   per_decay = jax.vmap(per_stream, in_axes=(0, None, None, 0))
 
@@ -153,6 +156,60 @@ def run_hebbian_streams(
   _, (counts, max_weight) = jax.lax.scan(window, carry, None, length=num_windows)
   swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731  (windows, decays) -> (decays, windows)
   return RecallCounts(*map(swap, counts)), swap(max_weight)
+
+
+def history_windows(spec: tasks.TaskSpec) -> int:
+  """Windows before the current one that a query of it can ask about: lags reach `Dmax` slots back
+  from a slot that may start up to a slot before the window."""
+  return -(-(spec.max_lag + 1) * spec.slot_steps // spec.window)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "batch", "num_windows"))
+def run_key_blind_streams(spec: tasks.TaskSpec, key: jax.Array, batch: int, num_windows: int) -> RecallCounts:
+  """The key-blind floor (`baselines.stream_key_blind`) on the streams `run_long_streams` runs for the
+  same key: `RecallCounts` `[num_windows, B, Dmax]`. Each window is answered with the teaching bits of
+  the `history_windows` windows before it in view (blank before the stream starts), so the readouts are
+  those of `stream_key_blind` on the whole stream at once."""
+  past_steps = history_windows(spec) * spec.window
+  positions = stream_positions(key, spec, batch)
+  shapes = jax.eval_shape(lambda p: _next_windows(p, spec)[0], positions)
+  blank = jax.tree.map(lambda a: jnp.zeros((batch, past_steps, *a.shape[2:]), a.dtype), shapes)
+  answer = jax.vmap(baselines.stream_key_blind, in_axes=(0, 0, None))
+
+  def window(carry, _):
+    past, positions = carry
+    episodes, lags, next_positions = _next_windows(positions, spec)
+    seen = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), past, episodes)
+    readout = answer(seen, positions.replace(t=positions.t - past_steps), spec)[:, past_steps:]
+    past = jax.tree.map(lambda a: a[:, spec.window :], seen)
+    return (past, next_positions), lag_counts(readout, episodes, lags, spec.max_lag)
+
+  _, counts = jax.lax.scan(window, (blank, positions), None, length=num_windows)
+  return counts
+
+
+def stream_resamples(num_streams: int, resamples: int = 2000) -> np.ndarray:
+  """`[resamples, num_streams]` stream indices drawn with replacement from a fixed seed: the bootstrap
+  over streams (the independent units of a never-reset run), shared by every memory so that their
+  differences are paired."""
+  return np.random.default_rng(0).integers(0, num_streams, (resamples, num_streams))
+
+
+def resampled_by_lag(counts: RecallCounts, resamples: np.ndarray) -> np.ndarray:
+  """`[R, Dmax]`: the forgetting curve of `counts` `[num_windows, B, Dmax]` on each resample of streams
+  (`stream_resamples`); NaN at a lag a resample never scored."""
+  per_stream = RecallCounts(*(np.sum(np.asarray(c, np.float64), axis=0) for c in counts))  # [B, Dmax]
+  picked = RecallCounts(*(c[resamples] for c in per_stream))  # [R, B, Dmax]
+  return accuracy(picked, axis=1)
+
+
+def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+  """`(low, high)` `[...]`: the percentile interval of bootstrap samples `[R, ...]`, leaving out the NaN
+  of a resample that scored nothing there (NaN where every one is)."""
+  tail = 100 * (1 - confidence) / 2
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: a lag no stream was asked
+    return np.nanpercentile(samples, tail, axis=0), np.nanpercentile(samples, 100 - tail, axis=0)
 
 
 def synapse_bound(theta: rules.Theta, spec: rules.RuleSpec | None = None, fan_in=None) -> float | None:

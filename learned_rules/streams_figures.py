@@ -15,6 +15,7 @@ _STYLE = {
   "palimpsest": ("s--", "C1"),
   "hebbian_no_decay": ("^:", "C2"),
   "synapses_off": ("x-.", "C3"),
+  "key_blind": ("-", "0.45"),
 }
 
 
@@ -38,7 +39,13 @@ def _plot_curve(ax, out: dict) -> None:
     style, color = _STYLE[m]
     values = _as_float(curve[m]["accuracy_by_lag"])
     ax.plot(lags, values, style, color=color, ms=4, label=label(m, curve))
+    if "accuracy_by_lag_low" in curve[m] and m == "learned":
+      low, high = _as_float(curve[m]["accuracy_by_lag_low"]), _as_float(curve[m]["accuracy_by_lag_high"])
+      ax.fill_between(lags, low, high, color=color, alpha=0.25, lw=0, label="learned, 95 % interval")
     lowest = min(lowest, np.nanmin(values) - 0.03)
+  if "palimpsest_best_per_lag" in curve:
+    values = _as_float(curve["palimpsest_best_per_lag"]["accuracy_by_lag"])
+    ax.plot(lags, values, "--", color="C1", lw=0.8, alpha=0.7, label="palimpsest, best decay per lag")
   if curve is not train:  # the learned rule on its own protocol, for the trained lags
     values = _as_float(train["learned"]["accuracy_by_lag"])
     ax.plot(

@@ -84,8 +84,11 @@ def test_lags_are_the_ones_the_stream_asks(wide_windows):
   # Binning: every scored step's n_out bits land in its own lag's bin, and nowhere else.
   readout = jnp.ones(episodes.target.shape)
   counts = streaming.lag_counts(readout, episodes, lags, WIDE.max_lag)
-  expected = [WIDE.n_out * float(jnp.sum(episodes.score * (lags == d))) for d in range(1, WIDE.max_lag + 1)]
-  np.testing.assert_allclose(counts.bits_by_lag, expected)
+  expected = [
+    [WIDE.n_out * float(jnp.sum(episodes.score[b] * (lags[b] == d))) for d in range(1, WIDE.max_lag + 1)]
+    for b in range(3)
+  ]
+  np.testing.assert_allclose(counts.bits_by_lag, expected)  # [B, Dmax]: each stream's own bits
   assert float(jnp.sum(counts.correct_by_lag)) == float(
     jnp.sum((episodes.target > 0) * episodes.score[..., None])
   )
@@ -101,12 +104,62 @@ def test_palimpsest_forgets_and_no_decay_forgets_less():
   counts, max_weight = streaming.run_hebbian_streams(
     WIDE, jax.random.PRNGKey(3), 16, 12, jnp.asarray([0.7, 1.0])
   )
-  assert counts.bits_by_lag.shape == (2, 12, WIDE.max_lag) and max_weight.shape == (2, 12)
-  curves = [streaming.accuracy(jax.tree.map(lambda a, i=i: a[i], counts), axis=0) for i in range(2)]
+  assert counts.bits_by_lag.shape == (2, 12, 16, WIDE.max_lag) and max_weight.shape == (2, 12)
+  curves = [streaming.accuracy(jax.tree.map(lambda a, i=i: a[i], counts), axis=(0, 1)) for i in range(2)]
   fast, none = curves
   assert fast[0] > 0.75 and fast[-1] < 0.6  # decay 0.7: recent snippets recalled, old ones gone
   assert (none[0] - none[-1]) < 0.5 * (fast[0] - fast[-1])
   assert float(max_weight[1, -1]) > float(max_weight[0, -1])  # without decay the weights keep growing
+
+
+def test_key_blind_floor_window_by_window_is_the_floor_on_the_whole_stream():
+  """`run_key_blind_streams` answers each window with only the windows before it in view; that is
+  `baselines.stream_key_blind` on the whole stream at once, and its first windows are the floor the
+  trainer's evaluation reports for the same key."""
+  key, windows = jax.random.PRNGKey(5), 6
+  counts = streaming.run_key_blind_streams(WIDE, key, 4, windows)
+  assert counts.bits_by_lag.shape == (windows, 4, WIDE.max_lag)
+  assert streaming.history_windows(WIDE) * WIDE.window >= (WIDE.max_lag + 1) * WIDE.slot_steps
+  starts, positions, parts = streaming.stream_positions(key, WIDE, 4), None, []
+  positions = starts
+  for _ in range(windows):
+    episodes, lags, positions = streaming._next_windows(positions, WIDE)
+    parts.append((episodes, lags))
+  whole = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *[e for e, _ in parts])
+  lags = jnp.concatenate([lag for _, lag in parts], axis=1)
+  readout = jax.vmap(baselines.stream_key_blind, in_axes=(0, 0, None))(whole, starts, WIDE)
+  expected = streaming.lag_counts(readout, whole, lags, WIDE.max_lag)
+  np.testing.assert_allclose(np.sum(counts.correct_by_lag, axis=0), expected.correct_by_lag)
+  np.testing.assert_allclose(np.sum(counts.bits_by_lag, axis=0), expected.bits_by_lag)
+  floor = streaming.accuracy(counts, axis=(0, 1))
+  assert np.nanmax(floor) < 0.8 and np.nanmin(floor) > 0.4  # it answers without the cue
+  first = jax.tree.map(lambda a: a[: evaluate_lib.STREAM_EVAL_WINDOWS], counts)
+  per_window = np.nan_to_num(streaming.accuracy(first, axis=(1, 2)))
+  reference = baselines.stream_key_blind_batch(WIDE, key, 4)
+  assert np.mean(per_window) == pytest.approx(float(reference["bit_accuracy"]), abs=1e-5)
+
+
+def test_bootstrap_over_streams_resamples_whole_streams():
+  """`resampled_by_lag` recomputes the forgetting curve on streams drawn with replacement: the identity
+  resample gives the curve itself, a resample of one stream that stream's curve, and the interval
+  widens when the streams disagree."""
+  rng = np.random.default_rng(1)
+  bits = np.full((3, 5, 4), 8.0)  # [windows, streams, lags]
+  agree = streaming.RecallCounts(np.full((3, 5, 4), 6.0), bits)
+  spread = streaming.RecallCounts(rng.integers(0, 9, (3, 5, 4)).astype(float), bits)
+  identity = np.arange(5)[None]
+  np.testing.assert_allclose(
+    streaming.resampled_by_lag(spread, identity)[0], streaming.accuracy(spread, axis=(0, 1))
+  )
+  one = streaming.resampled_by_lag(spread, np.full((1, 5), 2))[0]
+  np.testing.assert_allclose(one, spread.correct_by_lag[:, 2].sum(0) / 24.0)
+  resamples = streaming.stream_resamples(5)
+  assert resamples.shape == (2000, 5) and np.array_equal(resamples, streaming.stream_resamples(5))
+  low, high = streaming.percentile_interval(streaming.resampled_by_lag(agree, resamples))
+  np.testing.assert_allclose(low, 0.75) and np.testing.assert_allclose(high, 0.75)
+  low, high = streaming.percentile_interval(streaming.resampled_by_lag(spread, resamples))
+  curve = streaming.accuracy(spread, axis=(0, 1))
+  assert np.all(low <= curve) and np.all(curve <= high) and np.all(high - low > 0.05)
 
 
 def test_synapse_bound_follows_the_fan_in_scaling_and_is_none_when_centred():
@@ -135,7 +188,7 @@ def test_long_stream_runs_many_windows_with_finite_bounded_norms():
   topo, problem = streams_study.on_protocol(rule, rule.config.task.max_lag)
   key = jax.random.PRNGKey(4)
   counts, norms = streaming.run_long_streams(rule.theta, topo, problem, key, 2, SIZES["num_windows"])
-  assert counts.correct_by_lag.shape == (SIZES["num_windows"], problem.task.max_lag)
+  assert counts.correct_by_lag.shape == (SIZES["num_windows"], 2, problem.task.max_lag)
   for name in streaming.StateNorms._fields:
     values = np.asarray(getattr(norms, name))
     assert values.shape == (SIZES["num_windows"],) and np.all(np.isfinite(values)), name
@@ -145,7 +198,7 @@ def test_long_stream_runs_many_windows_with_finite_bounded_norms():
   # The same streams as meta-training's evaluation: its first windows score the same bits.
   first = jax.tree.map(lambda a: a[: evaluate_lib.STREAM_EVAL_WINDOWS], counts)
   reference = evaluate_lib.eval_batch(rule.theta, topo, key, problem, 2)
-  per_window = np.nan_to_num(streaming.accuracy(first, axis=1))  # a window with nothing scored counts 0
+  per_window = np.nan_to_num(streaming.accuracy(first, axis=(1, 2)))  # a window with nothing scored: 0
   assert np.mean(per_window) == pytest.approx(float(reference["bit_accuracy"]), abs=1e-5)
 
 
@@ -173,7 +226,8 @@ def test_a_rule_runs_on_a_network_of_another_size():
   task = bigger.experiment.task
   assert bigger.theta is rule.theta and (task.n_in, task.n_out, task.num_neurons) == (6, 6, 24)
   assert task.max_lag == rule.experiment.task.max_lag and task.window == rule.experiment.task.window
-  record = streams_study._network_memory(bigger, 2, jax.random.PRNGKey(0), streams_study.StreamSizes(2, 3))
+  sizes, resamples = streams_study.StreamSizes(2, 3), streaming.stream_resamples(2)
+  record, _ = streams_study._network_memory(bigger, 2, jax.random.PRNGKey(0), sizes, resamples)
   bits = np.asarray(record["scored_bits_by_lag"])
   assert bits.sum() > 0 and np.all(bits % 6 == 0) and record["norms"]["finite"]
   layered = dataclasses.replace(rule, config=remember.get_config("tiny,streaming,layered"))
@@ -235,6 +289,20 @@ def test_command_records_every_memory(tiny_run, tmp_path):
       assert best == pytest.approx(np.nanmax(curves[:, d])) and best >= p["palimpsest"]["accuracy_by_lag"][d]
       assert curves[streams_study.DECAY_GRID.index(decay), d] == pytest.approx(best)
   assert "palimpsest, best per lag" in stdout
+  # Every curve has its bootstrap interval over streams around it; the rule's differences from the
+  # yardsticks are the differences of the curves, with paired intervals around them.
+  for m in (*streams_study.MEMORIES, "palimpsest_best_per_lag"):
+    for d, a in enumerate(p[m]["accuracy_by_lag"]):
+      if a is not None:
+        assert p[m]["accuracy_by_lag_low"][d] <= a + 1e-9 <= p[m]["accuracy_by_lag_high"][d] + 2e-9, m
+  assert set(p["learned"]["versus"]) == set(streams_study.YARDSTICKS)
+  for name, v in p["learned"]["versus"].items():
+    for d, diff in enumerate(v["difference_by_lag"]):
+      if diff is not None:
+        assert diff == pytest.approx(p["learned"]["accuracy_by_lag"][d] - p[name]["accuracy_by_lag"][d])
+        assert v["low"][d] <= diff + 1e-9 <= v["high"][d] + 2e-9, name
+    assert f"learned above {name} (interval of the difference above 0) at " in stdout
+  assert "learned >= 0.95 with its whole interval at " in stdout and "streams of seed 0" in stdout
   # The Hebbian memories' accuracies are those of their decays in the tuning table (the same streams).
   on_eval = dict(zip(tuning["grid"], tuning["accuracy_eval_streams"], strict=True))
   assert p["palimpsest"]["bit_accuracy"] == pytest.approx(on_eval[p["palimpsest"]["decay"]], rel=1e-6)
@@ -243,8 +311,9 @@ def test_command_records_every_memory(tiny_run, tmp_path):
   assert out["sizes"] == SIZES and not os.path.exists(folder / "out" / "streams.png")  # drawn where named
   # The figure with a probe protocol too (its records have the train protocol's layout, longer lags).
   probe = json.loads(json.dumps(p))
-  for m in streams_study.MEMORIES:
-    probe[m]["accuracy_by_lag"] = probe[m]["accuracy_by_lag"] * 2
+  for m in (*streams_study.MEMORIES, "palimpsest_best_per_lag"):
+    for field in ("accuracy_by_lag", "accuracy_by_lag_low", "accuracy_by_lag_high"):
+      probe[m][field] = probe[m][field] * 2
   streams_figures.plot(
     {**out, "protocols": {"train": p, "probe": {**probe, "max_lag": 8}}}, str(tmp_path / "p.png")
   )
@@ -260,3 +329,8 @@ def test_command_logs_a_progress_line_per_run(tiny_run):
   assert [re.search(r"streams (\d)/4", line)[1] for line in lines] == ["1", "2", "3", "4"], stderr[-3000:]
   names = ["decay-tuning streams", "palimpsests on the evaluation streams", "learned rule", "synapses-off"]
   assert all(name in line and "s elapsed" in line for name, line in zip(names, lines, strict=True)), lines
+
+
+def test_command_rejects_a_negative_stream_seed(run_module, tmp_path):
+  done = run_module("experiments.streams", "--rule=stream16", "--stream_seed=-2", f"--workdir={tmp_path}")
+  assert done.returncode == 2 and "--stream_seed must be >= 0" in done.stderr, done.stderr[-2000:]
