@@ -111,7 +111,8 @@ if __name__ == "__main__":
       "synapses_off": (
         flags.DEFINE_string,
         "",
-        "The synapses-off run to compare with ('': <rule>/synapses_off if it exists; 'none': skip).",
+        "The synapses-off run to compare with ('': <rule>/synapses_off if it exists; 'none': skip). Not "
+        "with --num_neurons: it runs at the size it was trained at.",
       ),
     },
   )

@@ -277,13 +277,18 @@ def run(
 ) -> dict:
   """Every protocol (`train`, and `probe` if `probe_max_lag` exceeds the rule's Dmax) of the streaming
   rule at `rule_path`, JSON-ready; on a `full` network of `num_neurons` neurons (`at_size`) when that is
-  not 0, without the synapses-off run (trained at its own size). `synapses_off` as in
-  `synapses_off_rule`. The streams are those of `evaluation.eval_key(stream_seed)` (None: the rule's
-  meta-training seed, the streams of its trainer's evaluation); another seed gives fresh streams, on
-  which a choice made by looking at the default ones can be checked. Raises `StreamsError` for a rule
-  that is not a streaming rule or cannot be loaded."""
+  not 0, without the synapses-off run (trained at its own size; naming one is a `StreamsError`).
+  `synapses_off` as in `synapses_off_rule`. The streams are those of
+  `evaluation.eval_key(stream_seed)` (None: the rule's meta-training seed, the streams of its trainer's
+  evaluation); another seed gives fresh streams, on which a choice made by looking at the default ones
+  can be checked. Raises `StreamsError` for a rule that is not a streaming rule or cannot be loaded."""
   start = _clock()
   rule = load_streaming_rule(rule_path)
+  if num_neurons and synapses_off not in ("", "none"):
+    raise StreamsError(
+      f"the synapses-off run {synapses_off!r} runs at the size it was trained at, not with num_neurons "
+      f"{num_neurons}: leave it out there"
+    )
   off = synapses_off_rule(rule_path, rule, "none" if num_neurons else synapses_off)
   if num_neurons:
     rule = at_size(rule, num_neurons)

@@ -334,3 +334,9 @@ def test_command_logs_a_progress_line_per_run(tiny_run):
 def test_command_rejects_a_negative_stream_seed(run_module, tmp_path):
   done = run_module("experiments.streams", "--rule=stream16", "--stream_seed=-2", f"--workdir={tmp_path}")
   assert done.returncode == 2 and "--stream_seed must be >= 0" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_synapses_off_run_is_not_dropped_silently_at_another_size(tmp_path):
+  save_rule(_tiny_rule(), str(tmp_path / "tiny"))
+  with pytest.raises(streams_study.StreamsError, match="runs at the size it was trained at"):
+    streams_study.run(str(tmp_path / "tiny"), num_neurons=24, synapses_off=str(tmp_path / "off"))
