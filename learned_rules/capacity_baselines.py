@@ -10,6 +10,7 @@ training key with a tag of its own: neither training batches nor evaluation epis
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 
@@ -132,16 +133,22 @@ def recurrent_records(
   return out
 
 
+def _tuned_records(tune, readout, step_sizes, tune_episodes: int, specs: tuple, seed: int, key, num_episodes):
+  """Metrics of `readout` at every K of `specs` on the held-out episodes of `key`, its step size the best
+  of `step_sizes` for each K by `tune(specs, tune_key, step_sizes, tune_episodes)` on tuning episodes of
+  its own (for the rule of seed `seed`), one dict per K with its `step_size`."""
+  tune_key = jax.random.fold_in(meta_train.train_key(seed), _TUNE_TAG)
+  lrs, _ = tune(specs, tune_key, tuple(step_sizes), tune_episodes)
+  out = baselines.evaluate_over_k(readout, jnp.asarray(lrs), specs, key, num_episodes, per_k_args=True)
+  return [{**r, "step_size": lr} for r, lr in zip(out, lrs, strict=True)]
+
+
 def online_backprop_records(spec: OnlineBackpropSpec, specs: tuple, seed: int, key, num_episodes: int):
   """Metrics of online backprop at every K of `specs` on the held-out episodes of `key`, its step size
   tuned per K on episodes of its own (for the rule of seed `seed`), one dict per K with its `step_size`."""
-  tune_key = jax.random.fold_in(meta_train.train_key(seed), _TUNE_TAG)
-  lrs, _ = trained_baselines.tune_online_backprop_over_k(
-    specs, tune_key, tuple(spec.step_sizes), spec.tune_episodes, spec.hidden
-  )
+  tune = functools.partial(trained_baselines.tune_online_backprop_over_k, hidden=spec.hidden)
   readout = trained_baselines.online_backprop_readout_fn(spec.hidden)
-  out = baselines.evaluate_over_k(readout, jnp.asarray(lrs), specs, key, num_episodes, per_k_args=True)
-  return [{**r, "step_size": lr} for r, lr in zip(out, lrs, strict=True)]
+  return _tuned_records(tune, readout, spec.step_sizes, spec.tune_episodes, specs, seed, key, num_episodes)
 
 
 def random_delta_hidden(cfg) -> tuple[int, ...]:
@@ -159,13 +166,10 @@ def random_delta_records(
   the held-out episodes of `key`, its step size tuned per K on the tuning episodes of online backprop
   (for the rule of seed `seed`), one dict per K with its `step_size` and `hidden`."""
   hidden = tuple(int(h) for h in hidden)
-  tune_key = jax.random.fold_in(meta_train.train_key(seed), _TUNE_TAG)
-  lrs, _ = trained_baselines.tune_random_delta_over_k(
-    specs, tune_key, tuple(spec.step_sizes), spec.tune_episodes, hidden
-  )
+  tune = functools.partial(trained_baselines.tune_random_delta_over_k, hidden=hidden)
   readout = trained_baselines.random_delta_readout_fn(hidden)
-  out = baselines.evaluate_over_k(readout, jnp.asarray(lrs), specs, key, num_episodes, per_k_args=True)
-  return [{**r, "step_size": lr, "hidden": list(hidden)} for r, lr in zip(out, lrs, strict=True)]
+  out = _tuned_records(tune, readout, spec.step_sizes, spec.tune_episodes, specs, seed, key, num_episodes)
+  return [{**r, "hidden": list(hidden)} for r in out]
 
 
 def linear_records(rule: str, specs: tuple, key, num_episodes: int) -> list[dict]:

@@ -67,7 +67,7 @@ def branch_writes(theta: rules.Theta, topo: network.Topology, problem: unroll.Pr
 
   def shown(k, v):  # the steps a snippet is shown: its key throughout, its value where it is taught
     steps = len(taught)
-    return tasks._place(spec, jnp.tile(k, (steps, 1)), jnp.where(taught[:, None], v, 0.0))
+    return tasks.place_inputs(spec, jnp.tile(k, (steps, 1)), jnp.where(taught[:, None], v, 0.0))
 
   def after(k, v):
     xs = jax.vmap(shown)(k, v)
@@ -87,7 +87,9 @@ def branch_writes(theta: rules.Theta, topo: network.Topology, problem: unroll.Pr
 
   # What the stored state recalls of the last pair: its key as a cue for the task's query steps.
   def query(k):
-    return tasks._place(spec, jnp.tile(k, (spec.query_steps, 1)), jnp.zeros((spec.query_steps, spec.n_out)))
+    return tasks.place_inputs(
+      spec, jnp.tile(k, (spec.query_steps, 1)), jnp.zeros((spec.query_steps, spec.n_out))
+    )
 
   cue = jax.vmap(query)(keys)
   readout = jax.vmap(run)(stored, cue)[1][:, -1]

@@ -148,8 +148,9 @@ def query_score(spec: TaskSpec) -> np.ndarray:
   return (np.arange(spec.query_steps) >= spec.first_scored_query_step).astype(np.float32)
 
 
-def _place(spec: TaskSpec, inputs: jax.Array, teach: jax.Array) -> jax.Array:
-  """Input `[T, N]` from key bits `[T, n_in]` and teaching bits `[T, n_out]`."""
+def place_inputs(spec: TaskSpec, inputs: jax.Array, teach: jax.Array) -> jax.Array:
+  """The external input `[T, N]` of every neuron from key bits `[T, n_in]` (the input neurons) and
+  teaching bits `[T, n_out]` (the output neurons); the hidden neurons get none."""
   t = inputs.shape[0]
   rest = jnp.zeros((t, spec.num_neurons - spec.n_in - spec.n_out))
   return jnp.concatenate([inputs, teach, rest], axis=-1)
@@ -175,7 +176,7 @@ def sample_episode(key: jax.Array, spec: TaskSpec) -> Episode:
   teach = jnp.concatenate([store_teach, jnp.zeros((n_query, spec.n_out))])
   target = jnp.concatenate([jnp.zeros((len(sched), spec.n_out)), query_target])
   score = jnp.concatenate([jnp.zeros(len(sched)), jnp.tile(query_score(spec), spec.num_queries)])
-  return Episode(x=_place(spec, inputs, teach), target=target, score=score)
+  return Episode(x=place_inputs(spec, inputs, teach), target=target, score=score)
 
 
 @flax.struct.dataclass
@@ -248,7 +249,7 @@ def sample_stream_window(pos: StreamPosition, spec: TaskSpec) -> tuple[Episode, 
   """The next `W` steps of a stream, and the stream position after them."""
   ts = pos.t + jnp.arange(spec.window, dtype=jnp.int32)
   key_bits, teach, target, score = jax.vmap(_stream_step, in_axes=(None, 0, None))(pos, ts, spec)
-  episode = Episode(x=_place(spec, key_bits, teach), target=target, score=score)
+  episode = Episode(x=place_inputs(spec, key_bits, teach), target=target, score=score)
   return episode, pos.replace(t=pos.t + spec.window)
 
 

@@ -126,7 +126,7 @@ def sample_episode(
   query_unseen = jnp.repeat(is_unseen, spec.query_steps).astype(jnp.float32)
   n_store = len(sched)
 
-  x = tasks._place(  # noqa: SLF001
+  x = tasks.place_inputs(
     spec,
     jnp.concatenate([store_in, query_in]),
     jnp.concatenate([store_teach, jnp.zeros((len(query_in), spec.n_out))]),
