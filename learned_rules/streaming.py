@@ -7,7 +7,8 @@ every window is summarised by:
 
 - `RecallCounts`: correct and scored readout bits of every stream, grouped by the lag `d` (in slots)
   that each scored step asks for (`tasks.sample_stream_lags`): summed over windows and streams, a
-  forgetting curve; resampled over streams (`lag_intervals`), its 95 % bootstrap interval;
+  forgetting curve; resampled over streams (`resampled_by_lag`, `percentile_interval`), its 95 %
+  bootstrap interval;
 - `StateNorms`: the largest absolute body and synapse state over every step of the window, and their
   root mean square at the window's last step.
 
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_rules import baselines, network, rules, tasks, unroll
+from learned_rules import baselines, evaluation, network, rules, tasks, unroll
 
 
 class RecallCounts(NamedTuple):
@@ -188,7 +189,7 @@ def run_key_blind_streams(spec: tasks.TaskSpec, key: jax.Array, batch: int, num_
   return counts
 
 
-def stream_resamples(num_streams: int, resamples: int = 2000) -> np.ndarray:
+def stream_resamples(num_streams: int, resamples: int = evaluation.BOOTSTRAP_RESAMPLES) -> np.ndarray:
   """`[resamples, num_streams]` stream indices drawn with replacement from a fixed seed: the bootstrap
   over streams (the independent units of a never-reset run), shared by every memory so that their
   differences are paired."""

@@ -355,7 +355,7 @@ def _interval(low, high, signed: bool = False) -> str:
 
 def _curve_table(name: str, p: dict) -> list[str]:
   """Protocol `name`'s forgetting curve: recall bit accuracy by lag, every memory, the rule's 95 %
-  interval and its difference from the tuned and the best-per-lag palimpsest (paired intervals)."""
+  interval and its differences from the yardsticks (`YARDSTICKS`, paired intervals)."""
   memories = present(p)
   steps = p["num_windows"] * p["window"]
   envelope = p.get("palimpsest_best_per_lag")
@@ -388,7 +388,8 @@ def _curve_table(name: str, p: dict) -> list[str]:
 
 def _verdict(p: dict) -> list[str]:
   """One line per yardstick: at how many lags the rule is above it with the whole interval of the
-  difference above 0, and the lags where the rule's interval reaches 0.95."""
+  difference above 0, and at which it is below; then at how many lags the rule's whole interval is at
+  least 0.95."""
   versus, learned = p["learned"]["versus"], p["learned"]
   asked = [d for d in range(p["max_lag"]) if learned["accuracy_by_lag"][d] is not None]
   lines = []
