@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -125,14 +126,28 @@ def mean_over_batches(eval_fn, key: jax.Array, num_episodes: int, batch: int = 6
   return {k: float(v) if v.ndim == 0 else v for k, v in means.items()}
 
 
+def resample_indices(num_units: int, resamples: int = BOOTSTRAP_RESAMPLES) -> np.ndarray:
+  """`[resamples, num_units]` unit indices drawn with replacement from a fixed seed, so the same units
+  give the same interval (and memories resampled with the same indices give paired intervals)."""
+  return np.random.default_rng(0).integers(0, num_units, (resamples, num_units))
+
+
+def percentile_interval(samples, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+  """`(low, high)` `[...]`: the percentile interval of bootstrap statistics `[R, ...]`, leaving out the
+  NaN of a resample that has none there (NaN where every one is)."""
+  tail = 100 * (1 - confidence) / 2
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN
+    return np.nanpercentile(samples, tail, axis=0), np.nanpercentile(samples, 100 - tail, axis=0)
+
+
 def bootstrap_interval(values, confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES):
   """`(low, high)`: the percentile bootstrap interval of the mean of `values` (units of equal weight),
   from a fixed seed, so the same values give the same interval."""
   values = np.asarray(values, np.float64)
-  rng = np.random.default_rng(0)
-  means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(axis=1)
-  tail = 100 * (1 - confidence) / 2
-  return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+  means = values[resample_indices(len(values), resamples)].mean(axis=1)
+  low, high = percentile_interval(means, confidence)
+  return float(low), float(high)
 
 
 def scored_bits(spec: tasks.TaskSpec, num_episodes: int) -> int:

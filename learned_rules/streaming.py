@@ -7,8 +7,8 @@ every window is summarised by:
 
 - `RecallCounts`: correct and scored readout bits of every stream, grouped by the lag `d` (in slots)
   that each scored step asks for (`tasks.sample_stream_lags`): summed over windows and streams, a
-  forgetting curve; resampled over streams (`resampled_by_lag`, `percentile_interval`), its 95 %
-  bootstrap interval;
+  forgetting curve; resampled over streams (`resampled_by_lag`, `evaluation.percentile_interval`),
+  its 95 % bootstrap interval;
 - `StateNorms`: the largest absolute body and synapse state over every step of the window, and their
   root mean square at the window's last step.
 
@@ -20,14 +20,13 @@ floor (`run_key_blind_streams`, `baselines.stream_key_blind`: the best answer th
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_rules import baselines, evaluation, network, rules, tasks, unroll
+from learned_rules import baselines, network, rules, tasks, unroll
 
 
 class RecallCounts(NamedTuple):
@@ -189,28 +188,13 @@ def run_key_blind_streams(spec: tasks.TaskSpec, key: jax.Array, batch: int, num_
   return counts
 
 
-def stream_resamples(num_streams: int, resamples: int = evaluation.BOOTSTRAP_RESAMPLES) -> np.ndarray:
-  """`[resamples, num_streams]` stream indices drawn with replacement from a fixed seed: the bootstrap
-  over streams (the independent units of a never-reset run), shared by every memory so that their
-  differences are paired."""
-  return np.random.default_rng(0).integers(0, num_streams, (resamples, num_streams))
-
-
 def resampled_by_lag(counts: RecallCounts, resamples: np.ndarray) -> np.ndarray:
   """`[R, Dmax]`: the forgetting curve of `counts` `[num_windows, B, Dmax]` on each resample of streams
-  (`stream_resamples`); NaN at a lag a resample never scored."""
+  (`evaluation.resample_indices` over the B streams, the independent units of a never-reset run; the
+  same indices for every memory make their differences paired); NaN at a lag a resample never scored."""
   per_stream = RecallCounts(*(np.sum(np.asarray(c, np.float64), axis=0) for c in counts))  # [B, Dmax]
   picked = RecallCounts(*(c[resamples] for c in per_stream))  # [R, B, Dmax]
   return accuracy(picked, axis=1)
-
-
-def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-  """`(low, high)` `[...]`: the percentile interval of bootstrap samples `[R, ...]`, leaving out the NaN
-  of a resample that scored nothing there (NaN where every one is)."""
-  tail = 100 * (1 - confidence) / 2
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: a lag no stream was asked
-    return np.nanpercentile(samples, tail, axis=0), np.nanpercentile(samples, 100 - tail, axis=0)
 
 
 def synapse_bound(theta: rules.Theta, spec: rules.RuleSpec | None = None, fan_in=None) -> float | None:

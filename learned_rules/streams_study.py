@@ -129,7 +129,7 @@ def synapse_bound(rule: pretrained.Rule) -> float | None:
 def _memory_record(counts: streaming.RecallCounts, resamples: np.ndarray, **extra) -> dict:
   """Forgetting curve with its 95 % bootstrap interval over streams (`resamples`), and per-window
   accuracy, of one memory's `[num_windows, B, Dmax]` counts."""
-  low, high = streaming.percentile_interval(streaming.resampled_by_lag(counts, resamples))
+  low, high = evaluation.percentile_interval(streaming.resampled_by_lag(counts, resamples))
   return {
     "bit_accuracy": _nan_to_none(streaming.accuracy(counts))[0],
     "accuracy_by_lag": _nan_to_none(streaming.accuracy(counts, axis=(0, 1))),
@@ -206,7 +206,7 @@ def _comparison(counts, other, resamples) -> dict:
   each), by lag, with the paired 95 % bootstrap interval of the difference over streams."""
   difference = streaming.accuracy(counts, axis=(0, 1)) - streaming.accuracy(other, axis=(0, 1))
   samples = streaming.resampled_by_lag(counts, resamples) - streaming.resampled_by_lag(other, resamples)
-  low, high = streaming.percentile_interval(samples)
+  low, high = evaluation.percentile_interval(samples)
   return {"difference_by_lag": _nan_to_none(difference), "low": _nan_to_none(low), "high": _nan_to_none(high)}
 
 
@@ -231,7 +231,7 @@ def run_protocol(
   task = on_protocol(rule, max_lag)[1].task
   out = {"max_lag": max_lag, "window": task.window, "num_streams": sizes.num_streams}
   out["num_windows"] = sizes.num_windows
-  resamples = streaming.stream_resamples(sizes.num_streams)
+  resamples = evaluation.resample_indices(sizes.num_streams)
   start = _clock()
   blind = jax.block_until_ready(
     streaming.run_key_blind_streams(task, keys[0], sizes.num_streams, sizes.num_windows)

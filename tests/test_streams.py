@@ -153,11 +153,11 @@ def test_bootstrap_over_streams_resamples_whole_streams():
   )
   one = streaming.resampled_by_lag(spread, np.full((1, 5), 2))[0]
   np.testing.assert_allclose(one, spread.correct_by_lag[:, 2].sum(0) / 24.0)
-  resamples = streaming.stream_resamples(5)
-  assert resamples.shape == (2000, 5) and np.array_equal(resamples, streaming.stream_resamples(5))
-  low, high = streaming.percentile_interval(streaming.resampled_by_lag(agree, resamples))
+  resamples = evaluate_lib.resample_indices(5)
+  assert resamples.shape == (2000, 5) and np.array_equal(resamples, evaluate_lib.resample_indices(5))
+  low, high = evaluate_lib.percentile_interval(streaming.resampled_by_lag(agree, resamples))
   np.testing.assert_allclose(low, 0.75) and np.testing.assert_allclose(high, 0.75)
-  low, high = streaming.percentile_interval(streaming.resampled_by_lag(spread, resamples))
+  low, high = evaluate_lib.percentile_interval(streaming.resampled_by_lag(spread, resamples))
   curve = streaming.accuracy(spread, axis=(0, 1))
   assert np.all(low <= curve) and np.all(curve <= high) and np.all(high - low > 0.05)
 
@@ -226,7 +226,7 @@ def test_a_rule_runs_on_a_network_of_another_size():
   task = bigger.experiment.task
   assert bigger.theta is rule.theta and (task.n_in, task.n_out, task.num_neurons) == (6, 6, 24)
   assert task.max_lag == rule.experiment.task.max_lag and task.window == rule.experiment.task.window
-  sizes, resamples = streams_study.StreamSizes(2, 3), streaming.stream_resamples(2)
+  sizes, resamples = streams_study.StreamSizes(2, 3), evaluate_lib.resample_indices(2)
   record, _ = streams_study._network_memory(bigger, 2, jax.random.PRNGKey(0), sizes, resamples)
   bits = np.asarray(record["scored_bits_by_lag"])
   assert bits.sum() > 0 and np.all(bits % 6 == 0) and record["norms"]["finite"]
