@@ -4,7 +4,7 @@ The linear memories (`baselines.py`) need no fitting. The recurrent nets (`train
 sized next to the learned network (`recurrent_size`), trained on the mixture of the sweep's K with the
 learning rate tuned and several seeds, each training run kept in the workdir (`fit_recurrent`). Online
 backprop and the random-feature delta rule (on the hidden layers of the network evaluated,
-`random_delta_hidden`) have their step size tuned per K. Every fitting key is folded from the rule's
+`random_features_hidden`) have their step size tuned per K. Every fitting key is folded from the rule's
 training key with a tag of its own: neither training batches nor evaluation episodes.
 """
 
@@ -151,9 +151,10 @@ def online_backprop_records(spec: OnlineBackpropSpec, specs: tuple, seed: int, k
   return _tuned_records(tune, readout, spec.step_sizes, spec.tune_episodes, specs, seed, key, num_episodes)
 
 
-def random_delta_hidden(cfg) -> tuple[int, ...]:
-  """The hidden layers `random_delta` gets next to the network of config `cfg`: the layers of a layered
-  topology (`net.hidden_layers`), else one layer of its `net.num_hidden` hidden neurons."""
+def random_features_hidden(cfg) -> tuple[int, ...]:
+  """The hidden layers `random_delta` and `random_projection` get next to the network of config `cfg`:
+  the layers of a layered topology (`net.hidden_layers`), else one layer of its `net.num_hidden` hidden
+  neurons."""
   if cfg.net.topology in ("layered", "layered_feedback"):
     return tuple(int(h) for h in cfg.net.hidden_layers)
   return (int(cfg.net.num_hidden),)
@@ -169,6 +170,16 @@ def random_delta_records(
   tune = functools.partial(trained_baselines.tune_random_delta_over_k, hidden=hidden)
   readout = trained_baselines.random_delta_readout_fn(hidden)
   out = _tuned_records(tune, readout, spec.step_sizes, spec.tune_episodes, specs, seed, key, num_episodes)
+  return [{**r, "hidden": list(hidden)} for r in out]
+
+
+def random_projection_records(specs: tuple, key, num_episodes: int, hidden: tuple[int, ...]) -> list[dict]:
+  """Metrics of fixed random layers of sizes `hidden` with a readout written by sequential projection
+  (`trained_baselines.random_projection`, nothing to tune) at every K of `specs` on the held-out
+  episodes of `key`, one dict per K with its `hidden`."""
+  hidden = tuple(int(h) for h in hidden)
+  readout = trained_baselines.random_projection_readout_fn(hidden)
+  out = baselines.evaluate_over_k(readout, None, specs, key, num_episodes)
   return [{**r, "hidden": list(hidden)} for r in out]
 
 

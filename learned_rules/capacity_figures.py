@@ -52,6 +52,8 @@ def plot_recall_vs_k(records: list[dict], path: str) -> None:
     label, style = (network_name, "o-") if rule == "learned" else (rule.replace("_", " "), "s--")
     if rule == "random_delta":  # evaluated on every network, with its hidden layers
       label, style = f"{network_name}: random hidden + delta rule", "^:"
+    if rule == "random_projection":
+      label, style = f"{network_name}: random hidden + projection", "v:"
     ax.plot(ks, accuracy, style, label=label)
   ax.axhline(0.5, color="gray", lw=0.8, ls=":")
   ax.text(ax.get_xlim()[1], 0.5, "chance ", fontsize=7, color="gray", ha="right", va="bottom")

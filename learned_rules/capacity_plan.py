@@ -21,7 +21,10 @@ RECURRENT_BASELINES = ("recurrent", "recurrent_state")  # parameter-matched and 
 # per-type-pair state plus fresh noise (`synapses_off`) or each at a meta-trained weight state of its own
 # (`routing`: a trained recurrent network of the same wiring).
 CONTROLS = ("synapses_off", "routing")
-BASELINES = (*LINEAR_BASELINES, *CONTROLS, *RECURRENT_BASELINES, "online_backprop", "random_delta")
+# Memories on fixed random hidden layers of the evaluated network's sizes, with a readout written during
+# the episode (`trained_baselines`): by the delta rule, step size tuned, or by sequential projection.
+RANDOM_FEATURES = ("random_delta", "random_projection")
+BASELINES = (*LINEAR_BASELINES, *CONTROLS, *RECURRENT_BASELINES, "online_backprop", *RANDOM_FEATURES)
 
 
 # The fields of the trained-baseline specs are those of the config's `recurrent`, `online_backprop` and
@@ -53,7 +56,7 @@ class OnlineBackpropSpec:
 class RandomDeltaSpec:
   """`random_delta`: fixed random hidden layers with a delta-rule readout, step size tuned. Its hidden
   layers are not a field: they are those of the network evaluated
-  (`capacity_baselines.random_delta_hidden`)."""
+  (`capacity_baselines.random_features_hidden`)."""
 
   step_sizes: tuple[float, ...]
   tune_episodes: int

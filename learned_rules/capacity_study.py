@@ -33,6 +33,7 @@ from learned_rules.capacity_plan import (
   CONTROLS,
   LEARNED,
   LINEAR_BASELINES,
+  RANDOM_FEATURES,
   RECURRENT_BASELINES,
   Plan,
   run_name,
@@ -44,10 +45,10 @@ from learned_rules.capacity_plan import (
 # the plan under its name.
 TUNED_BASELINES = ("online_backprop", "random_delta")
 # Baselines of the networks study evaluated on every network rather than on the first only: the key-blind
-# floor, whose task may differ (the layered networks' longer queries and held keys), and the random
-# features with a delta-rule readout, which take the network's hidden layers (a layered network's control:
-# can anything store through hidden layers of these sizes?).
-PER_NETWORK = ("key_blind", "random_delta")
+# floor, whose task may differ (the layered networks' longer queries and held keys), and the memories on
+# random features, which take the network's hidden layers (a layered network's control: can anything
+# store through hidden layers of these sizes?).
+PER_NETWORK = ("key_blind", *RANDOM_FEATURES)
 
 
 class Study:
@@ -97,7 +98,8 @@ class Study:
     if specs != self.episode_specs:
       jax.clear_caches()
       self.episode_specs = specs
-    if rule not in (*LINEAR_BASELINES, *RECURRENT_BASELINES, *TUNED_BASELINES):  # a rule or a control
+    if rule not in (*LINEAR_BASELINES, *RECURRENT_BASELINES, *TUNED_BASELINES, *RANDOM_FEATURES):
+      # a rule or a control
       return evaluate_lib.recall_vs_k(
         learned[0], topo, config_lib.problem(cfg, topo), k_values, num_episodes, key
       )
@@ -110,11 +112,14 @@ class Study:
       out = capacity_baselines.online_backprop_records(
         spec, specs, config_lib.train_spec(cfg).seed, key, num_episodes
       )
-    else:
-      seed, hidden = config_lib.train_spec(cfg).seed, capacity_baselines.random_delta_hidden(cfg)
+    elif rule == "random_delta":
+      seed, hidden = config_lib.train_spec(cfg).seed, capacity_baselines.random_features_hidden(cfg)
       out = capacity_baselines.random_delta_records(
         self.plan.random_delta, specs, seed, key, num_episodes, hidden
       )
+    else:
+      hidden = capacity_baselines.random_features_hidden(cfg)
+      out = capacity_baselines.random_projection_records(specs, key, num_episodes, hidden)
     return [{"K": int(k), **r} for k, r in zip(k_values, out, strict=True)]
 
   def records(
@@ -149,8 +154,8 @@ class Study:
       cache_key[rule] = dataclasses.asdict(self.plan.recurrent)
     elif rule in TUNED_BASELINES:
       cache_key[rule] = dataclasses.asdict(getattr(self.plan, rule))
-    if rule == "random_delta":
-      cache_key["hidden"] = list(capacity_baselines.random_delta_hidden(cfg))
+    if rule in RANDOM_FEATURES:
+      cache_key["hidden"] = list(capacity_baselines.random_features_hidden(cfg))
     # The same memory on the same episodes under another label (each difficulty axis passes through
     # the base setting) is evaluated once per invocation.
     same = {k: v for k, v in cache_key.items() if k not in ("study", "axis", "value")}

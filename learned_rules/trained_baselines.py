@@ -22,6 +22,11 @@ and `unroll.episode_objective` do (`sample_episodes`), in the batches of `evalua
   episodes (`tune_random_delta_over_k`). The capacity study gives it the hidden layers of the network
   evaluated: it tells "this rule form cannot store through hidden layers" apart from "meta-training has
   not found how", since random features with a delta-rule readout are one way to store through them.
+- `random_projection` (the same fixed random layers, readout written by sequential projection): each pair
+  is written along the part of its features that no stored pair uses (`random_projection`), so up to
+  as many pairs as the last layer has units are stored exactly: the pseudo-inverse on the random
+  features, reached online by a local write. No step size. Next to `random_delta` it separates what the
+  hidden features can hold from what a one-pass delta rule keeps of it.
 """
 
 from __future__ import annotations
@@ -513,6 +518,54 @@ def random_delta_readout_fn(hidden: tuple[int, ...]):
   """`readout(lr, episode, init_key, spec)` of `random_delta` for `baselines.eval_batch_over_k`, its
   random layers drawn from each episode's key (one function object per sizes: call it with a tuple)."""
   return lambda lr, episode, init_key, spec: random_delta(episode, spec, lr, hidden, init_key)
+
+
+def random_projection(
+  episode: tasks.Episode, spec: tasks.TaskSpec, hidden: tuple[int, ...], key: jax.Array
+) -> jax.Array:
+  """Readouts `[T, n_out]` of the fixed random tanh layers of `random_delta` (the same layers for the
+  same `key`) with a linear readout written by sequential projection: each teaching step writes its
+  pair along the part of its features that no stored pair has used, so the pairs stored before it keep
+  their readout exactly.
+
+  State: the readout W `[H, n_out]`, zero at first, and a projector Q `[H, H]`, the identity at first.
+  At every step t the readout is `y_t = h_t W`; then, if the step carries a teaching input,
+  `z = Q h_t`, `W += z (teach_t - y_t)^T / (z . z)` and `Q -= z z^T / (z . z)`. Since `z . h_t = z . z`,
+  after the write `h_t W = teach_t`, and since z is orthogonal to every stored feature vector, their
+  readouts do not move: while the stored features are linearly independent (K <= H), W is the
+  minimum-norm least-squares readout `pinv(H_stored) V`, the pseudo-inverse on the features. A step
+  whose `z . z` is below `1e-4 h_t . h_t` (a pair shown again, or features already spanned) writes
+  nothing: once the features are spanned the memory stops storing rather than forgetting.
+
+  Every update is local with one scalar: Q lives on the synapses among the hidden neurons (z is one pass
+  of their activity through them), W's update is an output's error times a hidden neuron's z, and
+  `z . z` is a sum over the hidden neurons that every neuron wired to all of them receives. No step
+  size to tune.
+  """
+  keys, teach = baselines.split_input(episode, spec)
+  stored = jnp.any(teach != 0, axis=-1)
+  features = random_features(init_random_features(key, spec.n_in, hidden), keys)  # [T, H]
+
+  def step(carry, inputs):
+    w, q = carry
+    h, value, is_stored = inputs
+    out = h @ w
+    z = q @ h
+    zz = z @ z
+    rate = jnp.where(is_stored & (zz > 1e-4 * (h @ h)), 1.0 / jnp.maximum(zz, 1e-30), 0.0)
+    return (w + rate * jnp.outer(z, value - out), q - rate * jnp.outer(z, z)), out
+
+  size = features.shape[-1]
+  w0 = jnp.zeros((size, spec.n_out), features.dtype)
+  _, readout = jax.lax.scan(step, (w0, jnp.eye(size, dtype=features.dtype)), (features, teach, stored))
+  return readout
+
+
+@functools.cache
+def random_projection_readout_fn(hidden: tuple[int, ...]):
+  """`readout(None, episode, init_key, spec)` of `random_projection` for `baselines.eval_batch_over_k`,
+  its random layers drawn from each episode's key as `random_delta`'s."""
+  return lambda _, episode, init_key, spec: random_projection(episode, spec, hidden, init_key)
 
 
 def tune_random_delta_over_k(specs, key, step_sizes, num_episodes, hidden: tuple[int, ...], batch=64):

@@ -219,7 +219,7 @@ def test_the_study_reads_every_rule_and_setting_it_needs():
   # `random_delta`: its config group, and the hidden layers of the network it runs next to
   assert plan.random_delta == capacity_plan.RandomDeltaSpec(step_sizes=(0.3, 1.0), tune_episodes=4)
   study = capacity_configs.get_config("tiny")
-  hidden = capacity_baselines.random_delta_hidden
+  hidden = capacity_baselines.random_features_hidden
   assert hidden(plan.rules["full"]) == (plan.rules["full"].net.num_hidden,)
   assert hidden(plan.rules["layered-1"]) == (32,)
   assert hidden(capacity_plan.network_config(study, "layered-2")) == (16, 16)

@@ -136,6 +136,40 @@ def test_random_delta_with_step_size_one_stores_a_pair_exactly():
     np.testing.assert_array_equal(got[0], 0.0)  # read out before the first update, from W = 0
 
 
+def _stored_steps(episode, spec) -> np.ndarray:
+  return np.flatnonzero(np.any(np.asarray(episode.x)[:, spec.n_in : spec.n_in + spec.n_out] != 0, axis=-1))
+
+
+@pytest.mark.parametrize("num_snippets, hidden", [(3, (HIDDEN,)), (3, (HIDDEN, 5)), (6, (3,))])
+def test_random_projection_is_the_pseudo_inverse_on_the_stored_features(num_snippets, hidden):
+  """At every step, the readout equals the minimum-norm least-squares readout fitted, in float64, on
+  the features of the pairs stored before it (snippets shown twice, with gaps, a delay and corrupted
+  cues), while they are linearly independent. With more distinct keys than units (the last case: 6
+  pairs on 3 units), it is the fit on the first pairs that span the features: no later pair is written."""
+  spec = dataclasses.replace(RICH, num_snippets=num_snippets, num_queries=num_snippets)
+  episode = _sample_episode(jax.random.PRNGKey(20 + num_snippets), spec)
+  key = jax.random.PRNGKey(7)
+  got = np.asarray(jax.jit(tb.random_projection, static_argnums=(1, 2))(episode, spec, hidden, key))
+  chex.assert_shape(got, (spec.episode_steps, spec.n_out))
+  keys, teach = (np.asarray(a, np.float64) for a in baselines.split_input(episode, spec))
+  features = np.asarray(tb.random_features(tb.init_random_features(key, spec.n_in, hidden), keys), np.float64)
+  stored = _stored_steps(episode, spec)
+  # The pairs that get written: each stored step whose features are not spanned by those before it.
+  written = []
+  for t in stored:
+    basis = features[written]
+    rest = features[t] - (features[t] @ np.linalg.pinv(basis) @ basis if written else 0.0)
+    if rest @ rest > 1e-3 * (features[t] @ features[t]):
+      written.append(t)
+  # Every snippet is shown twice, and its second showing is spanned by its first.
+  assert len(written) == min(num_snippets, hidden[-1])
+  for t in range(spec.episode_steps):
+    before = [s for s in written if s < t]
+    want = features[t] @ np.linalg.pinv(features[before]) @ teach[before] if before else np.zeros(spec.n_out)
+    np.testing.assert_allclose(got[t], want, rtol=1e-3, atol=1e-3, err_msg=f"step {t}")
+  assert np.abs(got).max() > 0.1  # it stored something
+
+
 def test_random_delta_on_wide_random_features_recalls_above_the_key_blind_floor():
   """K = n_in pairs, each shown 3 times, on 4 n_in random tanh units: the step size tuned on one key,
   recall on another beats the key-blind floor on the same episodes."""

@@ -29,7 +29,9 @@ trained by back-propagation through time over the study's K, learning rate tuned
 `online_backprop` (an ordinary network trained during the episode, step size tuned) and `random_delta`
 (fixed random tanh layers of the evaluated network's hidden sizes, drawn per episode, with a readout
 learned during the episode by the normalised delta rule, step size tuned; evaluated on every network
-of `networks`, whose hidden layers it takes) (learned_rules/trained_baselines.py). Layered networks
+of `networks`, whose hidden layers it takes) and `random_projection` (the same random layers, the
+readout written by sequential projection: the pseudo-inverse on the random features, reached online;
+nothing to tune) (learned_rules/trained_baselines.py). Layered networks
 run with keys held for their latency and with extra, unscored query steps, so that their scored steps
 can see the key (`_reachable`). Variants: `tiny` (seconds, for tests), `quick`.
 """
@@ -78,7 +80,7 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   cfg.networks = ",".join(NETWORKS)  # names from NETWORKS, comma-separated
   cfg.baselines = (
     "key_blind,hebbian,hopfield,pseudo_inverse,synapses_off,routing,recurrent,recurrent_state,online_backprop,"
-    "random_delta"
+    "random_delta,random_projection"
   )
   cfg.k_values = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32)
   cfg.num_episodes = 256
