@@ -4,7 +4,8 @@ The linear memories (`baselines.py`) need no fitting. The recurrent nets (`train
 sized next to the learned network (`recurrent_size`), trained on the mixture of the sweep's K with the
 learning rate tuned and several seeds, each training run kept in the workdir (`fit_recurrent`). Online
 backprop and the random-feature delta rule (on the hidden layers of the network evaluated,
-`random_features_hidden`) have their step size tuned per K. Every fitting key is folded from the rule's
+`random_features_hidden`) have their step size tuned per K; the random-feature projection, on the same
+layers, has nothing to tune. Every fitting key is folded from the rule's
 training key with a tag of its own: neither training batches nor evaluation episodes.
 """
 

@@ -112,14 +112,14 @@ class Study:
       out = capacity_baselines.online_backprop_records(
         spec, specs, config_lib.train_spec(cfg).seed, key, num_episodes
       )
-    elif rule == "random_delta":
-      seed, hidden = config_lib.train_spec(cfg).seed, capacity_baselines.random_features_hidden(cfg)
-      out = capacity_baselines.random_delta_records(
-        self.plan.random_delta, specs, seed, key, num_episodes, hidden
-      )
-    else:
+    else:  # random features: the hidden layers of the network evaluated
       hidden = capacity_baselines.random_features_hidden(cfg)
-      out = capacity_baselines.random_projection_records(specs, key, num_episodes, hidden)
+      if rule == "random_delta":
+        out = capacity_baselines.random_delta_records(
+          self.plan.random_delta, specs, config_lib.train_spec(cfg).seed, key, num_episodes, hidden
+        )
+      else:
+        out = capacity_baselines.random_projection_records(specs, key, num_episodes, hidden)
     return [{"K": int(k), **r} for k, r in zip(k_values, out, strict=True)]
 
   def records(
