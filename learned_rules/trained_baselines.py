@@ -486,6 +486,17 @@ def random_features(weights: tuple[jax.Array, ...], x: jax.Array) -> jax.Array:
   return x
 
 
+def _random_feature_steps(
+  episode: tasks.Episode, spec: tasks.TaskSpec, hidden: tuple[int, ...], key: jax.Array
+):
+  """What a readout of random features sees at every step: the last layer's activity for the step's key
+  `[T, H]` (layers `init_random_features(key, ...)`), the teaching bits `[T, n_out]`, and whether the step
+  carries a teaching input `[T]` (any nonzero teaching bit)."""
+  keys, teach = baselines.split_input(episode, spec)
+  features = random_features(init_random_features(key, spec.n_in, hidden), keys)
+  return features, teach, jnp.any(teach != 0, axis=-1)
+
+
 def random_delta(
   episode: tasks.Episode, spec: tasks.TaskSpec, lr: float | jax.Array, hidden: tuple[int, ...], key: jax.Array
 ) -> jax.Array:
@@ -498,9 +509,7 @@ def random_delta(
   `online_backprop`. `lr = 1` stores the current pair exactly (`h_t W = teach_t` after the update),
   overwriting what other pairs left along `h_t`; smaller steps average the presentations of a snippet.
   """
-  keys, teach = baselines.split_input(episode, spec)
-  stored = jnp.any(teach != 0, axis=-1)
-  features = random_features(init_random_features(key, spec.n_in, hidden), keys)  # [T, H]
+  features, teach, stored = _random_feature_steps(episode, spec, hidden, key)
 
   def step(w, inputs):  # w [H, n_out], so that y = h @ w
     h, value, is_stored = inputs
@@ -542,9 +551,7 @@ def random_projection(
   `z . z` is a sum over the hidden neurons that every neuron wired to all of them receives. No step
   size to tune.
   """
-  keys, teach = baselines.split_input(episode, spec)
-  stored = jnp.any(teach != 0, axis=-1)
-  features = random_features(init_random_features(key, spec.n_in, hidden), keys)  # [T, H]
+  features, teach, stored = _random_feature_steps(episode, spec, hidden, key)
 
   def step(carry, inputs):
     w, q = carry

@@ -136,10 +136,6 @@ def test_random_delta_with_step_size_one_stores_a_pair_exactly():
     np.testing.assert_array_equal(got[0], 0.0)  # read out before the first update, from W = 0
 
 
-def _stored_steps(episode, spec) -> np.ndarray:
-  return np.flatnonzero(np.any(np.asarray(episode.x)[:, spec.n_in : spec.n_in + spec.n_out] != 0, axis=-1))
-
-
 @pytest.mark.parametrize("num_snippets, hidden", [(3, (HIDDEN,)), (3, (HIDDEN, 5)), (6, (3,))])
 def test_random_projection_is_the_pseudo_inverse_on_the_stored_features(num_snippets, hidden):
   """At every step, the readout equals the minimum-norm least-squares readout fitted, in float64, on
@@ -153,7 +149,7 @@ def test_random_projection_is_the_pseudo_inverse_on_the_stored_features(num_snip
   chex.assert_shape(got, (spec.episode_steps, spec.n_out))
   keys, teach = (np.asarray(a, np.float64) for a in baselines.split_input(episode, spec))
   features = np.asarray(tb.random_features(tb.init_random_features(key, spec.n_in, hidden), keys), np.float64)
-  stored = _stored_steps(episode, spec)
+  stored = np.flatnonzero(np.any(teach != 0, axis=-1))
   # The pairs that get written: each stored step whose features are not spanned by those before it.
   written = []
   for t in stored:
