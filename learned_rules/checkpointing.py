@@ -45,6 +45,7 @@ RESUMABLE_FIELDS = (
 # config that lacks one compares as if it held that value (a different value is still a difference).
 OPTIONAL_FIELDS = {
   "net.trained_synapses": False,
+  "net.random_input_synapses": 0.0,
   "task.score_reachable": True,
   "task.hold_for_latency": False,
   "train.estimator.kind": "truncated",

@@ -111,6 +111,12 @@ def _validate_net(cfg) -> None:
   _float(cfg, "net.init_noise", 0.0, float("inf"))
   for name in ("self_connections", "synapse_updates", "body_recurrence"):
     _bool(cfg, f"net.{name}")
+  random_inputs = _optional(cfg, "net.random_input_synapses", lambda c, f: _float(c, f, 0.0, float("inf")))
+  if random_inputs and trained_synapses(cfg):
+    raise ConfigError(
+      "net.random_input_synapses",
+      "> 0 needs net.trained_synapses=False (the trained weights would replace the random ones)",
+    )
   if trained_synapses(cfg) and _get(cfg, "net.synapse_updates"):
     raise ConfigError(
       "net.trained_synapses",
@@ -453,6 +459,7 @@ def make_topology(net) -> network.Topology:
     synapse_updates=bool(get("synapse_updates")),
     body_recurrence=bool(get("body_recurrence")),
     trained_synapses=bool(get("trained_synapses", False)),  # optional: older configs lack it
+    random_input_synapses=float(get("random_input_synapses", 0.0)),  # likewise
   )
   n_in, n_out, topology = get("num_inputs"), get("num_outputs"), get("topology")
   if topology == "full":

@@ -77,6 +77,10 @@ class Topology:
     trained_synapses: static switch (with `synapse_updates` False): every synapse's initial (and so
       fixed) state is its own meta-parameter, `theta[SYNAPSE_WEIGHTS]`, with no noise: a trained
       recurrent network of the same wiring (`init_synapse_weights`).
+    random_input_synapses: static; when > 0, every synapse from an input neuron into a hidden neuron
+      is a fixed random draw, its state `random_input_synapses * N(0, 1)` per channel, and is never
+      updated (`fixed_input_synapses`): the hidden neurons are fixed random functions of the key, as in
+      the `random_delta` and `random_projection` baselines, and the rule writes the rest. 0: off.
   """
 
   mask: jax.Array
@@ -91,6 +95,7 @@ class Topology:
   synapse_updates: bool = flax.struct.field(pytree_node=False, default=True)
   body_recurrence: bool = flax.struct.field(pytree_node=False, default=True)
   trained_synapses: bool = flax.struct.field(pytree_node=False, default=False)
+  random_input_synapses: float = flax.struct.field(pytree_node=False, default=0.0)
 
   @property
   def num_neurons(self) -> int:
@@ -256,6 +261,26 @@ def _masked(topo: Topology, b: int, syn: jax.Array) -> jax.Array:
   return syn if mask is None else syn * mask[..., None]
 
 
+def fixed_input_synapses(topo: Topology, b: int) -> jax.Array | None:
+  """Which synapses of block `b` are fixed random draws (`Topology.random_input_synapses`): `[P, Q, 1]`
+  (or `[P, K, 1]`) bool, True from an input neuron into a hidden one where the synapse exists; None
+  when the option is off."""
+  if topo.random_input_synapses <= 0:
+    return None
+  block = topo.blocks[b]
+  post_hidden = topo.types[block.post] >= HIDDEN_TYPE
+  pre_input = _block_pre(topo, b, topo.types) == INPUT_TYPE
+  fixed = post_hidden[:, None] & (pre_input if pre_input.ndim == 2 else pre_input[None, :])
+  mask = topo.block_masks[b]
+  return (fixed if mask is None else fixed & (mask > 0))[..., None]
+
+
+def keep_fixed_synapses(topo: Topology, old: Sequence[jax.Array], new: Sequence[jax.Array]) -> tuple:
+  """`new` with the fixed random synapses (`fixed_input_synapses`) put back to their `old` states."""
+  fixed = [fixed_input_synapses(topo, b) for b in range(len(topo.blocks))]
+  return tuple(n if f is None else jnp.where(f, o, n) for f, o, n in zip(fixed, old, new, strict=True))
+
+
 # The theta entry of a `trained_synapses` network: one `[P, Q, Ds]` (or `[P, K, Ds]`) array per block.
 SYNAPSE_WEIGHTS = "synapse_weights"
 
@@ -287,7 +312,9 @@ def init_net_state(theta: rules.Theta, topo: Topology, key: jax.Array, noise: fl
 
   The noise breaks the symmetry between neurons of one type, which would otherwise stay identical.
   Absent synapses (masked-out entries of a block) are zero. With `topo.trained_synapses` the synapses
-  are `theta[SYNAPSE_WEIGHTS]` as they are, without noise (the bodies keep theirs).
+  are `theta[SYNAPSE_WEIGHTS]` as they are, without noise (the bodies keep theirs). With
+  `topo.random_input_synapses` the input -> hidden synapses are `random_input_synapses * N(0, 1)`
+  instead, from their own keys (`fixed_input_synapses`).
   """
   kb, *ks = jax.random.split(key, 1 + len(topo.blocks))
   bodies = theta["init_body"][topo.types]
@@ -306,6 +333,10 @@ def init_net_state(theta: rules.Theta, topo: Topology, key: jax.Array, noise: fl
     pre_types = _block_pre(topo, b, topo.types)
     syn = theta["init_synapse"][post_types[:, None], pre_types if pre_types.ndim == 2 else pre_types[None, :]]
     syn = syn + noise * jax.random.normal(ks[b], syn.shape)
+    fixed = fixed_input_synapses(topo, b)
+    if fixed is not None:
+      draw = topo.random_input_synapses * jax.random.normal(jax.random.fold_in(ks[b], 1), syn.shape)
+      syn = jnp.where(fixed, draw, syn)
     synapses.append(_masked(topo, b, syn))
   return NetState(bodies=bodies, synapses=tuple(synapses))
 
@@ -405,7 +436,8 @@ def update_synapses(
   emb: jax.Array,
   spec: rules.RuleSpec,
 ) -> tuple:
-  """Applies `synapse_update` to every synapse of every block; absent synapses keep their value.
+  """Applies `synapse_update` to every synapse of every block; absent synapses keep their value, and
+  so do fixed random ones (`fixed_input_synapses`).
 
   Args:
     act: `[N, Da]` activations after the body update; emb: `[N, E]` type embeddings.
@@ -429,7 +461,8 @@ def update_synapses(
       new = _per_synapse_update(theta, syn, act_post, emb_post, act_pre, emb_pre, *scales)
     mask = topo.block_masks[b]
     out.append(new if mask is None else jnp.where(mask[..., None] > 0, new, syn))
-  return center_synapses(topo, tuple(out)) if spec.center_synapses else tuple(out)
+  out = center_synapses(topo, tuple(out)) if spec.center_synapses else tuple(out)
+  return keep_fixed_synapses(topo, synapses, out)
 
 
 def center_synapses(topo: Topology, synapses: Sequence[jax.Array]) -> tuple:

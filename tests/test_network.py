@@ -561,6 +561,61 @@ def test_synapse_updates_off_leaves_synapses_unchanged(theta, small_spec, net_st
   assert not np.allclose(_dense(learning, state_learning), _dense(learning, net_state), atol=1e-3)
 
 
+# The topologies of `TOPOLOGY_CASES`, rebuilt with fixed random input -> hidden synapses of std 2.
+_RANDOM_INPUTS = {
+  "full": lambda **kw: network.make_full(N_IN, N_OUT, N_HIDDEN, **kw),
+  "layered_2": lambda **kw: network.make_layered(N_IN, N_OUT, (2, 3), **kw),
+  "layered_feedback": lambda **kw: network.make_layered(N_IN, N_OUT, (2, 3), feedback=True, **kw),
+  "sparse": lambda **kw: network.make_sparse(N_IN, N_OUT, N_HIDDEN, 0.5, seed=1, **kw),
+}
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("name", sorted(_RANDOM_INPUTS))
+def test_random_input_synapses_are_fixed_draws_and_the_rest_learns(wide, name, center):
+  """With `random_input_synapses` the synapses from an input neuron into a hidden one start as draws
+  of that std that the learned initial state does not move, and stay put through the steps (with
+  centring too); every other synapse starts as without the option and is updated."""
+  spec, theta = wide
+  spec = dataclasses.replace(spec, center_synapses=center)
+  plain, fixed_topo = _RANDOM_INPUTS[name](), _RANDOM_INPUTS[name](random_input_synapses=2.0)
+  types, mask = np.asarray(plain.types), np.asarray(plain.mask) > 0
+  fixed = mask & (types[:, None] >= HIDDEN_TYPE) & (types[None, :] == INPUT_TYPE)
+  assert fixed.any() and (mask & ~fixed).any()
+  key = jax.random.PRNGKey(5)
+  state = network.init_net_state(theta, fixed_topo, key, 0.1)
+  shifted = {**theta, "init_synapse": theta["init_synapse"] + 5.0}  # moves every learned initial state
+  start, start_shifted = (
+    _dense(plain, state),
+    _dense(plain, network.init_net_state(shifted, fixed_topo, key, 0.1)),
+  )
+  np.testing.assert_array_equal(start[fixed], start_shifted[fixed])
+  np.testing.assert_allclose(
+    start[mask & ~fixed], _dense(plain, network.init_net_state(theta, plain, key, 0.1))[mask & ~fixed]
+  )
+  assert 1.0 < np.std(start[fixed]) < 3.5, np.std(start[fixed])  # std 2 from a few dozen draws
+  x = jnp.asarray(np.random.default_rng(6).choice([-1.0, 1.0], plain.num_neurons), jnp.float32)
+  for _ in range(3):
+    state, _ = _step(theta, fixed_topo, spec, state, x, True)
+  end = _dense(plain, state)
+  np.testing.assert_array_equal(end[fixed], start[fixed])
+  assert np.all(np.any(np.abs(end - start)[mask & ~fixed] > 1e-4, axis=-1))
+
+
+def test_random_input_synapses_from_the_config(make_cfg):
+  cfg = make_cfg("tiny")
+  assert config_lib.make_topology(cfg.net).random_input_synapses == 0.0
+  cfg.net.random_input_synapses = 1.5
+  config_lib.validate(cfg)
+  assert config_lib.make_topology(cfg.net).random_input_synapses == 1.5
+  cfg.net.random_input_synapses = -1.0
+  with pytest.raises(ValueError, match="net.random_input_synapses"):
+    config_lib.validate(cfg)
+  cfg.net.random_input_synapses, cfg.net.synapse_updates, cfg.net.trained_synapses = 1.0, False, True
+  with pytest.raises(ValueError, match="net.random_input_synapses.*trained_synapses"):
+    config_lib.validate(cfg)
+
+
 def test_body_recurrence_off_forgets_the_previous_body(theta, small_spec, net_state, step_input):
   """Without recurrence a neuron's new body does not depend on its previous body.
 

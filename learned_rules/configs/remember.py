@@ -44,6 +44,9 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   # trained with theta, with no noise: a trained recurrent network of the same wiring.
   cfg.net.trained_synapses = False
   cfg.net.init_noise = 0.1  # std of the noise added to the learned initial states
+  # Control: > 0 makes every input -> hidden synapse a fixed random draw of this std (never updated),
+  # so that the hidden neurons are fixed random functions of the key and the rule writes the rest.
+  cfg.net.random_input_synapses = 0.0
 
   cfg.rule = config_lib.ConfigDict()
   cfg.rule.body_dim = 8  # Db
