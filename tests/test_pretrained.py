@@ -70,7 +70,13 @@ def test_save_and_load_round_trip(trained, tmp_path):
 
 
 # Each shipped rule at a K the docs report for it, and the bit accuracy they say it reaches there.
-SHIPPED = [("hetero", 8, 0.95), ("general", 8, 0.95), ("layered1", 8, 0.95), ("layered2", 4, 0.95)]
+SHIPPED = [
+  ("hetero", 8, 0.95),
+  ("general", 8, 0.95),
+  ("layered1", 8, 0.95),
+  ("layered2", 4, 0.95),
+  ("random_hidden", 16, 0.95),
+]
 
 
 @pytest.mark.parametrize("name, k, reported", SHIPPED)
