@@ -46,6 +46,7 @@ INVALID = [
   ("", "net.num_hidden", -1, "net.num_hidden"),
   ("sparse", "net.num_hidden", -1, "net.num_hidden"),
   ("", "net.init_noise", -0.1, "net.init_noise"),
+  ("", "net.random_input_synapses", -1.0, "net.random_input_synapses"),
   ("sparse", "net.density", 0.0, "net.density"),
   ("sparse", "net.density", 1.5, "net.density"),
   ("sparse", "net.mask_seed", -1, "net.mask_seed"),
@@ -124,6 +125,7 @@ VALID_EDGES = [
   ("", "task.gap_steps", 0),
   ("", "task.delay_steps", 0),
   ("", "net.init_noise", 0.0),
+  ("", "net.random_input_synapses", 16.0),
   ("streaming", "task.num_queries", 100),  # queries are per slot in the stream
   ("", "rule.act_dim", 8),  # == body_dim
   *(("", "train.remat", policy) for policy in unroll.REMAT_POLICIES),

@@ -482,6 +482,7 @@ INVALID_VALUES = {
   "net.mask_seed": ("sparse", _int_below(0)),
   "net.hidden_layers": ("layered", NOT_A_SIZE_LIST),
   "net.init_noise": ("", _float_outside(0.0, float("inf"), False, True)),
+  "net.random_input_synapses": ("", _float_outside(0.0, float("inf"), False, True)),
   "net.self_connections": ("", NOT_A_BOOL),
   "net.synapse_updates": ("", NOT_A_BOOL),
   "net.body_recurrence": ("", NOT_A_BOOL),
