@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -44,11 +45,13 @@ import jax.numpy as jnp
 from learned_rules import network, rules, unroll
 
 
-def rule_fields(rule, trainable: bool = False) -> dict:
+def rule_fields(rule, trainable: bool = False, overrides: dict | None = None) -> dict:
   """The network, theta and protocol a loaded rule (`load_rule`) was meta-trained with, as the fields of
-  `PlasticMemory` (and `NNXPlasticMemory`)."""
+  `PlasticMemory` (and `NNXPlasticMemory`), with `overrides` in place of any of them. Warns when an
+  overriding topology lacks the fixed random input synapses the rule was trained with (or has others):
+  the rule then runs on hidden neurons it never saw."""
   problem = rule.problem()
-  return dict(
+  fields = dict(
     topology=rule.topology,
     spec=rule.spec,
     theta=rule.theta,
@@ -58,6 +61,16 @@ def rule_fields(rule, trainable: bool = False) -> dict:
     query_steps=problem.task.query_steps,
     init_noise=problem.init_noise,
   )
+  fields.update(overrides or {})
+  trained, given = rule.topology.random_input_synapses, fields["topology"].random_input_synapses
+  if given != trained:
+    warnings.warn(
+      f"from_rule: the rule was meta-trained with net.random_input_synapses={trained} (fixed random "
+      f"input -> hidden synapses), the topology given has {given}; to run it as trained, build the "
+      f"topology with random_input_synapses={trained}, e.g. make_full(..., random_input_synapses={trained})",
+      stacklevel=3,
+    )
+  return fields
 
 
 class PlasticMemory(nn.Module):
@@ -90,7 +103,7 @@ class PlasticMemory(nn.Module):
   @classmethod
   def from_rule(cls, rule, trainable: bool = False, **overrides) -> PlasticMemory:
     """The network, theta and protocol a loaded rule (`load_rule`) was meta-trained with."""
-    return cls(**{**rule_fields(rule, trainable), **overrides})
+    return cls(**rule_fields(rule, trainable, overrides))
 
   @property
   def num_neurons(self) -> int:

@@ -119,7 +119,7 @@ class NNXPlasticMemory(nnx.Module):
   def from_rule(cls, rule, trainable: bool = False, *, rngs: nnx.Rngs, **overrides) -> NNXPlasticMemory:
     """The network, theta and protocol a loaded rule (`load_rule`) was meta-trained with; `overrides`
     (e.g. `batch_shape=(4,)`) replace any of the constructor's arguments."""
-    return cls(**{**memory_lib.rule_fields(rule, trainable), **overrides}, rngs=rngs)
+    return cls(**memory_lib.rule_fields(rule, trainable, overrides), rngs=rngs)
 
   @property
   def topology(self) -> network.Topology:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 
 import jax
 import numpy as np
@@ -135,6 +136,21 @@ def _recall_in_memory(memory: PlasticMemory, num_pairs: int, episodes: int = 32)
 def test_shipped_rule_remembers_inside_a_memory():
   accuracy = _recall_in_memory(PlasticMemory.from_rule(load_rule("hetero")), 8)
   assert accuracy > 0.95, accuracy
+
+
+def test_from_rule_warns_when_the_topology_lacks_the_rules_fixed_random_inputs():
+  """`random_hidden` was meta-trained on fixed random input -> hidden synapses: another topology
+  without them gets a warning that names the option; with them, or for a rule trained without any, none."""
+  rule = load_rule("random_hidden")
+  assert rule.topology.random_input_synapses == 16.0
+  with pytest.warns(UserWarning, match="random_input_synapses=16.0"):
+    PlasticMemory.from_rule(rule, topology=make_full(24, 24, 48))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    memory = PlasticMemory.from_rule(rule, topology=make_full(24, 24, 48, random_input_synapses=16.0))
+    PlasticMemory.from_rule(load_rule("general"), topology=make_full(24, 24, 48))
+    PlasticMemory.from_rule(rule)
+  assert memory.topology.random_input_synapses == 16.0
 
 
 def test_general_rule_runs_on_a_network_of_another_size():
