@@ -261,16 +261,21 @@ def _masked(topo: Topology, b: int, syn: jax.Array) -> jax.Array:
   return syn if mask is None else syn * mask[..., None]
 
 
+def _block_types(topo: Topology, b: int) -> tuple[jax.Array, jax.Array]:
+  """The post and pre neuron types of block `b`'s synapses, `[P, 1]` and `[1, Q]` (`[P, K]` for a fan-in
+  block), which broadcast to the block's `[P, Q]` (or `[P, K]`)."""
+  pre_types = _block_pre(topo, b, topo.types)
+  return topo.types[topo.blocks[b].post][:, None], pre_types if pre_types.ndim == 2 else pre_types[None, :]
+
+
 def fixed_input_synapses(topo: Topology, b: int) -> jax.Array | None:
   """Which synapses of block `b` are fixed random draws (`Topology.random_input_synapses`): `[P, Q, 1]`
   (or `[P, K, 1]`) bool, True from an input neuron into a hidden one where the synapse exists; None
   when the option is off."""
   if topo.random_input_synapses <= 0:
     return None
-  block = topo.blocks[b]
-  post_hidden = topo.types[block.post] >= HIDDEN_TYPE
-  pre_input = _block_pre(topo, b, topo.types) == INPUT_TYPE
-  fixed = post_hidden[:, None] & (pre_input if pre_input.ndim == 2 else pre_input[None, :])
+  post_types, pre_types = _block_types(topo, b)
+  fixed = (post_types >= HIDDEN_TYPE) & (pre_types == INPUT_TYPE)
   mask = topo.block_masks[b]
   return (fixed if mask is None else fixed & (mask > 0))[..., None]
 
@@ -328,10 +333,8 @@ def init_net_state(theta: rules.Theta, topo: Topology, key: jax.Array, noise: fl
     weights = theta[SYNAPSE_WEIGHTS]
     return NetState(bodies=bodies, synapses=tuple(_masked(topo, b, w) for b, w in enumerate(weights)))
   synapses = []
-  for b, block in enumerate(topo.blocks):
-    post_types = topo.types[block.post]
-    pre_types = _block_pre(topo, b, topo.types)
-    syn = theta["init_synapse"][post_types[:, None], pre_types if pre_types.ndim == 2 else pre_types[None, :]]
+  for b in range(len(topo.blocks)):
+    syn = theta["init_synapse"][_block_types(topo, b)]
     syn = syn + noise * jax.random.normal(ks[b], syn.shape)
     fixed = fixed_input_synapses(topo, b)
     if fixed is not None:
