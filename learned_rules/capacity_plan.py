@@ -151,12 +151,17 @@ LEARNED = "learned"  # in `size.rules`: the study's own rule, meta-trained on `f
 
 def size_rule_config(base, rule: pretrained.Rule | None, n: int) -> config_lib.ConfigDict:
   """The config a size-study rule runs at N = `n`: the study's `full` config `base` at that size (its
-  task and seed, so every rule sees the same episodes), with a saved rule's `rule` block and initial
-  noise."""
+  task and seed, so every rule sees the same episodes), with a saved rule's `rule` block, initial
+  noise and fixed random input -> hidden synapses (`net.random_input_synapses`, 0 for most rules)."""
   cfg = with_setting(base, "size", n)
   if rule is not None:
     cfg = config_lib.with_overrides(
-      cfg, {"rule": rule.config.rule.to_dict(), "net.init_noise": rule.config.net.init_noise}
+      cfg,
+      {
+        "rule": rule.config.rule.to_dict(),
+        "net.init_noise": rule.config.net.init_noise,
+        "net.random_input_synapses": rule.topology.random_input_synapses,
+      },
     )
   return cfg
 

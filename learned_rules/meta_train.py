@@ -245,7 +245,7 @@ def initial_train_state(topos: tuple, meta_batch: MetaBatch, optimizer, seed: in
 _RULE_LAYOUT = ("body_dim", "synapse_dim", "act_dim", "emb_dim", "hidden", "num_types", "bilinear")
 
 
-def initial_theta(cfg, meta_batch: MetaBatch) -> rules.Theta | None:
+def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple = ()) -> rules.Theta | None:
   """The saved rule a run starts from (`train.init_rule`: a shipped rule's name, a saved rule or a run
   directory, as `pretrained.load_rule` takes), or None for a run that starts from its seed.
 
@@ -254,6 +254,11 @@ def initial_theta(cfg, meta_batch: MetaBatch) -> rules.Theta | None:
   rule trained with "mean" messages continues under "sqrt_ref" at the same reference fan-in, say. A
   rule with fewer neuron types, one of them hidden, starts the run's extra types (a layered network's
   deeper hidden layers) as its hidden type (`rules.with_more_types`).
+
+  A rule meta-trained with other fixed random input -> hidden synapses (`net.random_input_synapses`)
+  than the run's `topos` is allowed, with a warning: it is how `random_hidden` was started from
+  `general`, but an evaluation that forgets the option runs the rule without the hidden features it
+  learnt to use.
   """
   name = config_lib.init_rule(cfg)
   if not name:
@@ -274,6 +279,19 @@ def initial_theta(cfg, meta_batch: MetaBatch) -> rules.Theta | None:
   if differ or network.SYNAPSE_WEIGHTS in rule.theta:
     why = "; ".join(differ) or "it is a net.trained_synapses run (a trained network, not a rule)"
     raise config_lib.ConfigError("train.init_rule", f"{name} is not a rule of this run's form: {why}")
+  trained = rule.topology.random_input_synapses
+  given = sorted({topo.random_input_synapses for topo in topos} - {trained})
+  if given:
+    logging.warning(
+      "%s was meta-trained with net.random_input_synapses=%s (fixed random input -> hidden synapses); "
+      "this run has %s. To run it as trained, add --config.net.random_input_synapses=%s "
+      "(--config.base.net.random_input_synapses=%s in the capacity command)",
+      name,
+      trained,
+      ", ".join(map(str, given)),
+      trained,
+      trained,
+    )
   theta = jax.tree.map(jax.numpy.asarray, rule.theta)
   if more_types:
     theta = rules.with_more_types(theta, want.num_types, like=network.HIDDEN_TYPE)
@@ -477,7 +495,7 @@ def _train(cfg, workdir: str, label: str, curve: Curve | None) -> TrainState:
   mesh = make_mesh(spec)
   main = jax.process_index() == 0
   # A missing or foreign `train.init_rule` is refused before anything is written.
-  start_theta = initial_theta(cfg, meta_batch)
+  start_theta = initial_theta(cfg, meta_batch, topos)
   needed = checkpoint_bytes(topos, meta_batch, optimizer) * (spec.max_to_keep + 1)
   checkpointing.check_workdir(workdir, needed + 2**20)
   mesh_topos, sharded = on_mesh(topos, meta_batch, mesh)

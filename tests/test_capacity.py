@@ -216,6 +216,11 @@ def test_the_study_reads_every_rule_and_setting_it_needs():
   moved = capacity_plan.with_setting(plan.rules["full"], "size", 32)
   assert (moved.net.num_inputs, moved.net.num_outputs, moved.net.num_hidden) == (8, 8, 16)
   assert plan.rules["full"].net.num_inputs == 4  # with_setting leaves its argument alone
+  # A saved rule in the size study runs on its own kind of network: `random_hidden` with its fixed random
+  # input -> hidden synapses, `general` without.
+  for name, fixed in (("random_hidden", 16.0), ("general", 0.0)):
+    sized = capacity_plan.size_rule_config(plan.rules["full"], pretrained.load_rule(name), 32)
+    assert sized.net.random_input_synapses == fixed and sized.net.num_hidden == 16, name
   # `random_delta`: its config group, and the hidden layers of the network it runs next to
   assert plan.random_delta == capacity_plan.RandomDeltaSpec(step_sizes=(0.3, 1.0), tune_episodes=4)
   study = capacity_configs.get_config("tiny")

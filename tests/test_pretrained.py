@@ -251,7 +251,7 @@ def test_export_rule_sets_only_the_fan_in_scaling():
       export_rule.parse_set(bad)
 
 
-def test_a_run_starts_from_a_saved_rule_and_trains_it_further(trained, tmp_path):
+def test_a_run_starts_from_a_saved_rule_and_trains_it_further(trained, tmp_path, caplog):
   """`train.init_rule`: zero meta steps from a saved rule leave its theta exactly; more train it on."""
   cfg, workdir, _ = trained
   rule = load_rule(workdir)
@@ -260,7 +260,9 @@ def test_a_run_starts_from_a_saved_rule_and_trains_it_further(trained, tmp_path)
     run_cfg = remember.get_config("tiny")
     run_cfg.train.num_steps = steps
     run_cfg.train.init_rule = str(tmp_path / "start")
-    meta_train.train_and_evaluate(run_cfg, str(tmp_path / f"from-{steps}"), evaluate=False)
+    with caplog.at_level("WARNING"):
+      meta_train.train_and_evaluate(run_cfg, str(tmp_path / f"from-{steps}"), evaluate=False)
+    assert "random_input_synapses" not in caplog.text  # the same network as the rule's: no warning
     got = load_rule(str(tmp_path / f"from-{steps}"))
     same = [
       np.array_equal(a, b)
@@ -280,6 +282,16 @@ def test_a_run_starts_from_a_saved_rule_and_trains_it_further(trained, tmp_path)
   want = rules.with_more_types(rule.theta, 4, like=2)
   for a, b in zip(jax.tree.leaves(got.theta), jax.tree.leaves(want), strict=True):
     np.testing.assert_array_equal(a, b)
+  # A rule started on a network with fixed random input -> hidden synapses it was not trained with runs,
+  # with a warning that names the option and its value for the rule.
+  drawn = remember.get_config("tiny")
+  drawn.train.num_steps, drawn.net.random_input_synapses = 0, 2.0
+  drawn.train.init_rule = str(tmp_path / "start")
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    meta_train.train_and_evaluate(drawn, str(tmp_path / "drawn"), evaluate=False)
+  warned = [r.getMessage() for r in caplog.records if "random_input_synapses" in r.getMessage()]
+  assert len(warned) == 1 and "random_input_synapses=0.0" in warned[0] and "has 2.0" in warned[0], warned
   # A rule of another form is refused before anything runs, naming the field and the difference.
   other = remember.get_config("tiny")
   other.rule.hidden = 4
