@@ -455,11 +455,12 @@ def make_topology(net) -> network.Topology:
   if "net" in net:
     net = net["net"]
   get = net.get if hasattr(net, "get") else lambda k, d=None: net[k] if k in net else d
+  optional = checkpointing.OPTIONAL_FIELDS  # the defaults of the fields older configs lack
   ablations = dict(
     synapse_updates=bool(get("synapse_updates")),
     body_recurrence=bool(get("body_recurrence")),
-    trained_synapses=bool(get("trained_synapses", False)),  # optional: older configs lack it
-    random_input_synapses=float(get("random_input_synapses", 0.0)),  # likewise
+    trained_synapses=bool(get("trained_synapses", optional["net.trained_synapses"])),
+    random_input_synapses=float(get("random_input_synapses", optional["net.random_input_synapses"])),
   )
   n_in, n_out, topology = get("num_inputs"), get("num_outputs"), get("topology")
   if topology == "full":
