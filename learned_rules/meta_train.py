@@ -245,7 +245,7 @@ def initial_train_state(topos: tuple, meta_batch: MetaBatch, optimizer, seed: in
 _RULE_LAYOUT = ("body_dim", "synapse_dim", "act_dim", "emb_dim", "hidden", "num_types", "bilinear")
 
 
-def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple = ()) -> rules.Theta | None:
+def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> rules.Theta | None:
   """The saved rule a run starts from (`train.init_rule`: a shipped rule's name, a saved rule or a run
   directory, as `pretrained.load_rule` takes), or None for a run that starts from its seed.
 
