@@ -62,12 +62,12 @@ def rule_fields(rule, trainable: bool = False, overrides: dict | None = None) ->
     init_noise=problem.init_noise,
   )
   fields.update(overrides or {})
-  trained, given = rule.topology.random_input_synapses, fields["topology"].random_input_synapses
-  if given != trained:
+  differ = network.fixed_inputs_differ(rule.topology, [fields["topology"]])
+  if differ:
+    trained = rule.topology.random_input_synapses
     warnings.warn(
-      f"from_rule: the rule was meta-trained with net.random_input_synapses={trained} (fixed random "
-      f"input -> hidden synapses), the topology given has {given}; to run it as trained, build the "
-      f"topology with random_input_synapses={trained}, e.g. make_full(..., random_input_synapses={trained})",
+      f"from_rule: {differ}; to run it as trained, build the topology with random_input_synapses="
+      f"{trained}, e.g. make_full(..., random_input_synapses={trained})",
       stacklevel=3,
     )
   return fields

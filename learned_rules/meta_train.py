@@ -279,16 +279,14 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> rules.Theta | Non
   if differ or network.SYNAPSE_WEIGHTS in rule.theta:
     why = "; ".join(differ) or "it is a net.trained_synapses run (a trained network, not a rule)"
     raise config_lib.ConfigError("train.init_rule", f"{name} is not a rule of this run's form: {why}")
-  trained = rule.topology.random_input_synapses
-  given = sorted({topo.random_input_synapses for topo in topos} - {trained})
-  if given:
+  differ = network.fixed_inputs_differ(rule.topology, topos)
+  if differ:
+    trained = rule.topology.random_input_synapses
     logging.warning(
-      "%s was meta-trained with net.random_input_synapses=%s (fixed random input -> hidden synapses); "
-      "this run has %s. To run it as trained, add --config.net.random_input_synapses=%s "
+      "%s: %s. To run it as trained, add --config.net.random_input_synapses=%s "
       "(--config.base.net.random_input_synapses=%s in the capacity command)",
       name,
-      trained,
-      ", ".join(map(str, given)),
+      differ,
       trained,
       trained,
     )

@@ -280,6 +280,19 @@ def fixed_input_synapses(topo: Topology, b: int) -> jax.Array | None:
   return (fixed if mask is None else fixed & (mask > 0))[..., None]
 
 
+def fixed_inputs_differ(trained: Topology, given: Sequence[Topology]) -> str | None:
+  """None when every topology of `given` has the fixed random input -> hidden synapses
+  (`random_input_synapses`) of `trained`, the network a rule was meta-trained on; else what differs,
+  for a warning (`memory.rule_fields`, `meta_train.initial_theta`)."""
+  others = sorted({topo.random_input_synapses for topo in given} - {trained.random_input_synapses})
+  if not others:
+    return None
+  return (
+    f"the rule was meta-trained with net.random_input_synapses={trained.random_input_synapses} (fixed "
+    f"random input -> hidden synapses), the network given has {', '.join(map(str, others))}"
+  )
+
+
 def keep_fixed_synapses(topo: Topology, old: Sequence[jax.Array], new: Sequence[jax.Array]) -> tuple:
   """`new` with the fixed random synapses (`fixed_input_synapses`) put back to their `old` states."""
   fixed = [fixed_input_synapses(topo, b) for b in range(len(topo.blocks))]
