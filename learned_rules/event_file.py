@@ -33,8 +33,6 @@ from collections.abc import Iterator, Mapping
 
 from etils import epath
 
-from learned_rules import files
-
 FILE_VERSION = "brain.Event:2"
 _MASK_DELTA = 0xA282EAD8
 _U32 = 0xFFFFFFFF
@@ -137,7 +135,8 @@ class EventWriter:
       f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.{next(_file_counter)}"
     )
     self.path = self.logdir / name
-    self._remote = files.is_remote(logdir)
+    # files.is_remote's test, written out: importing the package would load what a live view must not need
+    self._remote = "://" in os.fspath(logdir)
     self._file = io.BytesIO() if self._remote else self.path.open("wb")
     self._file.write(_frame(_encode_event(time.time(), 0, file_version=FILE_VERSION)))
     self.flush()
