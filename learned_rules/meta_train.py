@@ -279,14 +279,14 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> rules.Theta | Non
   if differ or network.SYNAPSE_WEIGHTS in rule.theta:
     why = "; ".join(differ) or "it is a net.trained_synapses run (a trained network, not a rule)"
     raise config_lib.ConfigError("train.init_rule", f"{name} is not a rule of this run's form: {why}")
-  differ = network.fixed_inputs_differ(rule.topology, topos)
-  if differ:
+  inputs_differ = network.fixed_inputs_differ(rule.topology, topos)
+  if inputs_differ:
     trained = rule.topology.random_input_synapses
     logging.warning(
       "%s: %s. To run it as trained, add --config.net.random_input_synapses=%s "
       "(--config.base.net.random_input_synapses=%s in the capacity command)",
       name,
-      differ,
+      inputs_differ,
       trained,
       trained,
     )
