@@ -170,9 +170,17 @@ def make_meta_step(meta_batch: MetaBatch, optimizer: optax.GradientTransformatio
   return jax.jit(meta_step, in_shardings=(shardings, rep), out_shardings=(shardings, rep), donate_argnums=0)
 
 
-def _write_config(workdir: str, cfg) -> None:
-  """`config.json`: `{"config": ..., "environment": checkpointing.environment()}`."""
+# The meta steps of the rule a run started from (`train.init_rule`), recorded in its `config.json`: a
+# rule's `meta_steps` counts every stage it was trained in (`pretrained.load_rule`).
+INIT_RULE_META_STEPS = "init_rule_meta_steps"
+
+
+def _write_config(workdir: str, cfg, init_rule_meta_steps: int = 0) -> None:
+  """`config.json`: `{"config": ..., "environment": checkpointing.environment()}`, and for a run that
+  started from a saved rule its meta steps (`INIT_RULE_META_STEPS`)."""
   record = {"config": checkpointing.config_to_dict(cfg), "environment": checkpointing.environment()}
+  if config_lib.init_rule(cfg):
+    record[INIT_RULE_META_STEPS] = int(init_rule_meta_steps)
   files.write_json(files.join(workdir, "config.json"), record)
 
 
@@ -245,9 +253,10 @@ def initial_train_state(topos: tuple, meta_batch: MetaBatch, optimizer, seed: in
 _RULE_LAYOUT = ("body_dim", "synapse_dim", "act_dim", "emb_dim", "hidden", "num_types", "bilinear")
 
 
-def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> rules.Theta | None:
-  """The saved rule a run starts from (`train.init_rule`: a shipped rule's name, a saved rule or a run
-  directory, as `pretrained.load_rule` takes), or None for a run that starts from its seed.
+def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta | None, int]:
+  """`(theta, meta_steps)` of the saved rule a run starts from (`train.init_rule`: a shipped rule's
+  name, a saved rule or a run directory, as `pretrained.load_rule` takes), or `(None, 0)` for a run
+  that starts from its seed.
 
   Raises `config.ConfigError` (`train.init_rule`) if there is no such rule, or if it is not a rule of
   this run's layout (sizes, neuron types). Its message and fan-in scaling may differ from the run's: a
@@ -262,7 +271,7 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> rules.Theta | Non
   """
   name = config_lib.init_rule(cfg)
   if not name:
-    return None
+    return None, 0
   from learned_rules import pretrained  # here: pretrained loads runs with this module
 
   try:
@@ -293,7 +302,7 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> rules.Theta | Non
   theta = jax.tree.map(jax.numpy.asarray, rule.theta)
   if more_types:
     theta = rules.with_more_types(theta, want.num_types, like=network.HIDDEN_TYPE)
-  return theta
+  return theta, rule.meta_steps
 
 
 def make_run_meta_step(topos: tuple, meta_batch: MetaBatch, optimizer, seed: int):
@@ -493,7 +502,7 @@ def _train(cfg, workdir: str, label: str, curve: Curve | None) -> TrainState:
   mesh = make_mesh(spec)
   main = jax.process_index() == 0
   # A missing or foreign `train.init_rule` is refused before anything is written.
-  start_theta = initial_theta(cfg, meta_batch, topos)
+  start_theta, start_steps = initial_theta(cfg, meta_batch, topos)
   needed = checkpoint_bytes(topos, meta_batch, optimizer) * (spec.max_to_keep + 1)
   checkpointing.check_workdir(workdir, needed + 2**20)
   mesh_topos, sharded = on_mesh(topos, meta_batch, mesh)
@@ -517,7 +526,7 @@ def _train(cfg, workdir: str, label: str, curve: Curve | None) -> TrainState:
           "; ".join(changes),
         )
     if main:
-      _write_config(workdir, cfg)
+      _write_config(workdir, cfg, start_steps)
     logging.info("%s%s", label, sharding.describe(mesh))
     meta_step = make_run_meta_step(mesh_topos, sharded, optimizer, spec.seed)
     return _train_loop(spec, cfg, workdir, ckpt, state, meta_step, mesh_topos, label, curve)

@@ -21,6 +21,7 @@ import os
 
 import jax
 import numpy as np
+from absl import logging
 from flax import serialization
 
 from learned_rules import checkpointing, files, meta_train, network, rules, unroll
@@ -42,7 +43,8 @@ class Rule:
     theta: the meta-parameters of `body_update` and `synapse_update` (and the type embeddings,
       initial states, input drive and readout), as `rules.init_theta` lays them out.
     config: the `experiments.remember` config of the run that trained it (network, rule sizes, task).
-    meta_steps: meta steps it was trained for.
+    meta_steps: meta steps it was trained for, in all: a run started from a saved rule
+      (`train.init_rule`) adds its own to that rule's.
     source: where it was loaded from.
     info: what its file records besides (the command that made it, its measured recall), or {}.
   """
@@ -138,7 +140,25 @@ def _load_run(workdir: str) -> Rule:
       f"version of learned_rules: {e}"
     ) from e
   source = os.fspath(files.as_path(workdir))
-  return Rule(theta=state.theta, config=cfg, meta_steps=int(state.step), source=source)
+  steps = int(state.step) + _init_rule_meta_steps(workdir, cfg)
+  return Rule(theta=state.theta, config=cfg, meta_steps=steps, source=source)
+
+
+def _init_rule_meta_steps(workdir: str, cfg) -> int:
+  """The meta steps of the rule run `workdir` started from (`train.init_rule`) as its `config.json`
+  records them; 0 for a run from its seed, and, with a warning, for a run from before they were
+  recorded (its start rule is not loaded again: a shipped rule's name may since mean another rule)."""
+  name = config_lib.init_rule(cfg)
+  if not name:
+    return 0
+  path = files.join(workdir, "config.json")
+  record = files.read_json(path) if files.exists(path) else {}
+  if meta_train.INIT_RULE_META_STEPS not in record:
+    logging.warning(
+      "%s started from %s, whose meta steps it did not record: its meta steps count only its own", workdir, name
+    )
+    return 0
+  return int(record[meta_train.INIT_RULE_META_STEPS])
 
 
 def _load_file(prefix: str) -> Rule:

@@ -269,6 +269,16 @@ def test_a_run_starts_from_a_saved_rule_and_trains_it_further(trained, tmp_path,
       for a, b in zip(jax.tree.leaves(got.theta), jax.tree.leaves(rule.theta), strict=True)
     ]
     assert all(same) == (steps == 0), steps
+    assert got.meta_steps == rule.meta_steps + steps > steps  # every stage counted, not this run's alone
+  # A run from before the start rule's steps were recorded in its config.json counts its own, and says so.
+  record_path = tmp_path / "from-2" / "config.json"
+  record = json.loads(record_path.read_text())
+  assert record.pop(meta_train.INIT_RULE_META_STEPS) == rule.meta_steps
+  record_path.write_text(json.dumps(record))
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    assert load_rule(str(tmp_path / "from-2")).meta_steps == 2
+  assert "count only its own" in caplog.text
   # A rule with one hidden type starts a network of two hidden layers: the second layer as the hidden
   # neurons it knew.
   deeper = remember.get_config("tiny")
