@@ -155,7 +155,9 @@ def _init_rule_meta_steps(workdir: str, cfg) -> int:
   record = files.read_json(path) if files.exists(path) else {}
   if meta_train.INIT_RULE_META_STEPS not in record:
     logging.warning(
-      "%s started from %s, whose meta steps it did not record: its meta steps count only its own", workdir, name
+      "%s started from %s, whose meta steps it did not record: its meta steps count only its own",
+      workdir,
+      name,
     )
     return 0
   return int(record[meta_train.INIT_RULE_META_STEPS])
