@@ -61,6 +61,7 @@ OPTIONAL_FIELDS = {
   "rule.rate_power": 0.5,
   "rule.decay_power": 1.0,
   "rule.center_synapses": False,
+  "rule.error_input": False,
 }
 
 # Libraries whose versions every run records (`environment`); a resumed run warns when they changed.

@@ -165,6 +165,7 @@ def _validate_rule(cfg) -> None:
   _optional(cfg, "rule.decay_power", lambda c, f: _float(c, f, 0.0, 2.0, high_open=False))
   _bool(cfg, "rule.fast_synapse")
   _optional_bool(cfg, "rule.center_synapses")
+  _optional_bool(cfg, "rule.error_input")
 
 
 def _validate_task(cfg) -> None:
@@ -502,6 +503,7 @@ def rule_spec(cfg, topo: network.Topology) -> rules.RuleSpec:
     rate_power=float(_optional(cfg, "rule.rate_power", _get)),
     decay_power=float(_optional(cfg, "rule.decay_power", _get)),
     center_synapses=bool(_optional(cfg, "rule.center_synapses", _get)),
+    error_input=bool(_optional(cfg, "rule.error_input", _get)),
     init_decay=r.init_decay,
     init_rate=r.init_rate,
     fast_synapse=bool(r.fast_synapse),

@@ -250,7 +250,16 @@ def initial_train_state(topos: tuple, meta_batch: MetaBatch, optimizer, seed: in
 
 # Rule fields that fix the layout of a theta; the others (message and fan-in scaling, initial values,
 # implementation) may differ between a saved rule and a run that starts from it.
-_RULE_LAYOUT = ("body_dim", "synapse_dim", "act_dim", "emb_dim", "hidden", "num_types", "bilinear")
+_RULE_LAYOUT = (
+  "body_dim",
+  "synapse_dim",
+  "act_dim",
+  "emb_dim",
+  "hidden",
+  "num_types",
+  "bilinear",
+  "error_input",
+)
 
 
 def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta | None, int]:
@@ -262,7 +271,8 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
   this run's layout (sizes, neuron types). Its message and fan-in scaling may differ from the run's: a
   rule trained with "mean" messages continues under "sqrt_ref" at the same reference fan-in, say. A
   rule with fewer neuron types, one of them hidden, starts the run's extra types (a layered network's
-  deeper hidden layers) as its hidden type (`rules.with_more_types`).
+  deeper hidden layers) as its hidden type (`rules.with_more_types`), and a rule without
+  `rule.error_input` starts a run with it computing what it did (`rules.with_error_input`).
 
   A rule meta-trained with other fixed random input -> hidden synapses (`net.random_input_synapses`)
   than the run's `topos` is allowed, with a warning: it is how `random_hidden` was started from
@@ -280,10 +290,13 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
     raise config_lib.ConfigError("train.init_rule", str(e)) from None
   want, got = meta_batch.problems[0].rule, rule.spec
   more_types = network.HIDDEN_TYPE < got.num_types < want.num_types
+  add_error = want.error_input and not got.error_input
   differ = [
     f"rule.{f}: {getattr(got, f)!r}, this run {getattr(want, f)!r}"
     for f in _RULE_LAYOUT
-    if getattr(got, f) != getattr(want, f) and not (f == "num_types" and more_types)
+    if getattr(got, f) != getattr(want, f)
+    and not (f == "num_types" and more_types)
+    and not (f == "error_input" and add_error)
   ]
   if differ or network.SYNAPSE_WEIGHTS in rule.theta:
     why = "; ".join(differ) or "it is a net.trained_synapses run (a trained network, not a rule)"
@@ -302,6 +315,8 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
   theta = jax.tree.map(jax.numpy.asarray, rule.theta)
   if more_types:
     theta = rules.with_more_types(theta, want.num_types, like=network.HIDDEN_TYPE)
+  if add_error:
+    theta = rules.with_error_input(theta, want.act_dim)
   return theta, rule.meta_steps
 
 

@@ -451,19 +451,25 @@ def update_synapses(
   act: jax.Array,
   emb: jax.Array,
   spec: rules.RuleSpec,
+  errors: jax.Array | None = None,
 ) -> tuple:
   """Applies `synapse_update` to every synapse of every block; absent synapses keep their value, and
   so do fixed random ones (`fixed_input_synapses`).
 
   Args:
     act: `[N, Da]` activations after the body update; emb: `[N, E]` type embeddings.
+    errors: `[N]` the neurons' own errors (`own_errors`), which a synapse sees of its post neuron
+      after its activation; needed with `spec.error_input`, else None.
     spec: `spec.fast_synapse` chooses the split-first-layer block form (`rules.synapse_update_block`,
       in chunks of `spec.chunk_synapses`) or, if False, the per-synapse function vmapped over every
       pair (same numbers, slower; for tests and reading).
   """
+  if spec.error_input != (errors is not None):
+    raise ValueError(f"update_synapses: error_input {spec.error_input} needs errors, and only it")
+  post_act = act if errors is None else jnp.concatenate([act, errors[:, None]], axis=-1)
   out = []
   for b, (block, syn) in enumerate(zip(topo.blocks, synapses, strict=True)):
-    act_post, emb_post = act[block.post], emb[block.post]
+    act_post, emb_post = post_act[block.post], emb[block.post]
     fan_in = topo.fan_in[block.post]
     scales = (rules.time_scales(spec, fan_in), rules.rate_scales(spec, fan_in))
     if spec.fast_synapse:
@@ -498,6 +504,21 @@ def center_synapses(topo: Topology, synapses: Sequence[jax.Array]) -> tuple:
   return tuple(out)
 
 
+def own_errors(
+  theta: rules.Theta,
+  topo: Topology,
+  spec: rules.RuleSpec,
+  bodies: jax.Array,
+  msg: jax.Array,
+  x: jax.Array,
+  emb: jax.Array,
+) -> jax.Array:
+  """`[N]` every neuron's `rules.own_error` this step (`RuleSpec.error_input`), from its body before
+  the step, its message and external input, and its type embedding."""
+  per_neuron = jax.vmap(rules.own_error, in_axes=(None, 0, 0, 0, 0, None, None))
+  return per_neuron(theta, bodies, msg, x, emb, spec, topo.body_recurrence)
+
+
 def network_step(
   theta: rules.Theta,
   topo: Topology,
@@ -526,7 +547,8 @@ def network_step(
   syn = net_state.synapses
   if topo.synapse_updates:
     new_act = checkpoint_name(act_fn(theta, bodies, x, spec), rules.NEURON_VALUES)
-    syn = update_synapses(theta, topo, syn, new_act, emb, spec)
+    errors = own_errors(theta, topo, spec, net_state.bodies, msg, x, emb) if spec.error_input else None
+    syn = update_synapses(theta, topo, syn, new_act, emb, spec, errors)
   out_bodies = bodies[topo.n_in : topo.n_in + topo.n_out]
   y = jax.vmap(rules.readout, in_axes=(None, 0))(theta, out_bodies)
   return NetState(bodies=bodies, synapses=syn), StepOutput(readout=y)

@@ -161,6 +161,9 @@ def context_increment(theta, spec: rules.RuleSpec, recurrence: bool, post, pre, 
     return rules.activation(theta, rules.body_update(theta, body, msg, x, emb, spec, recurrence), x, spec)
 
   a_post, a_pre = activation(post, x_post), activation(pre, x_pre)
+  if spec.error_input:
+    error = rules.own_error(theta, post[0], post[1], x_post, post[2], spec, recurrence)
+    a_post = jnp.concatenate([a_post, error[None]])
   return rules.synapse_update(theta, syn, a_post, a_pre, post[2], pre[2]) - syn
 
 

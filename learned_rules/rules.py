@@ -57,6 +57,10 @@ class RuleSpec:
   # channel): a write's common part, which would grow with the time constant, is not kept
   # (network.center_synapses; docs/RESULTS.md, "Rules that scale").
   center_synapses: bool = False
+  # Give every synapse's update its post neuron's own error as one more post-side activation channel:
+  # the neuron's teaching input minus what it would read out without it, 0 on steps without one
+  # (`network.own_errors`). A delta rule (error x pre activity) is then one bilinear term.
+  error_input: bool = False
   init_decay: float = 0.95  # sigmoid(lambda) at initialisation
   init_rate: float = 0.12  # sigmoid(eta) at initialisation
   # Implementation switches: the same numbers either way (tests/test_rules.py, test_network.py).
@@ -68,6 +72,11 @@ class RuleSpec:
   @property
   def msg_dim(self) -> int:
     return self.synapse_dim * self.act_dim
+
+  @property
+  def post_dim(self) -> int:
+    """Activation channels a synapse sees of its post neuron: `Da`, and its error (`error_input`)."""
+    return self.act_dim + int(self.error_input)
 
 
 def _dense_init(key, fan_in: int, shape) -> jax.Array:
@@ -101,7 +110,7 @@ def init_theta(key: jax.Array, spec: RuleSpec) -> Theta:
   }
   synapse = {
     "w_s": _dense_init(next(ks), ds, (ds, h)),
-    "w_post": _dense_init(next(ks), da + e, (da + e, h)),
+    "w_post": _dense_init(next(ks), da + e, (spec.post_dim + e, h)),
     "w_pre": _dense_init(next(ks), da + e, (da + e, h)),
     "b1": jnp.zeros((h,)),
     "w2": _dense_init(next(ks), h, (h, ds)),
@@ -110,7 +119,11 @@ def init_theta(key: jax.Array, spec: RuleSpec) -> Theta:
     "rate_logit": jnp.full((ds,), _logit(spec.init_rate), jnp.float32),
   }
   if spec.bilinear:
-    synapse["w_bi"] = _dense_init(next(ks), da, (h, da, da))
+    synapse["w_bi"] = _dense_init(next(ks), da, (h, spec.post_dim, da))
+  if spec.error_input:  # the error's weights start at 0: the rule starts as it would without it
+    synapse["w_post"] = synapse["w_post"].at[da].set(0.0)
+    if spec.bilinear:
+      synapse["w_bi"] = synapse["w_bi"].at[:, da].set(0.0)
   return {
     "body": body,
     "synapse": synapse,
@@ -137,6 +150,17 @@ def with_more_types(theta: Theta, num_types: int, like: int) -> Theta:
     "init_body": theta["init_body"][index],
     "init_synapse": theta["init_synapse"][index][:, index],
   }
+
+
+def with_error_input(theta: Theta, act_dim: int) -> Theta:
+  """`theta` of a rule without `RuleSpec.error_input` for a run with it: the error's weights (a row of
+  the synapse update's post-side first layer and of its bilinear term) inserted as 0, so that the rule
+  computes what it did until meta-training moves them."""
+  p = theta["synapse"]
+  synapse = {**p, "w_post": jnp.insert(p["w_post"], act_dim, 0.0, axis=0)}
+  if "w_bi" in p:
+    synapse["w_bi"] = jnp.insert(p["w_bi"], act_dim, 0.0, axis=1)
+  return {**theta, "synapse": synapse}
 
 
 def activation(theta: Theta, body: jax.Array, x: jax.Array, spec: RuleSpec) -> jax.Array:
@@ -179,6 +203,23 @@ def body_update(
     return cand
   z = jax.nn.sigmoid(inp @ p["wz"] + p["bz"])
   return (1.0 - z) * body + z * cand
+
+
+def own_error(
+  theta: Theta,
+  body: jax.Array,
+  msg: jax.Array,
+  x: jax.Array,
+  emb: jax.Array,
+  spec: RuleSpec,
+  recurrence: bool = True,
+) -> jax.Array:
+  """`[]` a neuron's own error (`RuleSpec.error_input`): its external input `x` minus the readout of
+  the body it would have without it (`body_update` on the same message with `x` = 0), where it has an
+  input; 0 where it has none. On an output neuron being taught, the teaching bit minus what its
+  synapses recall of it. Arguments as `body_update`'s."""
+  quiet = body_update(theta, body, msg, jnp.zeros_like(x), emb, spec, recurrence)
+  return jnp.where(x != 0, x - readout(theta, quiet), 0.0)
 
 
 def synapse_decay(theta: Theta, time_scale: jax.Array | None = None) -> jax.Array:
@@ -239,7 +280,8 @@ def synapse_update(
 
   Args:
     syn: `[Ds]` the synapse's state.
-    a_post: `[Da]` post-synaptic activation (after this step's body update).
+    a_post: `[Da]` post-synaptic activation (after this step's body update); `[Da + 1]` with the post
+      neuron's own error last (`RuleSpec.error_input`).
     a_pre: `[Da]` pre-synaptic activation (after this step's body update).
     emb_post: `[E]` post-synaptic neuron's type embedding.
     emb_pre: `[E]` pre-synaptic neuron's type embedding.
@@ -366,8 +408,8 @@ def synapse_update_block(
 
   Args:
     syn: `[P, Q, Ds]` synapse states, post-major.
-    act_post, emb_post: `[P, Da]`, `[P, E]` activations (after the body update) and type embeddings
-      of the block's post neurons.
+    act_post, emb_post: `[P, Da]` (`[P, Da + 1]` with `RuleSpec.error_input`), `[P, E]` activations
+      (after the body update) and type embeddings of the block's post neurons.
     act_pre, emb_pre: `[M, Da]`, `[M, E]` the same for the pre neurons: the block's `Q` pre neurons
       (`M == Q`) or, with `pre_index`, every neuron the block's synapses may come from.
     pre_index: optional `[P, Q]` int, the pre neuron of each synapse (fan-in lists of a sparse block).
@@ -387,7 +429,7 @@ def synapse_update_block(
   if "w_bi" in p:
     post_bi = jnp.einsum("id,kde->ike", act_post, p["w_bi"])  # [P, H, Da]
   else:
-    post_bi = jnp.zeros(post.shape + act_post.shape[-1:], post.dtype)
+    post_bi = jnp.zeros(post.shape + act_pre.shape[-1:], post.dtype)
   post, pre, post_bi = (checkpoint_name(v, NEURON_VALUES) for v in (post, pre, post_bi))
   if pre_index is not None:
     pre, act_pre = pre[pre_index], act_pre[pre_index]  # [P, Q, H], [P, Q, Da]

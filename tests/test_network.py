@@ -457,6 +457,48 @@ def test_fast_and_per_synapse_steps_equal_a_dense_reference(
   assert not np.allclose(_dense(topo, fast[0])[mask], _dense(topo, state)[mask], atol=1e-3)  # it moved
 
 
+def test_error_input_starts_as_the_rule_without_it_then_writes_by_the_post_neurons_error(
+  theta, small_spec, full_topo, net_state, trees_close
+):
+  """`error_input`: a rule given its post neurons' own errors by `rules.with_error_input` steps exactly
+  as before; once the error's weights move, only synapses into neurons with an external input (whose
+  error is not 0) change, and the block and per-synapse forms agree."""
+  spec = dataclasses.replace(small_spec, error_input=True)
+  da = spec.act_dim
+  extended = rules.with_error_input(theta, da)
+  chex.assert_trees_all_equal_shapes(extended, jax.eval_shape(rules.init_theta, jax.random.PRNGKey(0), spec))
+  n_io = N_IN + N_OUT
+  x = jnp.asarray(np.r_[np.random.default_rng(4).choice([-1.0, 1.0], n_io), np.zeros(N_HIDDEN)], jnp.float32)
+  plain, _ = _step(theta, full_topo, small_spec, net_state, x)
+  trees_close(_step(extended, full_topo, spec, net_state, x)[0], plain, rtol=RTOL, atol=ATOL)
+  msg = network.block_messages(
+    full_topo,
+    net_state.synapses,
+    jax.vmap(rules.activation, (None, 0, 0, None))(theta, net_state.bodies, x, spec),
+    spec.message_norm,
+  )
+  errors = network.own_errors(
+    theta, full_topo, spec, net_state.bodies, msg, x, theta["type_emb"][full_topo.types]
+  )
+  assert np.all(errors[n_io:] == 0) and np.all(np.abs(errors[:n_io]) > 1e-3), errors
+  rng = np.random.default_rng(5)
+  p = extended["synapse"]
+  moved = {
+    **extended,
+    "synapse": {
+      **p,
+      "w_post": p["w_post"].at[da].set(jnp.asarray(rng.standard_normal(p["w_post"].shape[1]), jnp.float32)),
+      "w_bi": p["w_bi"].at[:, da].set(jnp.asarray(rng.standard_normal(p["w_bi"][:, da].shape), jnp.float32)),
+    },
+  }
+  fast, _ = _step(moved, full_topo, spec, net_state, x, True)
+  trees_close(fast, _step(moved, full_topo, spec, net_state, x, False)[0], rtol=RTOL, atol=ATOL)
+  before, after = _dense(full_topo, plain), _dense(full_topo, fast)
+  mask = np.asarray(full_topo.mask) > 0
+  np.testing.assert_allclose(after[n_io:], before[n_io:], rtol=RTOL, atol=ATOL)  # hidden posts: error 0
+  assert np.all(np.any(np.abs(after - before)[:n_io][mask[:n_io]] > 1e-4, axis=-1))
+
+
 def _permute_group(topo: network.Topology, group: int, seed: int) -> np.ndarray:
   """A permutation of all neurons that shuffles the neurons of one type among themselves."""
   types = np.asarray(topo.types)

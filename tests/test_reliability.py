@@ -502,6 +502,7 @@ INVALID_VALUES = {
   "rule.rate_power": ("", _float_outside(0.0, 2.0, False, False)),
   "rule.decay_power": ("", _float_outside(0.0, 2.0, False, False)),
   "rule.center_synapses": ("", NOT_A_BOOL),
+  "rule.error_input": ("", NOT_A_BOOL),
   "task.protocol": ("", _not_one_of(tasks.PROTOCOLS)),
   "task.num_snippets": ("", _int_below(1)),
   "task.present_steps": ("", _int_below(1)),

@@ -65,6 +65,8 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   cfg.rule.scale_rate = False  # with reference_fan_in: the write rate times (reference_fan_in / fan-in)
   cfg.rule.rate_power = 0.5  # ... to this power
   cfg.rule.center_synapses = False  # subtract each neuron's mean incoming synapse state after every update
+  # give each synapse update its post neuron's own error (teaching input minus its recall without it)
+  cfg.rule.error_input = False
   cfg.rule.init_decay = 0.95
   cfg.rule.init_rate = 0.12
   cfg.rule.fast_synapse = True  # split-first-layer synapse update (same numbers, faster)
