@@ -73,8 +73,9 @@ class Study:
       run_dir = files.join(self.workdir, run)
       meta_train.train_and_evaluate(cfg, run_dir, label=f"{run}: ", evaluate=False)
       _, topo, state = meta_train.load_run(run_dir)
-      self.rules[run] = (cfg, topo, state.theta, int(state.step))
-      self.log(f"rule {run}: {int(state.step)} meta steps")
+      steps = int(state.step) + pretrained.init_rule_meta_steps(run_dir, cfg)  # every stage's
+      self.rules[run] = (cfg, topo, state.theta, steps)
+      self.log(f"rule {run}: {steps} meta steps ({int(state.step)} in this run)")
     return self.rules[run]
 
   def recurrent_records(self, rule: str, cfg, topo, specs: tuple, key, num_episodes: int, theta):

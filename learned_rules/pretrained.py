@@ -140,11 +140,11 @@ def _load_run(workdir: str) -> Rule:
       f"version of learned_rules: {e}"
     ) from e
   source = os.fspath(files.as_path(workdir))
-  steps = int(state.step) + _init_rule_meta_steps(workdir, cfg)
+  steps = int(state.step) + init_rule_meta_steps(workdir, cfg)
   return Rule(theta=state.theta, config=cfg, meta_steps=steps, source=source)
 
 
-def _init_rule_meta_steps(workdir: str, cfg) -> int:
+def init_rule_meta_steps(workdir: str, cfg) -> int:
   """The meta steps of the rule run `workdir` started from (`train.init_rule`) as its `config.json`
   records them; 0 for a run from its seed, and, with a warning, for a run from before they were
   recorded (its start rule is not loaded again: a shipped rule's name may since mean another rule)."""
