@@ -184,6 +184,24 @@ def random_projection_records(specs: tuple, key, num_episodes: int, hidden: tupl
   return [{**r, "hidden": list(hidden)} for r in out]
 
 
+def random_features_read_inputs(cfg) -> bool:
+  """Whether the output neurons of config `cfg`'s network receive synapses from its inputs (not a
+  layered network): `random_hebbian` then stores on the key bits too."""
+  return cfg.net.topology not in ("layered", "layered_feedback")
+
+
+def random_hebbian_records(
+  specs: tuple, key, num_episodes: int, hidden: tuple[int, ...], with_inputs: bool
+) -> list[dict]:
+  """Metrics of the outer-product memory on fixed random layers of sizes `hidden`, and on the key bits
+  too when `with_inputs` (`trained_baselines.random_hebbian`, nothing to tune), at every K of `specs`
+  on the held-out episodes of `key`, one dict per K with its `hidden` and `with_inputs`."""
+  hidden = tuple(int(h) for h in hidden)
+  readout = trained_baselines.random_hebbian_readout_fn(hidden, bool(with_inputs))
+  out = baselines.evaluate_over_k(readout, None, specs, key, num_episodes)
+  return [{**r, "hidden": list(hidden), "with_inputs": bool(with_inputs)} for r in out]
+
+
 def linear_records(rule: str, specs: tuple, key, num_episodes: int) -> list[dict]:
   """Metrics of linear memory `rule` (one of `capacity_plan.LINEAR_BASELINES`) at every K of `specs`."""
   return baselines.evaluate_over_k(baselines.READOUT_FNS[rule], None, specs, key, num_episodes)

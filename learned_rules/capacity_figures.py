@@ -54,6 +54,8 @@ def plot_recall_vs_k(records: list[dict], path: str) -> None:
       label, style = f"{network_name}: random hidden + delta rule", "^:"
     if rule == "random_projection":
       label, style = f"{network_name}: random hidden + projection", "v:"
+    if rule == "random_hebbian":
+      label, style = f"{network_name}: random hidden + Hebbian", "<:"
     ax.plot(ks, accuracy, style, label=label)
   ax.axhline(0.5, color="gray", lw=0.8, ls=":")
   ax.text(ax.get_xlim()[1], 0.5, "chance ", fontsize=7, color="gray", ha="right", va="bottom")

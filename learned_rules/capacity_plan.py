@@ -22,8 +22,9 @@ RECURRENT_BASELINES = ("recurrent", "recurrent_state")  # parameter-matched and 
 # (`routing`: a trained recurrent network of the same wiring).
 CONTROLS = ("synapses_off", "routing")
 # Memories on fixed random hidden layers of the evaluated network's sizes, with a readout written during
-# the episode (`trained_baselines`): by the delta rule, step size tuned, or by sequential projection.
-RANDOM_FEATURES = ("random_delta", "random_projection")
+# the episode (`trained_baselines`): by the delta rule, step size tuned, by sequential projection, or
+# by the outer product (on the key bits too where the outputs read them).
+RANDOM_FEATURES = ("random_delta", "random_projection", "random_hebbian")
 BASELINES = (*LINEAR_BASELINES, *CONTROLS, *RECURRENT_BASELINES, "online_backprop", *RANDOM_FEATURES)
 
 

@@ -119,8 +119,11 @@ class Study:
         out = capacity_baselines.random_delta_records(
           self.plan.random_delta, specs, config_lib.train_spec(cfg).seed, key, num_episodes, hidden
         )
-      else:
+      elif rule == "random_projection":
         out = capacity_baselines.random_projection_records(specs, key, num_episodes, hidden)
+      else:
+        inputs = capacity_baselines.random_features_read_inputs(cfg)
+        out = capacity_baselines.random_hebbian_records(specs, key, num_episodes, hidden, inputs)
     return [{"K": int(k), **r} for k, r in zip(k_values, out, strict=True)]
 
   def records(
@@ -157,6 +160,8 @@ class Study:
       cache_key[rule] = dataclasses.asdict(getattr(self.plan, rule))
     if rule in RANDOM_FEATURES:
       cache_key["hidden"] = list(capacity_baselines.random_features_hidden(cfg))
+    if rule == "random_hebbian":
+      cache_key["with_inputs"] = capacity_baselines.random_features_read_inputs(cfg)
     # The same memory on the same episodes under another label (each difficulty axis passes through
     # the base setting) is evaluated once per invocation.
     same = {k: v for k, v in cache_key.items() if k not in ("study", "axis", "value")}

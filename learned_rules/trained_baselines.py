@@ -575,6 +575,30 @@ def random_projection_readout_fn(hidden: tuple[int, ...]):
   return lambda _, episode, init_key, spec: random_projection(episode, spec, hidden, init_key)
 
 
+def random_hebbian(
+  episode: tasks.Episode, spec: tasks.TaskSpec, hidden: tuple[int, ...], key: jax.Array, with_inputs: bool
+) -> jax.Array:
+  """Readouts `[T, n_out]` of the outer-product memory on the fixed random tanh layers of `random_delta`
+  (the same layers for the same `key`), with the key bits beside them when `with_inputs` (a network
+  whose output neurons receive synapses from its inputs as well as from its hidden neurons): at step t,
+  `W_t = W_{t-1} + f_t teach_t^T` and the readout is `f_t W_t`, f the features, as `baselines.hebbian`
+  does on the key bits alone. A Hebbian store on every feature the network's outputs can read; nothing
+  to tune (the readout's sign does not depend on a step size)."""
+  features, teach, _ = _random_feature_steps(episode, spec, hidden, key)
+  if with_inputs:
+    features = jnp.concatenate([baselines.split_input(episode, spec)[0], features], axis=-1)
+  t = features.shape[0]
+  past = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+  return jnp.where(past, features @ features.T, 0.0) @ teach
+
+
+@functools.cache
+def random_hebbian_readout_fn(hidden: tuple[int, ...], with_inputs: bool):
+  """`readout(None, episode, init_key, spec)` of `random_hebbian`, its random layers drawn from each
+  episode's key as `random_delta`'s."""
+  return lambda _, episode, init_key, spec: random_hebbian(episode, spec, hidden, init_key, with_inputs)
+
+
 def tune_random_delta_over_k(specs, key, step_sizes, num_episodes, hidden: tuple[int, ...], batch=64):
   """The best step size of `random_delta` with hidden layers `hidden` for every task of `specs` (the
   first on a tie) over `num_episodes` tuning episodes drawn from `key`, and the bit accuracies

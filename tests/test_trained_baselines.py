@@ -425,3 +425,28 @@ def test_state_size_counts_the_bodies_and_synapses_of_the_topology():
   rc = dataclasses.replace(rc, state_hidden_cap=10**6)
   assert size("recurrent_state", rc, cfg, topo, 500) == (state, state)
   assert size("recurrent", rc, cfg, topo, 500) == (tb.hidden_for_params(500, 4, 4), state)
+
+
+def test_random_hebbian_is_the_outer_product_memory_on_the_features():
+  """Without hidden layers it is `baselines.hebbian` on the key bits; with them, at every step the sum
+  over the steps so far of (features . this step's features) x their teaching bits, the key bits first
+  when the outputs read them."""
+  episode = _sample_episode(jax.random.PRNGKey(31), RICH)
+  key = jax.random.PRNGKey(8)
+  hebbian = jax.jit(tb.random_hebbian, static_argnums=(1, 2, 4))
+  np.testing.assert_allclose(
+    hebbian(episode, RICH, (), key, False), baselines.hebbian(episode, RICH), rtol=1e-5, atol=1e-5
+  )
+  keys, teach = (np.asarray(a, np.float64) for a in baselines.split_input(episode, RICH))
+  hidden = np.asarray(
+    tb.random_features(tb.init_random_features(key, RICH.n_in, (HIDDEN,)), keys), np.float64
+  )
+  for with_inputs in (False, True):
+    features = np.concatenate([keys, hidden], axis=-1) if with_inputs else hidden
+    w, want = np.zeros((features.shape[-1], RICH.n_out)), []
+    for f, v in zip(features, teach, strict=True):
+      w += np.outer(f, v)
+      want.append(f @ w)
+    got = np.asarray(hebbian(episode, RICH, (HIDDEN,), key, with_inputs))
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-4)
+    assert np.abs(got).max() > 0.1  # it stored something

@@ -31,7 +31,9 @@ trained by back-propagation through time over the study's K, learning rate tuned
 learned during the episode by the normalised delta rule, step size tuned; evaluated on every network
 of `networks`, whose hidden layers it takes) and `random_projection` (the same random layers, the
 readout written by sequential projection: the pseudo-inverse on the random features, reached online;
-nothing to tune) (learned_rules/trained_baselines.py). Layered networks
+nothing to tune) and `random_hebbian` (the same random layers and, where the outputs read them, the
+key bits, the readout written by the outer product: a Hebbian store on every feature the outputs can
+read; nothing to tune) (learned_rules/trained_baselines.py). Layered networks
 run with keys held for their latency and with extra, unscored query steps, so that their scored steps
 can see the key (`_reachable`). Variants: `tiny` (seconds, for tests), `quick`.
 """
@@ -80,7 +82,7 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   cfg.networks = ",".join(NETWORKS)  # names from NETWORKS, comma-separated
   cfg.baselines = (
     "key_blind,hebbian,hopfield,pseudo_inverse,synapses_off,routing,recurrent,recurrent_state,online_backprop,"
-    "random_delta,random_projection"
+    "random_delta,random_projection,random_hebbian"
   )
   cfg.k_values = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32)
   cfg.num_episodes = 256
