@@ -271,8 +271,9 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
   this run's layout (sizes, neuron types). Its message and fan-in scaling may differ from the run's: a
   rule trained with "mean" messages continues under "sqrt_ref" at the same reference fan-in, say. A
   rule with fewer neuron types, one of them hidden, starts the run's extra types (a layered network's
-  deeper hidden layers) as its hidden type (`rules.with_more_types`), and a rule without
-  `rule.error_input` starts a run with it computing what it did (`rules.with_error_input`).
+  deeper hidden layers) as its hidden type (`rules.with_more_types`); a rule without
+  `rule.error_input`, or with fewer hidden units in its MLPs (`rule.hidden`), starts a run with it
+  (with more) computing what it did (`rules.with_error_input`, `rules.with_more_hidden`).
 
   A rule meta-trained with other fixed random input -> hidden synapses (`net.random_input_synapses`)
   than the run's `topos` is allowed, with a warning: it is how `random_hidden` was started from
@@ -291,12 +292,11 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
   want, got = meta_batch.problems[0].rule, rule.spec
   more_types = network.HIDDEN_TYPE < got.num_types < want.num_types
   add_error = want.error_input and not got.error_input
+  grown = {"num_types": more_types, "error_input": add_error, "hidden": got.hidden < want.hidden}
   differ = [
     f"rule.{f}: {getattr(got, f)!r}, this run {getattr(want, f)!r}"
     for f in _RULE_LAYOUT
-    if getattr(got, f) != getattr(want, f)
-    and not (f == "num_types" and more_types)
-    and not (f == "error_input" and add_error)
+    if getattr(got, f) != getattr(want, f) and not grown.get(f)
   ]
   if differ or network.SYNAPSE_WEIGHTS in rule.theta:
     why = "; ".join(differ) or "it is a net.trained_synapses run (a trained network, not a rule)"
@@ -317,6 +317,8 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
     theta = rules.with_more_types(theta, want.num_types, like=network.HIDDEN_TYPE)
   if add_error:
     theta = rules.with_error_input(theta, want.act_dim)
+  if grown["hidden"]:
+    theta = rules.with_more_hidden(theta, want, jax.random.PRNGKey(config_lib.train_spec(cfg).seed))
   return theta, rule.meta_steps
 
 

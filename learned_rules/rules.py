@@ -163,6 +163,42 @@ def with_error_input(theta: Theta, act_dim: int) -> Theta:
   return {**theta, "synapse": synapse}
 
 
+# The hidden units of `f_b` and `f_s`: every weight with an axis of length `RuleSpec.hidden`, that axis,
+# and whether it holds the units' outgoing weights.
+_HIDDEN_AXES = {
+  "body": {"w1": (1, False), "b1": (0, False), "w2": (0, True)},
+  "synapse": {
+    "w_s": (1, False),
+    "w_post": (1, False),
+    "w_pre": (1, False),
+    "b1": (0, False),
+    "w2": (0, True),
+    "w_bi": (0, False),
+  },
+}
+
+
+def with_more_hidden(theta: Theta, spec: RuleSpec, key: jax.Array) -> Theta:
+  """`theta` of a rule with fewer hidden units in `f_b` and `f_s` for `spec`'s `hidden`: its units as
+  they were, the new ones with incoming weights drawn as `init_theta(key, spec)` draws them and
+  outgoing weights at 0, so that the rule computes what it did until meta-training moves them."""
+  fresh = init_theta(key, spec)
+  have = theta["body"]["b1"].shape[0]
+  if have > spec.hidden:
+    raise ValueError(f"with_more_hidden: {have} hidden units to {spec.hidden}")
+  out = {**theta}
+  for part, axes in _HIDDEN_AXES.items():
+    grown = {**theta[part]}
+    for name, (axis, outgoing) in axes.items():
+      if name not in theta[part]:
+        continue
+      new = jnp.zeros_like(fresh[part][name]) if outgoing else fresh[part][name]
+      index = (slice(None),) * axis + (slice(0, have),)
+      grown[name] = new.at[index].set(theta[part][name])
+    out[part] = grown
+  return out
+
+
 def activation(theta: Theta, body: jax.Array, x: jax.Array, spec: RuleSpec) -> jax.Array:
   """What a neuron shows the others: `tanh(body[:Da] + w_in * x)`, `[Da]`.
 

@@ -499,6 +499,26 @@ def test_error_input_starts_as_the_rule_without_it_then_writes_by_the_post_neuro
   assert np.all(np.any(np.abs(after - before)[:n_io][mask[:n_io]] > 1e-4, axis=-1))
 
 
+def test_more_hidden_units_start_as_the_rule_with_fewer(theta, small_spec, full_topo, net_state, trees_close):
+  """`rules.with_more_hidden`: the rule's MLPs grown by 3 hidden units (new outgoing weights at 0) step
+  exactly as before; the new units' incoming weights are drawn, so their gradient is not 0."""
+  spec = dataclasses.replace(small_spec, hidden=small_spec.hidden + 3)
+  grown = rules.with_more_hidden(theta, spec, jax.random.PRNGKey(9))
+  chex.assert_trees_all_equal_shapes(grown, jax.eval_shape(rules.init_theta, jax.random.PRNGKey(0), spec))
+  x = jnp.asarray(np.random.default_rng(6).choice([-1.0, 1.0], full_topo.num_neurons), jnp.float32)
+  trees_close(
+    _step(grown, full_topo, spec, net_state, x),
+    _step(theta, full_topo, small_spec, net_state, x),
+    rtol=RTOL,
+    atol=ATOL,
+  )
+  loss = lambda t: jnp.sum(_eager_step(t, full_topo, spec, net_state, x)[0].synapses[0] ** 2)  # noqa: E731
+  new_rows = jax.grad(loss)(grown)["synapse"]["w2"][small_spec.hidden :]
+  assert np.abs(new_rows).max() > 1e-6
+  with pytest.raises(ValueError, match="hidden units"):
+    rules.with_more_hidden(grown, small_spec, jax.random.PRNGKey(9))
+
+
 def _permute_group(topo: network.Topology, group: int, seed: int) -> np.ndarray:
   """A permutation of all neurons that shuffles the neurons of one type among themselves."""
   types = np.asarray(topo.types)

@@ -292,14 +292,16 @@ def test_a_run_starts_from_a_saved_rule_and_trains_it_further(trained, tmp_path,
   want = rules.with_more_types(rule.theta, 4, like=2)
   for a, b in zip(jax.tree.leaves(got.theta), jax.tree.leaves(want), strict=True):
     np.testing.assert_array_equal(a, b)
-  # A rule without the post neurons' errors starts a run with them as it was: their weights at 0.
+  # A rule without the post neurons' errors, and with fewer hidden units in its MLPs, starts a run with
+  # them as it was: the error's weights and the new units' outgoing weights at 0.
   told = remember.get_config("tiny")
-  told.train.num_steps, told.rule.error_input = 0, True
+  told.train.num_steps, told.rule.error_input, told.rule.hidden = 0, True, rule.spec.hidden + 4
   told.train.init_rule = str(tmp_path / "start")
   meta_train.train_and_evaluate(told, str(tmp_path / "told"), evaluate=False)
   got = load_rule(str(tmp_path / "told"))
   assert got.spec.error_input and not rule.spec.error_input
   want = rules.with_error_input(rule.theta, rule.spec.act_dim)
+  want = rules.with_more_hidden(want, got.spec, jax.random.PRNGKey(told.seed))
   for a, b in zip(jax.tree.leaves(got.theta), jax.tree.leaves(want), strict=True):
     np.testing.assert_array_equal(a, b)
   # A rule started on a network with fixed random input -> hidden synapses it was not trained with runs,

@@ -53,7 +53,7 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   cfg.rule.synapse_dim = 4  # Ds
   cfg.rule.act_dim = 4  # Da
   cfg.rule.emb_dim = 8  # E
-  cfg.rule.hidden = 32  # hidden units of f_b and f_s
+  cfg.rule.hidden = 32  # hidden units of f_b and f_s (a saved rule with fewer starts a run with more)
   cfg.rule.bilinear = True  # pre x post bilinear term in every hidden unit of f_s
   # sqrt | mean | sum | sqrt_ref: divide summed messages by sqrt(fan-in), fan-in, 1, or
   # sqrt(fan-in x reference_fan_in)
