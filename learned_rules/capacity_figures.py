@@ -55,7 +55,8 @@ def plot_recall_vs_k(records: list[dict], path: str) -> None:
     if rule == "random_projection":
       label, style = f"{network_name}: random hidden + projection", "v:"
     if rule == "random_hebbian":
-      label, style = f"{network_name}: random hidden + Hebbian", "<:"
+      inputs = "inputs + " if rows[0].get("with_inputs") else ""
+      label, style = f"{network_name}: {inputs}random hidden + Hebbian", "<:"
     ax.plot(ks, accuracy, style, label=label)
   ax.axhline(0.5, color="gray", lw=0.8, ls=":")
   ax.text(ax.get_xlim()[1], 0.5, "chance ", fontsize=7, color="gray", ha="right", va="bottom")
