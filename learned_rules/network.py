@@ -458,14 +458,17 @@ def update_synapses(
 
   Args:
     act: `[N, Da]` activations after the body update; emb: `[N, E]` type embeddings.
-    errors: `[N]` the neurons' own errors (`own_errors`), which a synapse sees of its post neuron
-      after its activation; needed with `spec.error_input`, else None.
     spec: `spec.fast_synapse` chooses the split-first-layer block form (`rules.synapse_update_block`,
       in chunks of `spec.chunk_synapses`) or, if False, the per-synapse function vmapped over every
       pair (same numbers, slower; for tests and reading).
+    errors: `[N]` the neurons' own errors (`own_errors`), which a synapse sees of its post neuron
+      after its activation: given with `spec.error_input`, and only with it.
   """
   if spec.error_input != (errors is not None):
-    raise ValueError(f"update_synapses: error_input {spec.error_input} needs errors, and only it")
+    raise ValueError(
+      f"update_synapses: spec.error_input is {spec.error_input}, and errors were "
+      f"{'given' if errors is not None else 'not given'}: they go with error_input, and only with it"
+    )
   post_act = act if errors is None else jnp.concatenate([act, errors[:, None]], axis=-1)
   out = []
   for b, (block, syn) in enumerate(zip(topo.blocks, synapses, strict=True)):
