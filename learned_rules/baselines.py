@@ -62,21 +62,29 @@ def key_blind_accuracy(num_snippets: int) -> float:
   )
 
 
+def outer_product(features: jax.Array, teach: jax.Array, decay: float = 1.0) -> jax.Array:
+  """Readouts `[T, n_out]` of the outer-product memory on `features` `[T, F]`, online: at step t,
+  `W_t = decay W_{t-1} + teach_t features_t^T` and the readout is `W_t features_t`. Written in closed
+  form, `R = (D o tril(F F^T)) V`, with `D[t, s] = decay^(t - s)`."""
+  return (_decay_weights(features.shape[0], decay) * (features @ features.T)) @ teach
+
+
+def _decay_weights(t: int, decay: float) -> jax.Array:
+  """`[T, T]`: `decay^(t - s)` for `s <= t`, else 0."""
+  lag = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]
+  return jnp.where(lag >= 0, jnp.power(decay, jnp.maximum(lag, 0)), 0.0)
+
+
 def hebbian(
   episode: tasks.Episode, spec: tasks.TaskSpec, decay: float = 1.0, diagonal: bool = True
 ) -> jax.Array:
-  """Readouts `[T, n_out]` of the outer-product memory, online: at step t,
+  """Readouts `[T, n_out]` of the outer-product memory on the key bits (`outer_product`): at step t,
   `W_t = decay W_{t-1} + teach_t key_t^T` and the readout is `W_t key_t`; `diagonal=False` drops W's
-  diagonal in `auto` (`hopfield`). Written in closed form, `R = (D o tril(K K^T)) V`, with
-  `D[t, s] = decay^(t - s)`."""
+  diagonal in `auto` (`hopfield`)."""
   keys, teach = split_input(episode, spec)
-  t = keys.shape[0]
-  lag = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]
-  weight = jnp.where(lag >= 0, jnp.power(decay, jnp.maximum(lag, 0)), 0.0)  # [T, T]
-  overlap = weight * (keys @ keys.T)  # [T, T]: decayed key overlaps of past steps
-  readout = overlap @ teach
+  readout = outer_product(keys, teach, decay)
   if spec.protocol == "auto" and not diagonal:  # sum_s weight[t, s] teach_s o key_s o key_t
-    readout = readout - (weight @ (teach * keys)) * keys
+    readout = readout - (_decay_weights(keys.shape[0], decay) @ (teach * keys)) * keys
   return readout
 
 

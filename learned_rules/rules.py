@@ -73,11 +73,6 @@ class RuleSpec:
   def msg_dim(self) -> int:
     return self.synapse_dim * self.act_dim
 
-  @property
-  def post_dim(self) -> int:
-    """Activation channels a synapse sees of its post neuron: `Da`, and its error (`error_input`)."""
-    return self.act_dim + int(self.error_input)
-
 
 def _dense_init(key, fan_in: int, shape) -> jax.Array:
   return jax.random.normal(key, shape) / math.sqrt(fan_in)
@@ -89,7 +84,10 @@ def _logit(p: float) -> float:
 
 @functools.partial(jax.jit, static_argnames="spec")
 def init_theta(key: jax.Array, spec: RuleSpec) -> Theta:
-  """Initial meta-parameters: rule MLPs, type embeddings, initial states, input drive, readout."""
+  """Initial meta-parameters: rule MLPs, type embeddings, initial states, input drive, readout. With
+  `spec.error_input`, those of the rule without it and the error's weights at 0 (`with_error_input`)."""
+  if spec.error_input:
+    return with_error_input(init_theta(key, dataclasses.replace(spec, error_input=False)), spec.act_dim)
   db, ds, da, e, h, nt = (
     spec.body_dim,
     spec.synapse_dim,
@@ -110,7 +108,7 @@ def init_theta(key: jax.Array, spec: RuleSpec) -> Theta:
   }
   synapse = {
     "w_s": _dense_init(next(ks), ds, (ds, h)),
-    "w_post": _dense_init(next(ks), da + e, (spec.post_dim + e, h)),
+    "w_post": _dense_init(next(ks), da + e, (da + e, h)),
     "w_pre": _dense_init(next(ks), da + e, (da + e, h)),
     "b1": jnp.zeros((h,)),
     "w2": _dense_init(next(ks), h, (h, ds)),
@@ -119,11 +117,7 @@ def init_theta(key: jax.Array, spec: RuleSpec) -> Theta:
     "rate_logit": jnp.full((ds,), _logit(spec.init_rate), jnp.float32),
   }
   if spec.bilinear:
-    synapse["w_bi"] = _dense_init(next(ks), da, (h, spec.post_dim, da))
-  if spec.error_input:  # the error's weights start at 0: the rule starts as it would without it
-    synapse["w_post"] = synapse["w_post"].at[da].set(0.0)
-    if spec.bilinear:
-      synapse["w_bi"] = synapse["w_bi"].at[:, da].set(0.0)
+    synapse["w_bi"] = _dense_init(next(ks), da, (h, da, da))
   return {
     "body": body,
     "synapse": synapse,

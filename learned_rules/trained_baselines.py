@@ -581,15 +581,13 @@ def random_hebbian(
   """Readouts `[T, n_out]` of the outer-product memory on the fixed random tanh layers of `random_delta`
   (the same layers for the same `key`), with the key bits beside them when `with_inputs` (a network
   whose output neurons receive synapses from its inputs as well as from its hidden neurons): at step t,
-  `W_t = W_{t-1} + f_t teach_t^T` and the readout is `f_t W_t`, f the features, as `baselines.hebbian`
-  does on the key bits alone. A Hebbian store on every feature the network's outputs can read; nothing
-  to tune (the readout's sign does not depend on a step size)."""
+  `W_t = W_{t-1} + f_t teach_t^T` and the readout is `f_t W_t`, f the features (`baselines.outer_product`,
+  which `baselines.hebbian` runs on the key bits alone). A Hebbian store on every feature the network's
+  outputs can read; nothing to tune (the readout's sign does not depend on a step size)."""
   features, teach, _ = _random_feature_steps(episode, spec, hidden, key)
   if with_inputs:
     features = jnp.concatenate([baselines.split_input(episode, spec)[0], features], axis=-1)
-  t = features.shape[0]
-  past = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
-  return jnp.where(past, features @ features.T, 0.0) @ teach
+  return baselines.outer_product(features, teach)
 
 
 @functools.cache
