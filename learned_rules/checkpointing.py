@@ -55,6 +55,7 @@ OPTIONAL_FIELDS = {
   "train.estimator.std": 0.0,
   "train.mixture": [],
   "train.init_rule": "",
+  "train.error_init": 0.0,
   "train.decay_steps": 0,
   "rule.reference_fan_in": 0,
   "rule.scale_rate": False,

@@ -228,6 +228,7 @@ def _validate_train(cfg) -> None:
   max_nonfinite_steps(cfg)
   decay_steps(cfg)
   init_rule(cfg)
+  error_init(cfg)
   _int(cfg, "eval.num_episodes", 1)
   _int_sequence(cfg, "eval.k_values", allow_empty=False)
 
@@ -317,6 +318,13 @@ def with_overrides(cfg, overrides: dict) -> ml_collections.ConfigDict:
       node = node[part]
     node[leaf] = value
   return cfg
+
+
+def error_init(cfg) -> float:
+  """`train.error_init`: the scale of the error's weights drawn when a saved rule without
+  `rule.error_input` starts a run with it (`rules.with_error_input`), 0 for zeros (the rule starts as it
+  was). Optional: a config from before it existed gives 0."""
+  return float(_optional(cfg, "train.error_init", lambda c, f: _float(c, f, 0.0, float("inf"))))
 
 
 def init_rule(cfg) -> str:

@@ -273,7 +273,8 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
   rule with fewer neuron types, one of them hidden, starts the run's extra types (a layered network's
   deeper hidden layers) as its hidden type (`rules.with_more_types`); a rule without
   `rule.error_input`, or with fewer hidden units in its MLPs (`rule.hidden`), starts a run with it
-  (with more) computing what it did (`rules.with_error_input`, `rules.with_more_hidden`).
+  (with more) computing what it did (`rules.with_error_input`, `rules.with_more_hidden`); with
+  `train.error_init` > 0 the error's weights are drawn instead of 0.
 
   A rule meta-trained with other fixed random input -> hidden synapses (`net.random_input_synapses`)
   than the run's `topos` is allowed, with a warning: it is how `random_hidden` was started from
@@ -316,7 +317,9 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
   if more_types:
     theta = rules.with_more_types(theta, want.num_types, like=network.HIDDEN_TYPE)
   if add_error:
-    theta = rules.with_error_input(theta, want.act_dim)
+    scale = config_lib.error_init(cfg)
+    key = jax.random.fold_in(jax.random.PRNGKey(config_lib.train_spec(cfg).seed), 1) if scale else None
+    theta = rules.with_error_input(theta, want.act_dim, scale, key)
   if grown["hidden"]:
     theta = rules.with_more_hidden(theta, want, jax.random.PRNGKey(config_lib.train_spec(cfg).seed))
   return theta, rule.meta_steps

@@ -146,14 +146,31 @@ def with_more_types(theta: Theta, num_types: int, like: int) -> Theta:
   }
 
 
-def with_error_input(theta: Theta, act_dim: int) -> Theta:
+def with_error_input(theta: Theta, act_dim: int, scale: float = 0.0, key: jax.Array | None = None) -> Theta:
   """`theta` of a rule without `RuleSpec.error_input` for a run with it: the error's weights (a row of
   the synapse update's post-side first layer and of its bilinear term) inserted as 0, so that the rule
-  computes what it did until meta-training moves them."""
+  computes what it did until meta-training moves them.
+
+  With `scale` > 0 (and a `key`), they are drawn instead: normal, with `scale` times the root mean
+  square of the post activations' weights in the same layer, so that at 1 the error enters the write
+  as strongly as an activation channel does (`train.error_init`)."""
+
+  def insert(w: jax.Array, axis: int, k: jax.Array | None) -> jax.Array:
+    if not scale:
+      return jnp.insert(w, act_dim, 0.0, axis=axis)
+    act = jax.lax.slice_in_dim(w, 0, act_dim, axis=axis)
+    shape = act.shape[:axis] + (1,) + act.shape[axis + 1 :]
+    row = scale * jnp.sqrt(jnp.mean(jnp.square(act))) * jax.random.normal(k, shape, w.dtype)
+    rest = jax.lax.slice_in_dim(w, act_dim, w.shape[axis], axis=axis)
+    return jnp.concatenate([act, row, rest], axis=axis)
+
+  if scale and key is None:
+    raise ValueError("with_error_input: drawn error weights (scale > 0) need a key")
+  k_post, k_bi = jax.random.split(key) if scale else (None, None)
   p = theta["synapse"]
-  synapse = {**p, "w_post": jnp.insert(p["w_post"], act_dim, 0.0, axis=0)}
+  synapse = {**p, "w_post": insert(p["w_post"], 0, k_post)}
   if "w_bi" in p:
-    synapse["w_bi"] = jnp.insert(p["w_bi"], act_dim, 0.0, axis=1)
+    synapse["w_bi"] = insert(p["w_bi"], 1, k_bi)
   return {**theta, "synapse": synapse}
 
 

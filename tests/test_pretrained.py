@@ -304,6 +304,18 @@ def test_a_run_starts_from_a_saved_rule_and_trains_it_further(trained, tmp_path,
   want = rules.with_more_hidden(want, got.spec, jax.random.PRNGKey(told.seed))
   for a, b in zip(jax.tree.leaves(got.theta), jax.tree.leaves(want), strict=True):
     np.testing.assert_array_equal(a, b)
+  # With `train.error_init` the error's weights are drawn at that times the activations' scale; the rest
+  # of the rule is as it was.
+  told.rule.hidden, told.train.error_init = rule.spec.hidden, 2.0
+  meta_train.train_and_evaluate(told, str(tmp_path / "drawn-error"), evaluate=False)
+  drawn_error = load_rule(str(tmp_path / "drawn-error")).theta["synapse"]
+  da, start = rule.spec.act_dim, rule.theta["synapse"]
+  for name, axis in (("w_post", 0), ("w_bi", 1)):
+    got_w = np.asarray(drawn_error[name])
+    np.testing.assert_array_equal(np.delete(got_w, da, axis=axis), start[name])
+    act_rms = np.sqrt(np.mean(np.square(np.take(start[name], range(da), axis=axis))))
+    error_rms = np.sqrt(np.mean(np.square(np.take(got_w, da, axis=axis))))
+    assert 1.0 < error_rms / act_rms < 3.0, (name, error_rms, act_rms)  # 2 x, as drawn
   # A rule started on a network with fixed random input -> hidden synapses it was not trained with runs,
   # with a warning that names the option and its value for the rule.
   drawn = remember.get_config("tiny")

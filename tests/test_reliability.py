@@ -528,6 +528,7 @@ INVALID_VALUES = {
   "train.max_nonfinite_steps": ("", _int_below(1)),
   "train.decay_steps": ("", _int_below(0)),
   "train.init_rule": ("", st.one_of(st.integers(), st.booleans(), st.just(["hetero"]))),
+  "train.error_init": ("", _float_outside(0.0, float("inf"), False, True)),
   "train.estimator.kind": ("", _not_one_of(gradient_estimators.KINDS)),
   "train.estimator.window": ("", _int_below(0)),
   "train.estimator.horizon": ("", _int_below(0)),

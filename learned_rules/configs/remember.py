@@ -118,6 +118,9 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   # Start from a saved rule instead of the seed's theta: a shipped rule's name ("hetero"), a saved rule
   # (`<path>.json`) or a run directory, of the same rule sizes (its message and fan-in scaling may differ).
   cfg.train.init_rule = ""
+  # With rule.error_input from a saved rule without it: the error's weights drawn at this times the
+  # scale of the activations' weights (rules.with_error_input), instead of 0.
+  cfg.train.error_init = 0.0
 
   # The device mesh (learned_rules/sharding.py): `batch` devices split the episodes of a meta step
   # (0: every device that `neurons` leaves), `neurons` devices split each network's synapses.
