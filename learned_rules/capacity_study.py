@@ -29,6 +29,7 @@ from learned_rules import (
 )
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
+from learned_rules import metrics as metrics_lib
 from learned_rules.capacity_plan import (
   CONTROLS,
   LEARNED,
@@ -244,31 +245,48 @@ def _meta(study: str, network_name: str = "full", axis: str | None = None, value
   return {"study": study, "network": network_name, "axis": axis, "value": value}
 
 
+def _units(plan: Plan) -> list[tuple[str, str]]:
+  """`(study, setting)` of every unit `run` does, in order: a network, the auto setting, a size, a
+  difficulty setting."""
+  units = [("networks", name) for name in plan.networks] if "networks" in plan.studies else []
+  units += [("auto", "full")] if "auto" in plan.studies else []
+  units += [("size", f"N={n}") for n in plan.sizes]
+  return units + [("difficulty", f"{axis}={value}") for axis, value in plan.difficulty]
+
+
 def run(plan: Plan, workdir: str) -> list[dict]:
   """Runs the studies of `plan` in `workdir`; returns all their records, those of `networks` first, then
-  `auto`, `size` and `difficulty`."""
+  `auto`, `size` and `difficulty`. Logs a progress line with the time left after each network, size and
+  setting (`metrics.StudyProgress`)."""
   files.makedirs(workdir)
   s = Study(plan, workdir)
+  units = _units(plan)
+  progress = metrics_lib.StudyProgress("capacity", len(units), kinds=[study for study, _ in units])
   records = []
+
+  def done(out: list[dict]) -> None:  # the next unit's records
+    records.extend(out)
+    progress.done(" ".join(units[progress.count]))
+
   if "networks" in plan.studies:
     for i, name in enumerate(plan.networks):
       # Baselines are evaluated once, on the first network; those of `PER_NETWORK` on every network.
       names = plan.baselines if i == 0 else [b for b in plan.baselines if b in PER_NETWORK]
-      records += s.rule_and_baselines(
-        _meta("networks", name), "hetero", names, plan.k_values, plan.num_episodes
-      )
+      out = s.rule_and_baselines(_meta("networks", name), "hetero", names, plan.k_values, plan.num_episodes)
+      done(out)
   if "auto" in plan.studies:
-    records += s.rule_and_baselines(_meta("auto"), "auto", plan.baselines, plan.k_values, plan.num_episodes)
+    done(s.rule_and_baselines(_meta("auto"), "auto", plan.baselines, plan.k_values, plan.num_episodes))
   for n in plan.sizes:
-    records += s.size_records(n)
+    done(s.size_records(n))
   for axis, value in plan.difficulty:
-    records += s.rule_and_baselines(
+    out = s.rule_and_baselines(
       _meta("difficulty", "full", axis, value),
       "hetero",
       plan.difficulty_baselines,
       plan.difficulty_k_values,
       plan.num_episodes,
     )
+    done(out)
   return records
 
 

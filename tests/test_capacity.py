@@ -25,6 +25,7 @@ from learned_rules import (
 )
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
+from learned_rules import metrics as metrics_lib
 from learned_rules.configs import capacity as capacity_configs
 
 FIGURES = ("recall_vs_k.png", "auto_recall_vs_k.png", "capacity_vs_n.png", "difficulty.png")
@@ -39,13 +40,25 @@ def _tiny_study():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+  """`(workdir, records, progress)`: the tiny study run, and the progress lines it logged."""
   workdir = str(tmp_path_factory.mktemp("capacity"))
-  return workdir, capacity_study.run(capacity_plan.read_plan(_tiny_study()), workdir)
+  logged = []
+  with pytest.MonkeyPatch.context() as patch:
+    record = lambda msg, *args: logged.append(str(msg) % args if args else str(msg))  # noqa: E731
+    patch.setattr(metrics_lib.logging, "info", record)
+    records = capacity_study.run(capacity_plan.read_plan(_tiny_study()), workdir)
+  return workdir, records, [line for line in logged if line.startswith("capacity ")]
 
 
 @pytest.mark.slow  # the tiny study trains and evaluates every rule: about a minute
 def test_every_study_writes_its_records_and_figure(tiny_run, tmp_path):
-  workdir, records = tiny_run
+  workdir, records, progress = tiny_run
+  # One progress line per network, setting and size, in order, the time left once a unit of every kind
+  # still to run has been timed.
+  units = ["networks full", "auto full", "size N=12", "size N=16", "difficulty delay=2", "difficulty delay=6"]
+  assert [line.split(": ", 1)[1].split(" in ")[0] for line in progress] == units, progress
+  assert [line.split(":")[0] for line in progress] == [f"capacity {i}/6" for i in range(1, 7)]
+  assert ["left" in line for line in progress] == [False, False, False, False, True, False], progress
   assert {r["study"] for r in records} == set(capacity_configs.STUDIES)
   rules = {(r["study"], r["rule"]) for r in records}
   for study in ("networks", "auto"):
@@ -92,7 +105,7 @@ def test_every_study_writes_its_records_and_figure(tiny_run, tmp_path):
 
 @pytest.mark.slow  # the tiny study trains and evaluates every rule: about a minute
 def test_a_finished_study_is_read_back_without_evaluating_again(tiny_run, monkeypatch, capsys):
-  workdir, records = tiny_run
+  workdir, records, _ = tiny_run
 
   def fail(*args, **kwargs):
     raise AssertionError("evaluated again")
@@ -121,7 +134,7 @@ def test_a_finished_study_is_read_back_without_evaluating_again(tiny_run, monkey
 def test_the_size_study_evaluates_saved_rules_on_the_same_episodes(tiny_run, tmp_path):
   """A saved copy of the study's own rule, listed in `size.rules`, gives the very numbers of `learned`
   at every N and K; every point has its scored bits and a bootstrap interval around its mean."""
-  workdir, _ = tiny_run
+  workdir, *_ = tiny_run
   save_rule(load_rule(os.path.join(workdir, "full")), str(tmp_path / "copy"))
   study = _tiny_study()
   study.studies = "size"
