@@ -154,7 +154,8 @@ def train_host(
 ) -> tuple[dict, dict]:
   """Trains `variables["params"]` for `step_multiple` x `num_steps` steps on the study's training stream
   (the same batches for every host, in the same order). Returns the trained variables and a JSON-ready
-  record; logs the mean loss and accuracy every `step_multiple` x `log_every` steps."""
+  record; logs the mean loss and accuracy every `step_multiple` x `log_every` steps, with the time left
+  at the steps per second so far."""
   num_steps, log_every = step_multiple * study.num_steps, step_multiple * study.log_every
   train_step = _host_train_step(module, study.clip_norm)
   params = jax.tree.map(jnp.copy, variables["params"])  # the step donates them; `variables` stays valid
@@ -174,9 +175,11 @@ def train_host(
     if step % log_every == 0 or step == num_steps:
       loss_mean, acc_mean = (float(np.mean(x)) for x in zip(*window, strict=True))
       history.append({"step": step, "loss": loss_mean, "accuracy": acc_mean})
+      rate = step / (time.perf_counter() - start)  # compilation included: the first lines overestimate
+      left = f", {rate:.1f} steps/s, about {(num_steps - step) / rate:.0f} s left" if step < num_steps else ""
       log(
         f"{name}: step {step}/{num_steps}: loss {loss_mean:.3f}, train accuracy {acc_mean:.3f} "
-        f"(mean of the last {len(window)} steps, L in {lo}..{hi})"
+        f"(mean of the last {len(window)} steps, L in {lo}..{hi}){left}"
       )
       window = []
   seconds = time.perf_counter() - start

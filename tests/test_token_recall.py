@@ -115,7 +115,13 @@ def test_the_rule_stays_frozen_and_gradients_reach_the_encoders():
     np.testing.assert_array_equal(got, want)  # the loaded rule
   before = jax.device_get(variables)
 
-  trained, record = host_study.train_host("plastic", host, variables, study, log=lambda text: None)
+  lines = []
+  trained, record = host_study.train_host("plastic", host, variables, study, log=lines.append)
+  # A line every log_every steps: the time left on every one but the last.
+  assert [line.split(":")[1] for line in lines] == [
+    f" step {h['step']}/{study.num_steps}" for h in record["history"]
+  ]
+  assert ["s left" in line for line in lines] == [True] * (len(lines) - 1) + [False], lines
   assert host_study.trees_equal(before["rule"], trained["rule"])
   for a, b in zip(jax.tree.leaves(before["rule"]), jax.tree.leaves(trained["rule"]), strict=True):
     np.testing.assert_array_equal(a, b)
