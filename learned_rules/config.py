@@ -323,8 +323,16 @@ def with_overrides(cfg, overrides: dict) -> ml_collections.ConfigDict:
 def error_init(cfg) -> float:
   """`train.error_init`: the scale of the error's weights drawn when a saved rule without
   `rule.error_input` starts a run with it (`rules.with_error_input`), 0 for zeros (the rule starts as it
-  was). Optional: a config from before it existed gives 0."""
-  return float(_optional(cfg, "train.error_init", lambda c, f: _float(c, f, 0.0, float("inf"))))
+  was). Optional: a config from before it existed gives 0. Above 0 it needs `rule.error_input` and
+  `train.init_rule`: there is nothing for it to draw otherwise."""
+  value = float(_optional(cfg, "train.error_init", lambda c, f: _float(c, f, 0.0, float("inf"))))
+  if value and not (_optional_bool(cfg, "rule.error_input") and init_rule(cfg)):
+    raise ConfigError(
+      "train.error_init",
+      f"{value} draws the error's weights of a saved rule without them: it needs rule.error_input=True "
+      "and a train.init_rule",
+    )
+  return value
 
 
 def init_rule(cfg) -> str:

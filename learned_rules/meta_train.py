@@ -293,6 +293,10 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
   want, got = meta_batch.problems[0].rule, rule.spec
   more_types = network.HIDDEN_TYPE < got.num_types < want.num_types
   add_error = want.error_input and not got.error_input
+  if config_lib.error_init(cfg) and not add_error:
+    raise config_lib.ConfigError(
+      "train.error_init", f"{name} has rule.error_input already: its error's weights are trained, not drawn"
+    )
   grown = {"num_types": more_types, "error_input": add_error, "hidden": got.hidden < want.hidden}
   differ = [
     f"rule.{f}: {getattr(got, f)!r}, this run {getattr(want, f)!r}"

@@ -299,3 +299,18 @@ def test_a_task_whose_scored_steps_cannot_see_the_key_is_refused(make_cfg, tmp_p
   # Scoring every query step does not help a step that cannot see the key: still refused.
   cfg.task.query_steps, cfg.task.score_reachable = 2, False
   _assert_names("task.query_steps", cfg)
+
+
+def test_error_init_needs_a_saved_rule_given_the_error(make_cfg):
+  """`train.error_init` draws the error's weights of a saved rule without them: set without
+  `rule.error_input` or without `train.init_rule`, it is refused, naming the field."""
+  cfg = make_cfg("tiny")
+  cfg.train.error_init = 1.0
+  cfg.train.init_rule = "hetero"
+  with pytest.raises(config_lib.ConfigError, match=r"train\.error_init: .*rule\.error_input=True"):
+    config_lib.validate(cfg)
+  cfg.rule.error_input, cfg.train.init_rule = True, ""
+  with pytest.raises(config_lib.ConfigError, match=r"train\.error_init: .*train\.init_rule"):
+    config_lib.validate(cfg)
+  cfg.train.init_rule = "hetero"
+  config_lib.validate(cfg)

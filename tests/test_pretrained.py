@@ -316,6 +316,10 @@ def test_a_run_starts_from_a_saved_rule_and_trains_it_further(trained, tmp_path,
     act_rms = np.sqrt(np.mean(np.square(np.take(start[name], range(da), axis=axis))))
     error_rms = np.sqrt(np.mean(np.square(np.take(got_w, da, axis=axis))))
     assert 1.0 < error_rms / act_rms < 3.0, (name, error_rms, act_rms)  # 2 x, as drawn
+  # A start rule that has the error already keeps its trained weights: drawing them is refused.
+  told.train.init_rule = str(tmp_path / "drawn-error")
+  with pytest.raises(config_lib.ConfigError, match=r"train\.error_init: .* has rule\.error_input already"):
+    meta_train.train_and_evaluate(told, str(tmp_path / "redrawn"), evaluate=False)
   # A rule started on a network with fixed random input -> hidden synapses it was not trained with runs,
   # with a warning that names the option and its value for the rule.
   drawn = remember.get_config("tiny")
