@@ -293,7 +293,8 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
   want, got = meta_batch.problems[0].rule, rule.spec
   more_types = network.HIDDEN_TYPE < got.num_types < want.num_types
   add_error = want.error_input and not got.error_input
-  if config_lib.error_init(cfg) and not add_error:
+  error_scale = config_lib.error_init(cfg)
+  if error_scale and not add_error:
     raise config_lib.ConfigError(
       "train.error_init", f"{name} has rule.error_input already: its error's weights are trained, not drawn"
     )
@@ -318,14 +319,14 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
       trained,
     )
   theta = jax.tree.map(jax.numpy.asarray, rule.theta)
+  seed_key = jax.random.PRNGKey(config_lib.train_spec(cfg).seed)  # of the weights a grown rule draws
   if more_types:
     theta = rules.with_more_types(theta, want.num_types, like=network.HIDDEN_TYPE)
   if add_error:
-    scale = config_lib.error_init(cfg)
-    key = jax.random.fold_in(jax.random.PRNGKey(config_lib.train_spec(cfg).seed), 1) if scale else None
-    theta = rules.with_error_input(theta, want.act_dim, scale, key)
+    key = jax.random.fold_in(seed_key, 1) if error_scale else None
+    theta = rules.with_error_input(theta, want.act_dim, error_scale, key)
   if grown["hidden"]:
-    theta = rules.with_more_hidden(theta, want, jax.random.PRNGKey(config_lib.train_spec(cfg).seed))
+    theta = rules.with_more_hidden(theta, want, seed_key)
   return theta, rule.meta_steps
 
 

@@ -156,11 +156,13 @@ def with_error_input(theta: Theta, act_dim: int, scale: float = 0.0, key: jax.Ar
   as strongly as an activation channel does (`train.error_init`)."""
 
   def insert(w: jax.Array, axis: int, k: jax.Array | None) -> jax.Array:
-    if not scale:
-      return jnp.insert(w, act_dim, 0.0, axis=axis)
+    """`w` with the error's row inserted after its `act_dim` activation rows along `axis`."""
     act = jax.lax.slice_in_dim(w, 0, act_dim, axis=axis)
     shape = act.shape[:axis] + (1,) + act.shape[axis + 1 :]
-    row = scale * jnp.sqrt(jnp.mean(jnp.square(act))) * jax.random.normal(k, shape, w.dtype)
+    if k is None:
+      row = jnp.zeros(shape, w.dtype)
+    else:
+      row = scale * jnp.sqrt(jnp.mean(jnp.square(act))) * jax.random.normal(k, shape, w.dtype)
     rest = jax.lax.slice_in_dim(w, act_dim, w.shape[axis], axis=axis)
     return jnp.concatenate([act, row, rest], axis=axis)
 
