@@ -13,8 +13,10 @@ key-blind floor.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
+from collections.abc import Callable
 
 import jax
 
@@ -245,13 +247,36 @@ def _meta(study: str, network_name: str = "full", axis: str | None = None, value
   return {"study": study, "network": network_name, "axis": axis, "value": value}
 
 
-def _units(plan: Plan) -> list[tuple[str, str]]:
-  """`(study, setting)` of every unit `run` does, in order: a network, the auto setting, a size, a
-  difficulty setting."""
-  units = [("networks", name) for name in plan.networks] if "networks" in plan.studies else []
-  units += [("auto", "full")] if "auto" in plan.studies else []
-  units += [("size", f"N={n}") for n in plan.sizes]
-  return units + [("difficulty", f"{axis}={value}") for axis, value in plan.difficulty]
+def _units(plan: Plan, s: Study) -> list[tuple[str, str, Callable[[], list[dict]]]]:
+  """`(study, setting, records)` of every unit `run` does, in order: a network, the auto setting, a
+  size, a difficulty setting; `records()` runs the unit and returns its records."""
+  units = []
+  if "networks" in plan.studies:
+    for i, name in enumerate(plan.networks):
+      # Baselines are evaluated once, on the first network; those of `PER_NETWORK` on every network.
+      names = plan.baselines if i == 0 else [b for b in plan.baselines if b in PER_NETWORK]
+      meta = _meta("networks", name)
+      run_network = functools.partial(
+        s.rule_and_baselines, meta, "hetero", names, plan.k_values, plan.num_episodes
+      )
+      units.append(("networks", name, run_network))
+  if "auto" in plan.studies:
+    run_auto = functools.partial(
+      s.rule_and_baselines, _meta("auto"), "auto", plan.baselines, plan.k_values, plan.num_episodes
+    )
+    units.append(("auto", "full", run_auto))
+  units += [("size", f"N={n}", functools.partial(s.size_records, n)) for n in plan.sizes]
+  for axis, value in plan.difficulty:
+    run_setting = functools.partial(
+      s.rule_and_baselines,
+      _meta("difficulty", "full", axis, value),
+      "hetero",
+      plan.difficulty_baselines,
+      plan.difficulty_k_values,
+      plan.num_episodes,
+    )
+    units.append(("difficulty", f"{axis}={value}", run_setting))
+  return units
 
 
 def run(plan: Plan, workdir: str) -> list[dict]:
@@ -259,34 +284,12 @@ def run(plan: Plan, workdir: str) -> list[dict]:
   `auto`, `size` and `difficulty`. Logs a progress line with the time left after each network, size and
   setting (`metrics.StudyProgress`)."""
   files.makedirs(workdir)
-  s = Study(plan, workdir)
-  units = _units(plan)
-  progress = metrics_lib.StudyProgress("capacity", len(units), kinds=[study for study, _ in units])
+  units = _units(plan, Study(plan, workdir))
+  progress = metrics_lib.StudyProgress("capacity", len(units), kinds=[study for study, _, _ in units])
   records = []
-
-  def done(out: list[dict]) -> None:  # the next unit's records
-    records.extend(out)
-    progress.done(" ".join(units[progress.count]))
-
-  if "networks" in plan.studies:
-    for i, name in enumerate(plan.networks):
-      # Baselines are evaluated once, on the first network; those of `PER_NETWORK` on every network.
-      names = plan.baselines if i == 0 else [b for b in plan.baselines if b in PER_NETWORK]
-      out = s.rule_and_baselines(_meta("networks", name), "hetero", names, plan.k_values, plan.num_episodes)
-      done(out)
-  if "auto" in plan.studies:
-    done(s.rule_and_baselines(_meta("auto"), "auto", plan.baselines, plan.k_values, plan.num_episodes))
-  for n in plan.sizes:
-    done(s.size_records(n))
-  for axis, value in plan.difficulty:
-    out = s.rule_and_baselines(
-      _meta("difficulty", "full", axis, value),
-      "hetero",
-      plan.difficulty_baselines,
-      plan.difficulty_k_values,
-      plan.num_episodes,
-    )
-    done(out)
+  for study, setting, unit_records in units:
+    records.extend(unit_records())
+    progress.done(f"{study} {setting}")
   return records
 
 

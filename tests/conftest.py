@@ -25,6 +25,7 @@ costs far more than the compile time saved.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -62,7 +63,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from learned_rules import evaluation, network, probe, rules, storage_probe  # noqa: E402
+from learned_rules import evaluation, metrics, network, probe, rules, storage_probe  # noqa: E402
 from learned_rules.configs import remember  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,6 +223,24 @@ def assert_trees_close(actual, expected, rtol: float = 1e-5, atol: float = 1e-6)
 @pytest.fixture(scope="session")
 def trees_close():
   return assert_trees_close
+
+
+@contextlib.contextmanager
+def logged_info():
+  """The absl INFO lines the library logs (through `metrics.logging`) inside the block, formatted, in
+  the list it yields."""
+  lines: list[str] = []
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(
+      metrics.logging, "info", lambda msg, *args: lines.append(str(msg) % args if args else str(msg))
+    )
+    yield lines
+
+
+@pytest.fixture(scope="session")
+def info_lines():
+  """`with info_lines() as lines:` collects the library's absl INFO lines (`logged_info`)."""
+  return logged_info
 
 
 @pytest.fixture(scope="session")

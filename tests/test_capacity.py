@@ -25,7 +25,6 @@ from learned_rules import (
 )
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
-from learned_rules import metrics as metrics_lib
 from learned_rules.configs import capacity as capacity_configs
 
 FIGURES = ("recall_vs_k.png", "auto_recall_vs_k.png", "capacity_vs_n.png", "difficulty.png")
@@ -39,13 +38,10 @@ def _tiny_study():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, info_lines):
   """`(workdir, records, progress)`: the tiny study run, and the progress lines it logged."""
   workdir = str(tmp_path_factory.mktemp("capacity"))
-  logged = []
-  with pytest.MonkeyPatch.context() as patch:
-    record = lambda msg, *args: logged.append(str(msg) % args if args else str(msg))  # noqa: E731
-    patch.setattr(metrics_lib.logging, "info", record)
+  with info_lines() as logged:
     records = capacity_study.run(capacity_plan.read_plan(_tiny_study()), workdir)
   return workdir, records, [line for line in logged if line.startswith("capacity ")]
 

@@ -14,7 +14,6 @@ import pytest
 
 from learned_rules import config as config_lib
 from learned_rules import estimator_study, gradient_estimators, meta_train, rules
-from learned_rules import metrics as metrics_lib
 from learned_rules.configs import estimators as estimator_configs
 
 
@@ -28,13 +27,10 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tiny, tmp_path_factory):
+def tiny_run(tiny, tmp_path_factory, info_lines):
   """`(workdir, results, logged)`: the tiny study run, and the absl INFO lines it logged."""
   workdir = str(tmp_path_factory.mktemp("estimators"))
-  logged = []
-  with pytest.MonkeyPatch.context() as patch:
-    record = lambda msg, *args: logged.append(str(msg) % args if args else str(msg))  # noqa: E731
-    patch.setattr(metrics_lib.logging, "info", record)
+  with info_lines() as logged:
     out = estimator_study.run_study(tiny[0], workdir)
   estimator_study.plot(out["results"], os.path.join(workdir, "estimators.png"))
   return workdir, out, logged

@@ -45,13 +45,11 @@ def test_progress_is_not_rewritten_in_place_off_a_terminal():
   assert stream.getvalue() == ""  # logged instead, so log files hold no carriage returns
 
 
-def test_study_progress_estimates_time_left_once_every_kind_still_to_run_has_been_timed(monkeypatch):
-  lines = []
-  record = lambda line, *args: lines.append(line % args if args else line)  # noqa: E731
-  monkeypatch.setattr(metrics.logging, "info", record)
-  progress = metrics.StudyProgress("study", 4, kinds=["tune", "run", "tune", "run"])
-  for unit in ("t0", "r0", "t1", "r1"):
-    progress.done(unit)
+def test_study_progress_estimates_time_left_once_every_kind_still_to_run_has_been_timed(info_lines):
+  with info_lines() as lines:
+    progress = metrics.StudyProgress("study", 4, kinds=["tune", "run", "tune", "run"])
+    for unit in ("t0", "r0", "t1", "r1"):
+      progress.done(unit)
   assert [line.split(":")[0] for line in lines] == ["study 1/4", "study 2/4", "study 3/4", "study 4/4"]
   assert ["s left" in line for line in lines] == [False, True, True, False]  # "run" untimed after 1
   with pytest.raises(ValueError, match="3 kinds for 4 units"):
