@@ -197,7 +197,8 @@ def run(
       sys.exit(EXIT_BAD_INPUT)
     metrics_lib.quiet_library_logs()
     values = flags.FLAGS
-    if distributed and values.distributed:
+    joined = distributed and values.distributed
+    if joined:
       try:
         sharding.initialize_distributed(values.coordinator_address, values.num_processes, values.process_id)
       except ValueError as e:
@@ -213,7 +214,14 @@ def run(
     if folder is None:
       print("error: --workdir: required", file=sys.stderr)
       sys.exit(EXIT_BAD_INPUT)
-    call(main, cfg, folder, opts)
+    try:
+      call(main, cfg, folder, opts)
+    except SystemExit as e:
+      if joined and e.code == EXIT_PREEMPTED:  # every process stopped at the same step
+        sharding.shutdown_distributed()
+      raise
+    if joined:
+      sharding.shutdown_distributed()
 
   _define(config, workdir_help, extra, distributed)
   app.run(_main, flags_parser=_parse)
