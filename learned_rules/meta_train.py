@@ -272,8 +272,9 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
   rule trained with "mean" messages continues under "sqrt_ref" at the same reference fan-in, say. A
   rule with fewer neuron types, one of them hidden, starts the run's extra types (a layered network's
   deeper hidden layers) as its hidden type (`rules.with_more_types`); a rule without
-  `rule.error_input`, or with fewer hidden units in its MLPs (`rule.hidden`), starts a run with it
-  (with more) computing what it did (`rules.with_error_input`, `rules.with_more_hidden`); with
+  `rule.error_input`, with fewer synapse state channels (`rule.synapse_dim`) or with fewer hidden
+  units in its MLPs (`rule.hidden`), starts a run with it (with more) computing what it did
+  (`rules.with_error_input`, `rules.with_more_synapse_state`, `rules.with_more_hidden`); with
   `train.error_init` > 0 the error's weights are drawn instead of 0.
 
   A rule meta-trained with other fixed random input -> hidden synapses (`net.random_input_synapses`)
@@ -298,7 +299,12 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
     raise config_lib.ConfigError(
       "train.error_init", f"{name} has rule.error_input already: its error's weights are trained, not drawn"
     )
-  grown = {"num_types": more_types, "error_input": add_error, "hidden": got.hidden < want.hidden}
+  grown = {
+    "num_types": more_types,
+    "error_input": add_error,
+    "synapse_dim": got.synapse_dim < want.synapse_dim,
+    "hidden": got.hidden < want.hidden,
+  }
   differ = [
     f"rule.{f}: {getattr(got, f)!r}, this run {getattr(want, f)!r}"
     for f in _RULE_LAYOUT
@@ -325,6 +331,8 @@ def initial_theta(cfg, meta_batch: MetaBatch, topos: tuple) -> tuple[rules.Theta
   if add_error:
     key = jax.random.fold_in(seed_key, 1) if error_scale else None
     theta = rules.with_error_input(theta, want.act_dim, error_scale, key)
+  if grown["synapse_dim"]:
+    theta = rules.with_more_synapse_state(theta, want, jax.random.fold_in(seed_key, 2))
   if grown["hidden"]:
     theta = rules.with_more_hidden(theta, want, seed_key)
   return theta, rule.meta_steps

@@ -176,6 +176,42 @@ def with_error_input(theta: Theta, act_dim: int, scale: float = 0.0, key: jax.Ar
   return {**theta, "synapse": synapse}
 
 
+def with_more_synapse_state(theta: Theta, spec: RuleSpec, key: jax.Array) -> Theta:
+  """`theta` of a rule with fewer synapse state channels for `spec`'s `synapse_dim`, the new channels
+  appended after the old ones.
+
+  The synapse update writes the new channels (its outgoing weights into them drawn as
+  `init_theta(key, spec)` draws them, their decay and rate as it starts them), but nothing reads them
+  yet: their weights into `f_s`, and through the messages into `f_b`, are 0, and every synapse starts
+  them at 0. So the rule computes what it did until meta-training moves those weights, and their
+  gradient is not 0 from a synapse's second update on.
+  """
+  have = theta["synapse"]["w_s"].shape[0]
+  if have > spec.synapse_dim:
+    raise ValueError(f"with_more_synapse_state: {have} synapse state channels to {spec.synapse_dim}")
+  fresh = init_theta(key, spec)["synapse"]
+  extra, da = spec.synapse_dim - have, spec.act_dim
+  units = theta["synapse"]["w2"].shape[0]  # the rule's hidden units (grown after this, if at all)
+
+  def zeros_after(w: jax.Array, row: int, count: int) -> jax.Array:
+    return jnp.concatenate([w[:row], jnp.zeros((count, *w.shape[1:]), w.dtype), w[row:]])
+
+  msg_end = spec.body_dim + have * da  # the messages' rows of f_b's inputs end here (channel-major)
+  body = {**theta["body"], **{k: zeros_after(theta["body"][k], msg_end, extra * da) for k in ("w1", "wz")}}
+  p = theta["synapse"]
+  synapse = {
+    **p,
+    "w_s": zeros_after(p["w_s"], have, extra),
+    "w2": jnp.concatenate([p["w2"], fresh["w2"][:units, have:]], axis=1),
+    "b2": jnp.concatenate([p["b2"], jnp.zeros((extra,), p["b2"].dtype)]),
+    "decay_logit": jnp.concatenate([p["decay_logit"], fresh["decay_logit"][have:]]),
+    "rate_logit": jnp.concatenate([p["rate_logit"], fresh["rate_logit"][have:]]),
+  }
+  init = theta["init_synapse"]
+  init_synapse = jnp.concatenate([init, jnp.zeros((*init.shape[:2], extra), init.dtype)], axis=-1)
+  return {**theta, "body": body, "synapse": synapse, "init_synapse": init_synapse}
+
+
 # The hidden units of `f_b` and `f_s`: every weight with an axis of length `RuleSpec.hidden`, that axis,
 # and whether it holds the units' outgoing weights.
 _HIDDEN_AXES = {

@@ -519,6 +519,45 @@ def test_more_hidden_units_start_as_the_rule_with_fewer(theta, small_spec, full_
     rules.with_more_hidden(grown, small_spec, jax.random.PRNGKey(9))
 
 
+def test_more_synapse_state_starts_as_the_rule_with_less(
+  theta, small_spec, full_topo, net_state, trees_close
+):
+  """`rules.with_more_synapse_state`: two more channels in every synapse, started at 0. The grown rule
+  steps as before on the old channels, bodies and readouts; it writes the new channels, and from the
+  second step on its loss has a gradient into the weights that read them (into `f_s` and `f_b`)."""
+  have = small_spec.synapse_dim
+  spec = dataclasses.replace(small_spec, synapse_dim=have + 2)
+  grown = rules.with_more_synapse_state(theta, spec, jax.random.PRNGKey(9))
+  chex.assert_trees_all_equal_shapes(grown, jax.eval_shape(rules.init_theta, jax.random.PRNGKey(0), spec))
+  padded = net_state.replace(
+    synapses=tuple(
+      jnp.concatenate([s, jnp.zeros((*s.shape[:-1], 2), s.dtype)], -1) for s in net_state.synapses
+    )
+  )
+  x = jnp.asarray(np.random.default_rng(7).choice([-1.0, 1.0], full_topo.num_neurons), jnp.float32)
+  state, want_state = padded, net_state
+  for _ in range(2):  # the second step reads the channels the first wrote
+    (state, out), (want_state, want_out) = (
+      _step(grown, full_topo, spec, state, x),
+      _step(theta, full_topo, small_spec, want_state, x),
+    )
+    assert np.abs(_dense(full_topo, state)[..., have:]).max() > 1e-3  # the new channels are written
+    trees_close((state.bodies, out), (want_state.bodies, want_out), rtol=RTOL, atol=ATOL)
+    trees_close(tuple(s[..., :have] for s in state.synapses), want_state.synapses, rtol=RTOL, atol=ATOL)
+
+  def loss(t):
+    first, _ = _eager_step(t, full_topo, spec, padded, x)
+    second, _ = _eager_step(t, full_topo, spec, first, x)
+    return jnp.sum(second.bodies**2) + jnp.sum(second.synapses[0] ** 2)
+
+  grads = jax.grad(loss)(grown)
+  msg_end = small_spec.body_dim + have * small_spec.act_dim
+  assert np.abs(grads["body"]["w1"][msg_end : msg_end + 2 * small_spec.act_dim]).max() > 1e-6
+  assert np.abs(grads["synapse"]["w_s"][have:]).max() > 1e-6
+  with pytest.raises(ValueError, match="synapse state channels"):
+    rules.with_more_synapse_state(grown, small_spec, jax.random.PRNGKey(9))
+
+
 def _permute_group(topo: network.Topology, group: int, seed: int) -> np.ndarray:
   """A permutation of all neurons that shuffles the neurons of one type among themselves."""
   types = np.asarray(topo.types)

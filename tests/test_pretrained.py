@@ -292,21 +292,29 @@ def test_a_run_starts_from_a_saved_rule_and_trains_it_further(trained, tmp_path,
   want = rules.with_more_types(rule.theta, 4, like=2)
   for a, b in zip(jax.tree.leaves(got.theta), jax.tree.leaves(want), strict=True):
     np.testing.assert_array_equal(a, b)
-  # A rule without the post neurons' errors, and with fewer hidden units in its MLPs, starts a run with
-  # them as it was: the error's weights and the new units' outgoing weights at 0.
+  # A rule without the post neurons' errors, with fewer synapse state channels and with fewer hidden
+  # units in its MLPs, starts a run with them as it was: the error's weights, the weights that read
+  # the new channels and the new units' outgoing weights at 0.
   told = remember.get_config("tiny")
   told.train.num_steps, told.rule.error_input, told.rule.hidden = 0, True, rule.spec.hidden + 4
+  told.rule.synapse_dim = rule.spec.synapse_dim + 2
   told.train.init_rule = str(tmp_path / "start")
   meta_train.train_and_evaluate(told, str(tmp_path / "told"), evaluate=False)
   got = load_rule(str(tmp_path / "told"))
   assert got.spec.error_input and not rule.spec.error_input
   want = rules.with_error_input(rule.theta, rule.spec.act_dim)
-  want = rules.with_more_hidden(want, got.spec, jax.random.PRNGKey(told.seed))
+  seed_key = jax.random.PRNGKey(told.seed)
+  want = rules.with_more_synapse_state(want, got.spec, jax.random.fold_in(seed_key, 2))
+  want = rules.with_more_hidden(want, got.spec, seed_key)
   for a, b in zip(jax.tree.leaves(got.theta), jax.tree.leaves(want), strict=True):
     np.testing.assert_array_equal(a, b)
   # With `train.error_init` the error's weights are drawn at that times the activations' scale; the rest
   # of the rule is as it was.
-  told.rule.hidden, told.train.error_init = rule.spec.hidden, 2.0
+  told.rule.hidden, told.rule.synapse_dim, told.train.error_init = (
+    rule.spec.hidden,
+    rule.spec.synapse_dim,
+    2.0,
+  )
   meta_train.train_and_evaluate(told, str(tmp_path / "drawn-error"), evaluate=False)
   drawn_error = load_rule(str(tmp_path / "drawn-error")).theta["synapse"]
   da, start = rule.spec.act_dim, rule.theta["synapse"]
