@@ -147,8 +147,8 @@ def shutdown_distributed() -> None:
   """Leaves a multi-process run at its end, in every process, while JAX is still whole.
 
   `jax.distributed.shutdown` waits until every process has called it, then disconnects this one;
-  process 0 stops the coordinator last. Left to interpreter exit, JAX runs it only after its
-  backends are cleared, and process 0's coordinator could then stop with another process's last
-  requests still arriving, which aborts the process (a gRPC check) after its work is done.
+  process 0 stops the coordinator last. Left to interpreter exit, JAX runs it only after clearing
+  its backends, and there process 0 was once seen to abort after its work was done, on a gRPC check
+  in the coordinator's shutdown (requests still queued).
   """
   jax.distributed.shutdown()
