@@ -146,6 +146,13 @@ def with_more_types(theta: Theta, num_types: int, like: int) -> Theta:
   }
 
 
+def _insert(w: jax.Array, at: int, new: jax.Array, axis: int = 0) -> jax.Array:
+  """`w` with `new` inserted before its entry `at` along `axis` (at its end for `at` = its length)."""
+  head = jax.lax.slice_in_dim(w, 0, at, axis=axis)
+  tail = jax.lax.slice_in_dim(w, at, w.shape[axis], axis=axis)
+  return jnp.concatenate([head, new, tail], axis=axis)
+
+
 def with_error_input(theta: Theta, act_dim: int, scale: float = 0.0, key: jax.Array | None = None) -> Theta:
   """`theta` of a rule without `RuleSpec.error_input` for a run with it: the error's weights (a row of
   the synapse update's post-side first layer and of its bilinear term) inserted as 0, so that the rule
@@ -163,8 +170,7 @@ def with_error_input(theta: Theta, act_dim: int, scale: float = 0.0, key: jax.Ar
       row = jnp.zeros(shape, w.dtype)
     else:
       row = scale * jnp.sqrt(jnp.mean(jnp.square(act))) * jax.random.normal(k, shape, w.dtype)
-    rest = jax.lax.slice_in_dim(w, act_dim, w.shape[axis], axis=axis)
-    return jnp.concatenate([act, row, rest], axis=axis)
+    return _insert(w, act_dim, row, axis)
 
   if scale and key is None:
     raise ValueError("with_error_input: drawn error weights (scale > 0) need a key")
@@ -193,22 +199,24 @@ def with_more_synapse_state(theta: Theta, spec: RuleSpec, key: jax.Array) -> The
   extra, da = spec.synapse_dim - have, spec.act_dim
   units = theta["synapse"]["w2"].shape[0]  # the rule's hidden units (grown after this, if at all)
 
-  def zeros_after(w: jax.Array, row: int, count: int) -> jax.Array:
-    return jnp.concatenate([w[:row], jnp.zeros((count, *w.shape[1:]), w.dtype), w[row:]])
+  def zeros(w: jax.Array, count: int, axis: int = 0) -> jax.Array:
+    return jnp.zeros(w.shape[:axis] + (count,) + w.shape[axis + 1 :], w.dtype)
 
   msg_end = spec.body_dim + have * da  # the messages' rows of f_b's inputs end here (channel-major)
-  body = {**theta["body"], **{k: zeros_after(theta["body"][k], msg_end, extra * da) for k in ("w1", "wz")}}
+  body = {**theta["body"]}
+  for name in ("w1", "wz"):
+    body[name] = _insert(body[name], msg_end, zeros(body[name], extra * da))
   p = theta["synapse"]
   synapse = {
     **p,
-    "w_s": zeros_after(p["w_s"], have, extra),
-    "w2": jnp.concatenate([p["w2"], fresh["w2"][:units, have:]], axis=1),
-    "b2": jnp.concatenate([p["b2"], jnp.zeros((extra,), p["b2"].dtype)]),
-    "decay_logit": jnp.concatenate([p["decay_logit"], fresh["decay_logit"][have:]]),
-    "rate_logit": jnp.concatenate([p["rate_logit"], fresh["rate_logit"][have:]]),
+    "w_s": _insert(p["w_s"], have, zeros(p["w_s"], extra)),
+    "w2": _insert(p["w2"], have, fresh["w2"][:units, have:], axis=1),
+    "b2": _insert(p["b2"], have, zeros(p["b2"], extra)),
+    "decay_logit": _insert(p["decay_logit"], have, fresh["decay_logit"][have:]),
+    "rate_logit": _insert(p["rate_logit"], have, fresh["rate_logit"][have:]),
   }
   init = theta["init_synapse"]
-  init_synapse = jnp.concatenate([init, jnp.zeros((*init.shape[:2], extra), init.dtype)], axis=-1)
+  init_synapse = _insert(init, have, zeros(init, extra, axis=2), axis=2)
   return {**theta, "body": body, "synapse": synapse, "init_synapse": init_synapse}
 
 

@@ -310,11 +310,8 @@ def test_a_run_starts_from_a_saved_rule_and_trains_it_further(trained, tmp_path,
     np.testing.assert_array_equal(a, b)
   # With `train.error_init` the error's weights are drawn at that times the activations' scale; the rest
   # of the rule is as it was.
-  told.rule.hidden, told.rule.synapse_dim, told.train.error_init = (
-    rule.spec.hidden,
-    rule.spec.synapse_dim,
-    2.0,
-  )
+  told.rule.hidden, told.rule.synapse_dim = rule.spec.hidden, rule.spec.synapse_dim
+  told.train.error_init = 2.0
   meta_train.train_and_evaluate(told, str(tmp_path / "drawn-error"), evaluate=False)
   drawn_error = load_rule(str(tmp_path / "drawn-error")).theta["synapse"]
   da, start = rule.spec.act_dim, rule.theta["synapse"]
