@@ -48,6 +48,7 @@ OPTIONAL_FIELDS = {
   "net.random_input_synapses": 0.0,
   "task.score_reachable": True,
   "task.hold_for_latency": False,
+  "task.first_scored_step": 0,
   "train.estimator.kind": "truncated",
   "train.estimator.window": 0,
   "train.estimator.horizon": 0,

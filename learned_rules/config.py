@@ -189,6 +189,12 @@ def _validate_task(cfg) -> None:
     _int(cfg, "task.window", 1)
   for name in ("score_reachable", "hold_for_latency"):
     _optional_bool(cfg, f"task.{name}")
+  first_scored_step(cfg)
+
+
+def first_scored_step(cfg) -> int:
+  """`task.first_scored_step`, validated >= 0 (optional: `_optional`)."""
+  return _optional(cfg, "task.first_scored_step", lambda c, d: _int(c, d, 0))
 
 
 def key_latency(cfg) -> int:
@@ -213,6 +219,13 @@ def _validate_latency(cfg) -> None:
       "task.query_steps",
       f"{r} query steps, but a key takes {latency + 1} steps to reach the outputs of {where}: no scored "
       f"step can see the key; set task.query_steps >= {latency + 1}",
+    )
+  first = first_scored_step(cfg)
+  if r <= first:
+    raise ConfigError(
+      "task.first_scored_step",
+      f"scores no query step before step {first} (0-based), but a query has only {r} steps "
+      f"(task.query_steps): nothing would be scored",
     )
 
 
@@ -549,4 +562,5 @@ def task_spec(cfg, topo: network.Topology, num_snippets: int | None = None) -> t
     latency=network.key_latency(topo),
     score_reachable=_optional_bool(cfg, "task.score_reachable"),
     hold_for_latency=_optional_bool(cfg, "task.hold_for_latency"),
+    first_scored_step=first_scored_step(cfg),
   )

@@ -14,7 +14,8 @@ task". An episode is the external input of every neuron at every step plus the s
 Latency. A key shown at step t reaches a neuron k synapses away only at step t + k - 1, so in a
 network whose outputs are k synapses from its inputs, the first L = k - 1 steps of a query cannot see
 its key (`network.key_latency`; L = 0 in `full` and `sparse`, the hidden-layer count in `layered`).
-`TaskSpec.latency` is L; `score_reachable` scores only the query steps r >= L, and `hold_for_latency`
+`TaskSpec.latency` is L; `score_reachable` scores only the query steps r >= L (and r >= `first_scored_step`,
+which can ask for a later first step than the latency's), and `hold_for_latency`
 shows each snippet's key L steps before its value (the key for L + P steps, the value on the last P),
 so that the value meets its key at the outputs. A task whose scored steps could never see the key is
 refused by `config.validate`.
@@ -55,6 +56,10 @@ class TaskSpec:
   window: int = 24  # W, streaming only
   latency: int = 0  # L: steps before a key shown on the inputs reaches the outputs (network.key_latency)
   score_reachable: bool = True  # score only query steps r >= L, from which the key can reach the outputs
+  # Score no query step before this one either: in `full`, 1 scores only the steps a key can have
+  # reached the outputs through a hidden neuron (two synapses), not through the direct input synapses
+  # alone (docs/RESULTS.md, "Past the linear store: what the wiring allows").
+  first_scored_step: int = 0
   hold_for_latency: bool = False  # show each key L steps before its value (the key for L + P steps)
 
   @property
@@ -69,8 +74,9 @@ class TaskSpec:
 
   @property
   def first_scored_query_step(self) -> int:
-    """The first step (0-based, of R) of a query that is scored: L with `score_reachable`, else 0."""
-    return self.latency if self.score_reachable else 0
+    """The first step (0-based, of R) of a query that is scored: L with `score_reachable`, else 0, or
+    `first_scored_step` if that is later."""
+    return max(self.latency if self.score_reachable else 0, self.first_scored_step)
 
   @property
   def slot_steps(self) -> int:

@@ -330,6 +330,18 @@ def test_latency_scores_reachable_steps_and_holds_keys():
   assert _episode(plain).score.sum() == spec.num_queries * 3
 
 
+@pytest.mark.parametrize("latency, first, scored", [(0, 1, [0, 1, 1]), (0, 2, [0, 0, 1]), (2, 1, [0, 0, 1])])
+def test_first_scored_step_leaves_the_earlier_query_steps_unscored(latency, first, scored):
+  """`first_scored_step` scores no query step before it, nor one before the latency's first: the
+  later of the two is the first scored. The inputs are the episode's without it."""
+  spec = dataclasses.replace(HETERO, cycles=1, latency=latency, query_steps=3)
+  later = dataclasses.replace(spec, first_scored_step=first)
+  episode = _episode(later)
+  query_score = episode.score[-spec.num_queries * 3 :].reshape(spec.num_queries, 3)
+  np.testing.assert_array_equal(query_score, [scored] * spec.num_queries)
+  np.testing.assert_array_equal(episode.x, _episode(spec).x)
+
+
 def test_stream_latency_scores_reachable_steps_and_holds_keys():
   spec = dataclasses.replace(STREAM, latency=1, hold_for_latency=True, query_steps=3, window=60)
   assert spec.slot_steps == 1 + spec.present_steps + spec.gap_steps + 3

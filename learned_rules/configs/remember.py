@@ -87,6 +87,9 @@ def get_config(variant: str = "") -> config_lib.ConfigDict:
   # the hidden-layer count in `layered`); a task whose query steps are all earlier is refused.
   cfg.task.score_reachable = True  # score only the query steps from which the key can reach the outputs
   cfg.task.hold_for_latency = False  # show each key L steps before its value, so the value meets it
+  # Score no query step before this one (0-based) either: 1 in `full` scores only the steps a key can
+  # reach the outputs by through a hidden neuron.
+  cfg.task.first_scored_step = 0
 
   cfg.train = config_lib.ConfigDict()
   cfg.train.batch_size = 16
