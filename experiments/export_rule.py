@@ -7,6 +7,8 @@ r"""Save a meta-trained rule as a few-KB file that `learned_rules.load_rule` rea
 
   python -m experiments.export_rule --workdir=runs/c1 --name=general --set=rule.rate_power=0.75 \
       --out_dir=learned_rules/pretrained                                         # its fan-in scaling changed
+  python -m experiments.export_rule --workdir=DIR --name=mine \
+      --set="eval.k_values=(12, 16, 24, 32),eval.num_episodes=512"              # measured on these
 
 Restores the latest checkpoint of the run in `--workdir`, measures its held-out recall against K (the
 run's `eval.k_values` and `eval.num_episodes`; a streaming rule: its recall on that many fresh streams,
@@ -16,7 +18,9 @@ as the trainer measures it), and writes `<out_dir>/<name>.msgpack` (theta) and
 `size.rules` listed this rule), its recall against K at every size N goes into the file too.
 `--set` changes how the rule scales with fan-in (`rule.message_norm`, `rule.reference_fan_in`,
 `rule.scale_rate`, `rule.rate_power`, `rule.decay_power`, `rule.center_synapses`: fields that leave
-theta's layout alone) before it is measured and saved; the command in the file records it.
+theta's layout alone) before it is measured and saved, or what it is measured on (`eval.k_values`,
+`eval.num_episodes`: a run whose own held-out evaluation was shortened, measured in full); the command
+in the file records it.
 `--out_dir` defaults to `<workdir>/exported/`; `load_rule` reads a rule there by its path. Shipping a
 rule means `--out_dir=learned_rules/pretrained`, the package's own folder, whose rules `load_rule(name)`
 finds by name.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 
 from absl import flags
 
@@ -36,7 +41,8 @@ from experiments import harness
 from learned_rules import config as config_lib
 from learned_rules import evaluation, files, pretrained, rule_export
 
-# The rule fields `--set` may change: how the rule scales with fan-in, not the shape of its theta.
+# The fields `--set` may change: how the rule scales with fan-in, not the shape of its theta, and what
+# it is measured on (a run whose own held-out evaluation was shortened is measured in full).
 SETTABLE = (
   "rule.message_norm",
   "rule.reference_fan_in",
@@ -44,6 +50,8 @@ SETTABLE = (
   "rule.rate_power",
   "rule.decay_power",
   "rule.center_synapses",
+  "eval.k_values",
+  "eval.num_episodes",
 )
 
 
@@ -51,7 +59,8 @@ def parse_set(text: str) -> dict:
   """`--set`'s `field=value,...` as `{field: value}`, values as Python literals (a bare word is a string);
   a `UsageError` for anything but the `SETTABLE` fields."""
   overrides = {}
-  for part in filter(None, (p.strip() for p in text.split(","))):
+  parts = re.split(r",(?=\s*[a-z_]+\.[a-z_]+\s*=)", text)  # at the commas before a field, not in a tuple
+  for part in filter(None, (p.strip() for p in parts)):
     field, eq, value = part.partition("=")
     if not eq or field not in SETTABLE:
       raise harness.UsageError(f"--set: {part!r} is not field=value with a field of {SETTABLE}")

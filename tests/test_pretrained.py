@@ -224,14 +224,13 @@ def test_saved_rules_of_another_layout_or_format_are_refused(trained, tmp_path):
 def test_export_rule_command_writes_a_loadable_rule(trained, tmp_path, run_module):
   _, workdir, _ = trained
   run = lambda *args: run_module("experiments.export_rule", *args)  # noqa: E731
-  proc = run(
-    f"--workdir={workdir}", "--name=tiny-rule", f"--out_dir={tmp_path}", "--set=rule.rate_power=0.75"
-  )
+  setting = "rule.rate_power=0.75,eval.k_values=(2, 3),eval.num_episodes=3"
+  proc = run(f"--workdir={workdir}", "--name=tiny-rule", f"--out_dir={tmp_path}", f"--set={setting}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   rule = load_rule(str(tmp_path / "tiny-rule"))
-  assert rule.config.rule.rate_power == 0.75 and "--set=rule.rate_power=0.75" in rule.info["exported_by"]
-  assert [r["K"] for r in rule.info["recall_vs_k"]] == list(rule.config.eval.k_values)
-  assert set(rule.info["capacity"]) == {"0.99", "0.95"} and rule.info["held_out_episodes"] == 4
+  assert rule.config.rule.rate_power == 0.75 and f"--set={setting}" in rule.info["exported_by"]
+  assert [r["K"] for r in rule.info["recall_vs_k"]] == list(rule.config.eval.k_values) == [2, 3]
+  assert set(rule.info["capacity"]) == {"0.99", "0.95"} and rule.info["held_out_episodes"] == 3
   assert "capacity K@0.99" in proc.stdout
   bad = run(f"--workdir={workdir}", "--name=no/slashes", f"--out_dir={tmp_path}")
   assert bad.returncode != 0 and "--name" in bad.stderr
@@ -239,14 +238,18 @@ def test_export_rule_command_writes_a_loadable_rule(trained, tmp_path, run_modul
   assert missing.returncode != 0 and "no rule" in missing.stderr
 
 
-def test_export_rule_sets_only_the_fan_in_scaling():
+def test_export_rule_sets_only_the_fan_in_scaling_and_the_evaluation():
   from experiments import export_rule, harness
 
   assert export_rule.parse_set("rule.rate_power=0.75, rule.message_norm=sqrt_ref") == {
     "rule.rate_power": 0.75,
     "rule.message_norm": "sqrt_ref",
   }
-  for bad in ("rule.hidden=8", "rule.rate_power"):  # theta's layout; no value
+  assert export_rule.parse_set("eval.k_values=(12, 16, 24),eval.num_episodes=512") == {
+    "eval.k_values": (12, 16, 24),
+    "eval.num_episodes": 512,
+  }
+  for bad in ("rule.hidden=8", "rule.rate_power", "task.num_snippets=4"):  # theta's layout; no value
     with pytest.raises(harness.UsageError, match="--set"):
       export_rule.parse_set(bad)
 
