@@ -77,6 +77,7 @@ SHIPPED = [
   ("layered1", 8, 0.95),
   ("layered2", 4, 0.95),
   ("random_hidden", 16, 0.95),
+  ("random_hidden_step1", 32, 0.95),  # scored on each query's step 1 only (its task.first_scored_step)
 ]
 
 
