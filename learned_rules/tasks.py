@@ -14,10 +14,10 @@ task". An episode is the external input of every neuron at every step plus the s
 Latency. A key shown at step t reaches a neuron k synapses away only at step t + k - 1, so in a
 network whose outputs are k synapses from its inputs, the first L = k - 1 steps of a query cannot see
 its key (`network.key_latency`; L = 0 in `full` and `sparse`, the hidden-layer count in `layered`).
-`TaskSpec.latency` is L; `score_reachable` scores only the query steps r >= L (and r >= `first_scored_step`,
-which can ask for a later first step than the latency's), and `hold_for_latency`
-shows each snippet's key L steps before its value (the key for L + P steps, the value on the last P),
-so that the value meets its key at the outputs. A task whose scored steps could never see the key is
+`TaskSpec.latency` is L; `score_reachable` scores only the query steps r >= L, `first_scored_step` none
+before it either (with or without `score_reachable`), and `hold_for_latency` shows each snippet's key L
+steps before its value (the key for L + P steps, the value on the last P), so that the value meets its
+key at the outputs. A task whose scored steps could never see the key is
 refused by `config.validate`.
 
 In `auto` the pattern is both key and value (`n_in == n_out`): recall is completion from a cue.
