@@ -189,7 +189,6 @@ def _validate_task(cfg) -> None:
     _int(cfg, "task.window", 1)
   for name in ("score_reachable", "hold_for_latency"):
     _optional_bool(cfg, f"task.{name}")
-  first_scored_step(cfg)
 
 
 def first_scored_step(cfg) -> int:
@@ -208,7 +207,8 @@ def key_latency(cfg) -> int:
 
 
 def _validate_latency(cfg) -> None:
-  """Refuses a task none of whose scored query steps can see its key (docs/DESIGN.md, "Latency")."""
+  """Refuses a task none of whose scored query steps can see its key (docs/DESIGN.md, "Latency"), or
+  none of whose query steps is scored at all (`task.first_scored_step`, validated here)."""
   latency = key_latency(cfg)
   r = _get(cfg, "task.query_steps")
   if r <= latency:

@@ -17,8 +17,7 @@ its key (`network.key_latency`; L = 0 in `full` and `sparse`, the hidden-layer c
 `TaskSpec.latency` is L; `score_reachable` scores only the query steps r >= L, `first_scored_step` none
 before it either (with or without `score_reachable`), and `hold_for_latency` shows each snippet's key L
 steps before its value (the key for L + P steps, the value on the last P), so that the value meets its
-key at the outputs. A task whose scored steps could never see the key is
-refused by `config.validate`.
+key at the outputs. A task whose scored steps could never see the key is refused by `config.validate`.
 
 In `auto` the pattern is both key and value (`n_in == n_out`): recall is completion from a cue.
 """

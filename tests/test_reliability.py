@@ -516,6 +516,7 @@ INVALID_VALUES = {
   "task.window": ("streaming", _int_below(1)),
   "task.score_reachable": ("", NOT_A_BOOL),
   "task.hold_for_latency": ("", NOT_A_BOOL),
+  # Invalid from 10 on: at least every variant's task.query_steps.
   "task.first_scored_step": ("", st.one_of(_int_below(0), st.integers(min_value=10, max_value=10**6))),
   "train.batch_size": ("", _int_below(1)),
   "train.num_steps": ("", _int_below(0)),
