@@ -32,15 +32,21 @@ def run_name(cfg) -> str:
 
 
 def task_label(spec: config_lib.ExperimentSpec) -> str:
+  """What the recall table measures: the protocol, its size and, when a query's first steps are not
+  scored (latency or `task.first_scored_step`), from which step on it is."""
   t = spec.task
   if t.protocol == "streaming":
     # evaluation.eval_batch: fresh streams, their first windows (the start-up included); the
     # streams command measures never-reset streams over 100-200 windows.
-    return (
+    label = (
       f"streaming, recall of the snippet 1..{t.max_lag} slots back, "
       f"first {evaluation.STREAM_EVAL_WINDOWS} windows of fresh streams"
     )
-  return f"{t.protocol}, K = {t.num_snippets} snippets per episode"
+  else:
+    label = f"{t.protocol}, K = {t.num_snippets} snippets per episode"
+  if t.first_scored_query_step > 0:
+    label += f"; query steps {t.first_scored_query_step}..{t.query_steps - 1} of each query scored"
+  return label
 
 
 def format_table(rows: list[tuple[str, float]], label: str) -> str:

@@ -10,7 +10,7 @@ import ml_collections
 import pytest
 from hypothesis import strategies as st
 
-from learned_rules import checkpointing, evaluation, network, unroll
+from learned_rules import checkpointing, evaluation, experiment, network, unroll
 from learned_rules import config as config_lib
 from learned_rules.configs import remember
 
@@ -302,15 +302,18 @@ def test_a_task_whose_scored_steps_cannot_see_the_key_is_refused(make_cfg, tmp_p
 
 
 def test_first_scored_step_reaches_the_task_and_its_scored_bits(make_cfg):
-  """`task.first_scored_step` 1 of R = 2 on `full` (L = 0) scores one step of each query, not two; a
-  config without the field (a saved rule's from before it) reads 0; R <= it is refused."""
+  """`task.first_scored_step` 1 of R = 2 on `full` (L = 0) scores one step of each query, not two, and
+  the remember command's table says so; a config without the field (a saved rule's from before it)
+  reads 0; R <= it is refused."""
   cfg = make_cfg("tiny")
   topo = config_lib.make_topology(cfg.net)
   both = config_lib.task_spec(cfg, topo)
+  assert "scored" not in experiment.task_label(config_lib.experiment_spec(cfg))
   cfg.task.first_scored_step = 1
   later = config_lib.task_spec(cfg, topo)
   assert (both.first_scored_query_step, later.first_scored_query_step) == (0, 1)
   assert 2 * evaluation.scored_bits(later, 4) == evaluation.scored_bits(both, 4) > 0
+  assert "query steps 1..1 of each query scored" in experiment.task_label(config_lib.experiment_spec(cfg))
   del cfg.task["first_scored_step"]
   assert config_lib.task_spec(cfg, topo) == both
   cfg.task.first_scored_step = cfg.task.query_steps

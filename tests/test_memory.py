@@ -145,10 +145,14 @@ def test_gradients_reach_the_host_and_not_a_frozen_rule(setting):
   assert set(variables) == {"params", "rule", "memory"}
   assert set(variables["params"]) == {"encoder", "decoder"}  # the rule is not a parameter
 
-  grads = jax.grad(lambda p: _host_loss(host, {**variables, "params": p}, keys, values))(variables["params"])
+  grads = jax.jit(jax.grad(lambda p: _host_loss(host, {**variables, "params": p}, keys, values)))(
+    variables["params"]
+  )
   for name in ("encoder", "decoder"):
     assert float(jnp.abs(grads[name]["kernel"]).sum()) > 0, name  # through the memory, for the encoder
-  rule_grads = jax.grad(lambda r: _host_loss(host, {**variables, "rule": r}, keys, values))(variables["rule"])
+  rule_grads = jax.jit(jax.grad(lambda r: _host_loss(host, {**variables, "rule": r}, keys, values)))(
+    variables["rule"]
+  )
   assert all(float(jnp.abs(g).sum()) == 0 for g in jax.tree.leaves(rule_grads))
 
 
@@ -162,7 +166,9 @@ def test_a_trainable_rule_is_a_parameter_and_gets_gradients(setting):
     jax.tree.leaves(variables["params"]["memory"]["theta"]), jax.tree.leaves(theta), strict=True
   ):
     np.testing.assert_array_equal(got, want)  # starts from the given rule
-  grads = jax.grad(lambda p: _host_loss(host, {**variables, "params": p}, keys, values))(variables["params"])
+  grads = jax.jit(jax.grad(lambda p: _host_loss(host, {**variables, "params": p}, keys, values)))(
+    variables["params"]
+  )
   assert float(jnp.abs(grads["memory"]["theta"]["synapse"]["w2"]).sum()) > 0
 
 

@@ -513,7 +513,7 @@ def test_more_hidden_units_start_as_the_rule_with_fewer(theta, small_spec, full_
     atol=ATOL,
   )
   loss = lambda t: jnp.sum(_eager_step(t, full_topo, spec, net_state, x)[0].synapses[0] ** 2)  # noqa: E731
-  new_rows = jax.grad(loss)(grown)["synapse"]["w2"][small_spec.hidden :]
+  new_rows = jax.jit(jax.grad(loss))(grown)["synapse"]["w2"][small_spec.hidden :]
   assert np.abs(new_rows).max() > 1e-6
   with pytest.raises(ValueError, match="hidden units"):
     rules.with_more_hidden(grown, small_spec, jax.random.PRNGKey(9))
@@ -550,7 +550,7 @@ def test_more_synapse_state_starts_as_the_rule_with_less(
     second, _ = _eager_step(t, full_topo, spec, first, x)
     return jnp.sum(second.bodies**2) + jnp.sum(second.synapses[0] ** 2)
 
-  grads = jax.grad(loss)(grown)
+  grads = jax.jit(jax.grad(loss))(grown)
   msg_end = small_spec.body_dim + have * small_spec.act_dim
   assert np.abs(grads["body"]["w1"][msg_end : msg_end + 2 * small_spec.act_dim]).max() > 1e-6
   assert np.abs(grads["synapse"]["w_s"][have:]).max() > 1e-6

@@ -3,6 +3,7 @@ clear errors for what is not a rule."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -70,14 +71,15 @@ def test_save_and_load_round_trip(trained, tmp_path):
   assert os.path.getsize(blob_path) < 64 * 1024
 
 
-# Each shipped rule at a K the docs report for it, and the bit accuracy they say it reaches there.
+# Each shipped rule at a K the docs report for it, and the bit accuracy they say it reaches there (the
+# smaller of its K@0.99 and K@0.95 where the larger would cost more than a few seconds: 512 episodes).
 SHIPPED = [
   ("hetero", 8, 0.95),
   ("general", 8, 0.95),
   ("layered1", 8, 0.95),
   ("layered2", 4, 0.95),
-  ("random_hidden", 16, 0.95),
-  ("random_hidden_step1", 32, 0.95),  # scored on each query's step 1 only (its task.first_scored_step)
+  ("random_hidden", 12, 0.99),
+  ("random_hidden_step1", 20, 0.99),  # scored on each query's step 1 only (its task.first_scored_step)
 ]
 
 
@@ -128,9 +130,15 @@ def _recall_in_memory(memory: PlasticMemory, num_pairs: int, episodes: int = 32)
   rng = np.random.default_rng(0)
   keys = rng.choice([-1.0, 1.0], (episodes, num_pairs, memory.topology.n_in)).astype(np.float32)
   values = rng.choice([-1.0, 1.0], (episodes, num_pairs, memory.topology.n_out)).astype(np.float32)
-  variables = memory.init(jax.random.PRNGKey(0), keys)
-  _, written = memory.apply(variables, keys, values, method="write", mutable=["memory"])
-  recalled, _ = memory.apply({**variables, **written}, keys[:, ::-1], mutable=["memory"])
+
+  # One program, compiled with XLA's optimisation on (as tests/conftest.py's `optimized_evaluation`).
+  @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 1})
+  def write_then_read(keys, values):
+    variables = memory.init(jax.random.PRNGKey(0), keys)
+    _, written = memory.apply(variables, keys, values, method="write", mutable=["memory"])
+    return memory.apply({**variables, **written}, keys[:, ::-1], mutable=["memory"])[0]
+
+  recalled = write_then_read(keys, values)
   return float(np.mean(np.sign(recalled) == values[:, ::-1]))
 
 

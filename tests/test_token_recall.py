@@ -140,7 +140,7 @@ def test_the_rule_stays_frozen_and_gradients_reach_the_encoders():
   def loss(variables):
     return jnp.sum(logits_fn(variables, batch)[jnp.arange(3), batch.target])
 
-  grads = jax.grad(loss)(before)
+  grads = jax.jit(jax.grad(loss))(before)
   assert float(jnp.abs(grads["params"]["codes"]["key_embed"]["embedding"]).sum()) > 0
   assert all(float(jnp.abs(g).sum()) == 0 for g in jax.tree.leaves(grads["rule"]))
   assert not host_study.trees_equal(before["rule"], jax.tree.map(lambda a: a + 1, before["rule"]))
@@ -169,11 +169,11 @@ def test_padded_lstm_host_computes_what_the_unpadded_one_does():
   codes = _codes(cfg, 4, 4)
   host = host_models.LSTMHost(5, codes, cfg.task.num_values)
   variables = host_models.init_host(host, 0)
-  logits_fn = host_models.logits_fn(host)
+  logits_fn = jax.jit(host_models.logits_fn(host))  # one compile for both batches, not op by op
   s = token_task.sample_sequences(np.random.default_rng(1), 4, 2, cfg.task.num_keys, cfg.task.num_values)
   padded = host_models.to_batch(host, s, 5)
   assert padded.keys.shape == (4, 5) and list(padded.length) == [2] * 4
-  exact = jax.vmap(lambda k, v, q: host.apply(variables, k, v, q))(*(jnp.asarray(a) for a in s[:3]))
+  exact = jax.jit(jax.vmap(lambda k, v, q: host.apply(variables, k, v, q)))(*(jnp.asarray(a) for a in s[:3]))
   np.testing.assert_allclose(logits_fn(variables, padded), exact, rtol=1e-5, atol=1e-6)
   # Other tokens in the padding slots change nothing either.
   noisy = padded._replace(keys=padded.keys.at[:, 2:].set(1), values=padded.values.at[:, 2:].set(3))
