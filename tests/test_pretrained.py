@@ -79,7 +79,7 @@ SHIPPED = [
   ("layered1", 8, 0.95),
   ("layered2", 4, 0.95),
   ("random_hidden", 12, 0.99),
-  ("random_hidden_step1", 20, 0.99),  # scored on each query's step 1 only (its task.first_scored_step)
+  ("random_hidden_step1", 24, 0.99),  # scored on each query's step 1 only (its task.first_scored_step)
 ]
 
 
