@@ -26,6 +26,7 @@ costs far more than the compile time saved.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -102,12 +103,14 @@ SMALL_SPEC = rules.RuleSpec(
 N_IN, N_OUT, N_HIDDEN = 3, 2, 4
 
 
+# XLA's CPU optimisation at level 1 rather than the suite's 0: the same program and the same numbers,
+# several times faster on a 64-neuron network.
+_OPTIMIZED_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
 def _optimized(jitted, *static: str):
-  """`jitted`'s function compiled with XLA's CPU optimisation at level 1 rather than the suite's 0: the
-  same program and the same numbers, several times faster on a 64-neuron network."""
-  return jax.jit(
-    jitted.__wrapped__, static_argnames=static, compiler_options={"xla_backend_optimization_level": 1}
-  )
+  """`jitted`'s function compiled with `_OPTIMIZED_OPTIONS`."""
+  return jax.jit(jitted.__wrapped__, static_argnames=static, compiler_options=_OPTIMIZED_OPTIONS)
 
 
 # The programs that run for seconds in the tests that evaluate a shipped rule: every held-out
@@ -126,6 +129,13 @@ def optimized_evaluation(monkeypatch):
   """This test's held-out evaluations and probes compile with XLA's optimisation on (module docstring)."""
   for module, name, optimized in _OPTIMIZED:
     monkeypatch.setattr(module, name, optimized)
+
+
+@pytest.fixture(scope="session")
+def optimized_jit():
+  """`jax.jit` with XLA's optimisation on, as `optimized_evaluation`'s programs, for a test's own
+  program that runs a 64-neuron network over many episodes."""
+  return functools.partial(jax.jit, compiler_options=_OPTIMIZED_OPTIONS)
 
 
 @pytest.fixture(scope="session")

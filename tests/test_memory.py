@@ -137,6 +137,12 @@ def _host_loss(host, variables, keys, values):
   return jnp.mean((recalled - values) ** 2)
 
 
+def _host_grads(host, variables, collection, keys, values):
+  """Gradient of `_host_loss` in the collection `collection` of `variables`, one compiled program."""
+  loss = lambda v: _host_loss(host, {**variables, collection: v}, keys, values)  # noqa: E731
+  return jax.jit(jax.grad(loss))(variables[collection])
+
+
 def test_gradients_reach_the_host_and_not_a_frozen_rule(setting):
   topo, theta, _, memory = setting
   keys, values = _snippets(topo, 2)
@@ -145,14 +151,10 @@ def test_gradients_reach_the_host_and_not_a_frozen_rule(setting):
   assert set(variables) == {"params", "rule", "memory"}
   assert set(variables["params"]) == {"encoder", "decoder"}  # the rule is not a parameter
 
-  grads = jax.jit(jax.grad(lambda p: _host_loss(host, {**variables, "params": p}, keys, values)))(
-    variables["params"]
-  )
+  grads = _host_grads(host, variables, "params", keys, values)
   for name in ("encoder", "decoder"):
     assert float(jnp.abs(grads[name]["kernel"]).sum()) > 0, name  # through the memory, for the encoder
-  rule_grads = jax.jit(jax.grad(lambda r: _host_loss(host, {**variables, "rule": r}, keys, values)))(
-    variables["rule"]
-  )
+  rule_grads = _host_grads(host, variables, "rule", keys, values)
   assert all(float(jnp.abs(g).sum()) == 0 for g in jax.tree.leaves(rule_grads))
 
 
@@ -166,9 +168,7 @@ def test_a_trainable_rule_is_a_parameter_and_gets_gradients(setting):
     jax.tree.leaves(variables["params"]["memory"]["theta"]), jax.tree.leaves(theta), strict=True
   ):
     np.testing.assert_array_equal(got, want)  # starts from the given rule
-  grads = jax.jit(jax.grad(lambda p: _host_loss(host, {**variables, "params": p}, keys, values)))(
-    variables["params"]
-  )
+  grads = _host_grads(host, variables, "params", keys, values)
   assert float(jnp.abs(grads["memory"]["theta"]["synapse"]["w2"]).sum()) > 0
 
 

@@ -3,7 +3,6 @@ clear errors for what is not a rule."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -125,14 +124,14 @@ def test_every_shipped_rule_is_tested():
   assert sorted(available_rules()) == sorted([name for name, _, _ in SHIPPED] + SHIPPED_STREAMING)
 
 
-def _recall_in_memory(memory: PlasticMemory, num_pairs: int, episodes: int = 32) -> float:
-  """Bit accuracy of `memory` reading back, in reverse order, `num_pairs` random pairs it wrote."""
+def _recall_in_memory(memory: PlasticMemory, num_pairs: int, jit, episodes: int = 32) -> float:
+  """Bit accuracy of `memory` reading back, in reverse order, `num_pairs` random pairs it wrote, in one
+  program compiled by `jit`."""
   rng = np.random.default_rng(0)
   keys = rng.choice([-1.0, 1.0], (episodes, num_pairs, memory.topology.n_in)).astype(np.float32)
   values = rng.choice([-1.0, 1.0], (episodes, num_pairs, memory.topology.n_out)).astype(np.float32)
 
-  # One program, compiled with XLA's optimisation on (as tests/conftest.py's `optimized_evaluation`).
-  @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 1})
+  @jit
   def write_then_read(keys, values):
     variables = memory.init(jax.random.PRNGKey(0), keys)
     _, written = memory.apply(variables, keys, values, method="write", mutable=["memory"])
@@ -142,8 +141,8 @@ def _recall_in_memory(memory: PlasticMemory, num_pairs: int, episodes: int = 32)
   return float(np.mean(np.sign(recalled) == values[:, ::-1]))
 
 
-def test_shipped_rule_remembers_inside_a_memory():
-  accuracy = _recall_in_memory(PlasticMemory.from_rule(load_rule("hetero")), 8)
+def test_shipped_rule_remembers_inside_a_memory(optimized_jit):
+  accuracy = _recall_in_memory(PlasticMemory.from_rule(load_rule("hetero")), 8, optimized_jit)
   assert accuracy > 0.95, accuracy
 
 
@@ -162,14 +161,14 @@ def test_from_rule_warns_when_the_topology_lacks_the_rules_fixed_random_inputs()
   assert memory.topology.random_input_synapses == 16.0
 
 
-def test_general_rule_runs_on_a_network_of_another_size():
+def test_general_rule_runs_on_a_network_of_another_size(optimized_jit):
   """`general`, meta-trained at N = 64 and 128, on a `full` network of a size it never saw (N = 96)
   through the public API, at the size study's target K = 3N/16 = 18 pairs."""
   rule = load_rule("general")
   assert rule.topology.num_neurons == 64
   memory = PlasticMemory.from_rule(rule, topology=make_full(24, 24, 48))
   assert memory.num_neurons == 96
-  accuracy = _recall_in_memory(memory, 18, episodes=8)
+  accuracy = _recall_in_memory(memory, 18, optimized_jit, episodes=8)
   assert accuracy > 0.95, accuracy
 
 
