@@ -123,6 +123,8 @@ def run_experiment(cfg, workdir: str) -> tuple[dict, str]:
     "protocol": spec.task.protocol,
     "topology": spec.topology,
     "meta_steps": learned["meta_steps"],
+    "task": task_label(spec),  # what the recall figures measure, as the table's header says it
+    "scored_query_steps": [spec.task.first_scored_query_step, spec.task.query_steps - 1],
   }
   rows = [(name + (", mean over problems" if "members" in learned else ""), learned["bit_accuracy"])]
   if "members" in learned:

@@ -71,6 +71,7 @@ def test_remember_writes_summary_and_metrics(tiny_run):
   assert summary["chance_bit_accuracy"] == 0.5
   assert summary["num_snippets"] == 2 and summary["meta_steps"] == 4  # the `:tiny` config
   assert summary["wall_seconds"] > 0
+  assert f"Held-out recall ({summary['task']})" in proc.stdout  # what was measured, as the table says
   # Both runs (learned rule and its synapses-off twin) log their meta-training. A meta step's recall is
   # a mean over its scored steps and their bits, ties half a bit: whole counts of those, and a step not
   # recalled perfectly misses at least half a bit.
@@ -78,6 +79,7 @@ def test_remember_writes_summary_and_metrics(tiny_run):
   spec = config_lib.task_spec(cfg, config_lib.make_topology(cfg.net))
   steps = cfg.train.batch_size * spec.num_queries * int(tasks.query_score(spec).sum())
   half_bits = 2 * steps * spec.n_out
+  assert summary["scored_query_steps"] == [spec.first_scored_query_step, spec.query_steps - 1]
   for run_dir in (workdir, off_dir):
     records = metrics.read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     train = [r for r in records if "loss" in r]
