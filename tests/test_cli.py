@@ -131,11 +131,13 @@ def test_evaluate_writes_recall_vs_k(tiny_run):
     ("--config.task.cue_corruption=1.5", "task.cue_corruption"),
     ("--config.net.topology=ring", "net.topology"),
     ("--config.train.learning_rate=-0.1", "train.learning_rate"),
+    # A tuple field given twice would be joined, (1, 2), rather than replaced.
+    ("--config.eval.k_values=(1,) --config.eval.k_values=(2,)", "--config.eval.k_values"),
   ],
 )
 def test_invalid_override_fails_fast_and_writes_nothing(run_module, tmp_path, override, field):
   workdir = str(tmp_path / "run")
-  proc = run_module("experiments.remember", TINY, f"--workdir={workdir}", override)
+  proc = run_module("experiments.remember", TINY, f"--workdir={workdir}", *override.split())
   assert proc.returncode != 0, _describe(proc)
   assert "Traceback" not in proc.stderr, _describe(proc)
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
