@@ -21,6 +21,7 @@ command.
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import os
 import re
@@ -125,31 +126,29 @@ def _config(config: str | None):
       f"--config: no config file {filename!r}, nor a config of that name in learned_rules/configs"
     )
   cfg = flags.FLAGS.config
-  repeated_tuple_overrides(sys.argv[1:], cfg)
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])  # {"eval.k_values": value, ...}
+  repeated_tuple_overrides(sys.argv[1:], overrides)
   if "quick" in flags.FLAGS and flags.FLAGS.quick:
     cfg = config_lib.with_overrides(cfg, {})
     configs.apply_variants(cfg, "quick", _variants_of(filename))
-    cfg = config_lib.with_overrides(cfg, config_flags.get_override_values(flags.FLAGS["config"]))
+    cfg = config_lib.with_overrides(cfg, overrides)
   return cfg
 
 
-def repeated_tuple_overrides(argv: list[str], cfg) -> None:
-  """Raises `UsageError` for a tuple field of `cfg` overridden more than once in `argv`: ml_collections
-  joins the repeats (`--config.eval.k_values=(24,) --config.eval.k_values=(32,)` gives `(24, 32)`)
-  where every other field keeps the last, so a command appended to would measure what nobody asked."""
-  counts = {}
-  for arg in argv:
-    if arg.startswith("--config."):
-      field = arg[len("--config.") :].partition("=")[0]
-      counts[field] = counts.get(field, 0) + 1
-  for field, n in counts.items():
-    node = cfg
-    for part in field.split("."):
-      node = node.get(part) if hasattr(node, "get") else None
-    if n > 1 and isinstance(node, tuple | list):
+def repeated_tuple_overrides(argv: list[str], overrides: dict) -> None:
+  """Raises `UsageError` for a tuple field overridden more than once in `argv` (`overrides`: the parsed
+  values by field, `config_flags.get_override_values`): ml_collections joins the repeats
+  (`--config.eval.k_values=(24,) --config.eval.k_values=(32,)` gives `(24, 32)`) where every other
+  field keeps the last, so a command appended to would measure what nobody asked."""
+  given = collections.Counter(
+    arg[len("--config.") :].partition("=")[0] for arg in argv if arg.startswith("--config.")
+  )
+  for field, n in given.items():
+    value = overrides.get(field)
+    if n > 1 and isinstance(value, tuple | list):
       raise UsageError(
         f"--config.{field}: given {n} times; a tuple field's repeats are joined, giving "
-        f"{tuple(node)}, not replaced: give it once"
+        f"{tuple(value)}, not replaced: give it once"
       )
 
 

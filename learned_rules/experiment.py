@@ -114,6 +114,7 @@ def run_experiment(cfg, workdir: str) -> tuple[dict, str]:
   start = time.perf_counter()
   config_lib.validate(cfg)  # fail before any compilation, and before anything is written
   name, spec = run_name(cfg), config_lib.experiment_spec(cfg)
+  label = task_label(spec)
   learned = meta_train.train_and_evaluate(cfg, workdir, label=f"{name}: ")
   summary = {
     "bit_accuracy": learned["bit_accuracy"],
@@ -123,7 +124,7 @@ def run_experiment(cfg, workdir: str) -> tuple[dict, str]:
     "protocol": spec.task.protocol,
     "topology": spec.topology,
     "meta_steps": learned["meta_steps"],
-    "task": task_label(spec),  # what the recall figures measure, as the table's header says it
+    "task": label,  # what the recall figures measure, as the table's header says it
     "scored_query_steps": [spec.task.first_scored_query_step, spec.task.query_steps - 1],
   }
   rows = [(name + (", mean over problems" if "members" in learned else ""), learned["bit_accuracy"])]
@@ -141,4 +142,4 @@ def run_experiment(cfg, workdir: str) -> tuple[dict, str]:
   if jax.process_index() == 0:
     files.write_json(files.join(workdir, "summary.json"), summary)
     draw_training_curve(workdir, files.join(workdir, CURVE), floor)
-  return summary, format_table(rows, task_label(spec))
+  return summary, format_table(rows, label)
