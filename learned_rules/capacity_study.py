@@ -216,10 +216,13 @@ class Study:
         _, _, theta, steps = self.rule(run_name("full"))
         out += self.records(meta, cfg, topo, ks, episodes, LEARNED, (theta, steps))
       else:
+        # The rule's own kind of network at this size (its fixed random input synapses, if any), on
+        # the same episodes as every other memory here.
         rule_cfg = size_rule_config(plan.size_base, saved, n)
+        rule_topo = config_lib.make_topology(rule_cfg)
         learned = (saved.theta, saved.meta_steps)
         out += self.records(
-          meta, rule_cfg, topo, ks, episodes, name, learned, pretrained.theta_digest(saved.theta)
+          meta, rule_cfg, rule_topo, ks, episodes, name, learned, pretrained.theta_digest(saved.theta)
         )
     for baseline in plan.size_baselines:
       if baseline in CONTROLS:
@@ -234,13 +237,16 @@ class Study:
 
 def _shape(cfg, topo: network.Topology) -> dict:
   """What a record says of the network and task it was evaluated on."""
-  return {
+  shape = {
     "N": topo.num_neurons,
     "synapses": topo.num_synapses,
     "key_bits": topo.n_in,
     "value_bits": topo.n_out,
     "protocol": config_lib.problem(cfg, topo).task.protocol,
   }
+  if topo.random_input_synapses > 0:  # fixed random input -> hidden synapses: another network
+    shape["random_input_synapses"] = topo.random_input_synapses
+  return shape
 
 
 def _meta(study: str, network_name: str = "full", axis: str | None = None, value=None) -> dict:

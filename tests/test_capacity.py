@@ -3,6 +3,7 @@ tiny run of every study end to end, reading a finished one back, and the checks 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import types
@@ -170,6 +171,32 @@ def test_the_size_study_evaluates_saved_rules_on_the_same_episodes(tiny_run, tmp
   study.size.rules = str(tmp_path / "nothing")
   with pytest.raises(config_lib.ConfigError, match="size.rules: load_rule: no rule"):
     capacity_plan.read_plan(study)
+
+
+def test_a_saved_rule_in_the_size_study_runs_on_its_own_kind_of_network(tmp_path):
+  """`random_hidden` in `size.rules` is evaluated with its fixed random input -> hidden synapses at every
+  size (its record says so), on the study's episodes: the numbers of the rule on that network, not on a
+  network whose input synapses it would write."""
+  study = _tiny_study()
+  study.studies, study.size.sizes, study.size.rules, study.size.baselines = "size", (12,), "random_hidden", ""
+  study.size.k_multiples, study.size.min_scored_bits = (2.0,), 400  # K = 6 on 3-bit keys: not all recalled
+  plan = capacity_plan.read_plan(study)
+  mine = capacity_study.run(plan, str(tmp_path))
+  rule = pretrained.load_rule("random_hidden")
+  cfg = capacity_plan.size_rule_config(plan.size_base, rule, 12)
+  topo = config_lib.make_topology(cfg)
+  assert topo.random_input_synapses == 16.0 and [r["rule"] for r in mine] == ["random_hidden"]
+  assert mine[0]["random_input_synapses"] == 16.0 and mine[0]["N"] == 12
+
+  def recall(topology):
+    key = evaluate_lib.eval_key(config_lib.train_spec(cfg).seed)
+    problem = config_lib.problem(cfg, topology)
+    return evaluate_lib.recall_vs_k(
+      rule.theta, topology, problem, [mine[0]["K"]], mine[0]["num_episodes"], key
+    )
+
+  want, without = recall(topo), recall(dataclasses.replace(topo, random_input_synapses=0.0))
+  assert mine[0]["bit_accuracy"] == want[0]["bit_accuracy"] != without[0]["bit_accuracy"]
 
 
 def test_bootstrap_intervals_are_over_queries_and_cover_the_mean():
