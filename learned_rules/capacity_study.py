@@ -70,14 +70,14 @@ class Study:
     print(f"[{time.perf_counter() - self.start:6.0f} s] {text}", flush=True)
 
   def rule(self, run: str):
-    """`(cfg, topo, theta, meta_steps)` of learned rule `run`, meta-trained first where needed."""
+    """`(cfg, theta, meta_steps)` of learned rule `run`, meta-trained first where needed."""
     if run not in self.rules:
       cfg = self.plan.rules[run]
       run_dir = files.join(self.workdir, run)
       meta_train.train_and_evaluate(cfg, run_dir, label=f"{run}: ", evaluate=False)
-      _, topo, state = meta_train.load_run(run_dir)
+      _, _, state = meta_train.load_run(run_dir)
       steps = int(state.step) + pretrained.init_rule_meta_steps(run_dir, cfg)  # every stage's
-      self.rules[run] = (cfg, topo, state.theta, steps)
+      self.rules[run] = (cfg, state.theta, steps)
       self.log(f"rule {run}: {steps} meta steps ({int(state.step)} in this run)")
     return self.rules[run]
 
@@ -129,13 +129,14 @@ class Study:
         out = capacity_baselines.random_hebbian_records(specs, key, num_episodes, hidden, inputs)
     return [{"K": int(k), **r} for k, r in zip(k_values, out, strict=True)]
 
-  def records(
-    self, meta: dict, cfg, topo, k_values, num_episodes: int, rule: str, learned=None, digest: str = ""
-  ):
-    """Records of `rule` at every K of `k_values` on `cfg`'s task, cached. `learned` is
+  def records(self, meta: dict, cfg, k_values, num_episodes: int, rule: str, learned=None, digest: str = ""):
+    """Records of `rule` at every K of `k_values` on `cfg`'s network and task, cached. `learned` is
     `(theta, meta_steps)` for a learned rule (or a control), and for the recurrent baseline the rule
     whose parameter count it matches; `digest` identifies a saved rule's theta (`pretrained.theta_digest`),
     and its records carry it."""
+    # The network built from `cfg` itself, so that a memory never runs on another network than its
+    # config says (a saved rule's fixed random input synapses, a setting of the difficulty study).
+    topo = config_lib.make_topology(cfg)
     key = evaluate_lib.eval_key(config_lib.train_spec(cfg).seed)
     common = {**meta, "rule": rule, **_shape(cfg, topo), "num_episodes": num_episodes}
     if digest:
@@ -183,22 +184,19 @@ class Study:
     axis, value = meta["axis"], meta["value"]
 
     def moved(run: str):
-      cfg, topo, theta, steps = self.rule(run)
-      if axis is not None:
-        cfg = with_setting(cfg, axis, value)
-        topo = config_lib.make_topology(cfg)
-      return cfg, topo, (theta, steps)
+      cfg, theta, steps = self.rule(run)
+      return (cfg if axis is None else with_setting(cfg, axis, value)), (theta, steps)
 
-    cfg, topo, learned = moved(run_name(meta["network"], protocol))
-    out = self.records(meta, cfg, topo, k_values, num_episodes, "learned", learned)
+    cfg, learned = moved(run_name(meta["network"], protocol))
+    out = self.records(meta, cfg, k_values, num_episodes, "learned", learned)
     for baseline in baseline_names:
       if baseline == "hopfield" and protocol != "auto":
         continue  # on `hetero` it is the Hebbian memory itself (no diagonal to drop)
       if baseline in CONTROLS:
-        off_cfg, off_topo, off = moved(run_name(meta["network"], protocol, baseline))
-        out += self.records(meta, off_cfg, off_topo, k_values, num_episodes, baseline, off)
+        off_cfg, off = moved(run_name(meta["network"], protocol, baseline))
+        out += self.records(meta, off_cfg, k_values, num_episodes, baseline, off)
       else:
-        out += self.records(meta, cfg, topo, k_values, num_episodes, baseline, learned)
+        out += self.records(meta, cfg, k_values, num_episodes, baseline, learned)
     return out
 
   def size_records(self, n: int) -> list[dict]:
@@ -213,25 +211,20 @@ class Study:
     out = []
     for name, saved in plan.size_rules.items():
       if saved is None:  # the study's own rule, trained here
-        _, _, theta, steps = self.rule(run_name("full"))
-        out += self.records(meta, cfg, topo, ks, episodes, LEARNED, (theta, steps))
-      else:
-        # The rule's own kind of network at this size (its fixed random input synapses, if any), on
-        # the same episodes as every other memory here.
+        _, theta, steps = self.rule(run_name("full"))
+        out += self.records(meta, cfg, ks, episodes, LEARNED, (theta, steps))
+      else:  # on its own kind of network at this size, and the same episodes as every memory here
         rule_cfg = size_rule_config(plan.size_base, saved, n)
-        rule_topo = config_lib.make_topology(rule_cfg)
         learned = (saved.theta, saved.meta_steps)
-        out += self.records(
-          meta, rule_cfg, rule_topo, ks, episodes, name, learned, pretrained.theta_digest(saved.theta)
-        )
+        out += self.records(meta, rule_cfg, ks, episodes, name, learned, pretrained.theta_digest(saved.theta))
     for baseline in plan.size_baselines:
       if baseline in CONTROLS:
-        off_cfg, off_topo, off_theta, off_steps = self.rule(run_name("full", "hetero", baseline))
-        off_cfg = with_setting(off_cfg, "size", n)
-        off_topo = config_lib.make_topology(off_cfg)
-        out += self.records(meta, off_cfg, off_topo, ks, episodes, baseline, (off_theta, off_steps))
+        off_cfg, off_theta, off_steps = self.rule(run_name("full", "hetero", baseline))
+        out += self.records(
+          meta, with_setting(off_cfg, "size", n), ks, episodes, baseline, (off_theta, off_steps)
+        )
       else:
-        out += self.records(meta, cfg, topo, ks, episodes, baseline)
+        out += self.records(meta, cfg, ks, episodes, baseline)
     return out
 
 
