@@ -79,6 +79,7 @@ SHIPPED = [
   ("layered2", 4, 0.95),
   ("random_hidden", 12, 0.99),
   ("random_hidden_step1", 24, 0.99),  # scored on each query's step 1 only (its task.first_scored_step)
+  ("random_hidden_step1_mix", 24, 0.99),  # the same, meta-trained on N = 64 and 128
 ]
 
 
