@@ -13,9 +13,12 @@ Every evaluated group of records is kept in `<workdir>/cache.json` as soon as it
 is stopped resumes where it was and a finished one re-plots in seconds. Writes:
 
 - `<workdir>/capacity.json`: one record per study, network, rule, N, K and difficulty setting, with the
-  bit accuracy and the perfect-recall fraction;
+  bit accuracy, the perfect-recall fraction and, for a memory evaluated on the held-out episodes of
+  several K at once, `bit_accuracy_by_position`: the recall of the pairs stored first, second, ... (the
+  oldest first);
 - figures, in `--figure_dir` (default the workdir): `recall_vs_k.png` (networks), `auto_recall_vs_k.png`,
-  `capacity_vs_n.png`, `difficulty.png`, each when its study ran;
+  `capacity_vs_n.png` and `recall_by_age.png` (size: each memory's recall by stored position, at the
+  first K where the first learned rule falls below 0.95), `difficulty.png`, each when its study ran;
 
 and prints a table of capacities with the K at which each memory beats the key-blind floor.
 

@@ -197,8 +197,9 @@ def eval_batch_over_k(readout, args, specs: tuple, key: jax.Array, batch: int, p
   shared, or with `per_k_args` has a leading `[len(specs)]` axis. `readout` must be the same object
   from call to call (a module-level function), or every call compiles again."""
   specs = tuple(specs)
-  episodes, k_state = evaluate_lib.held_out_episodes(key, specs, batch)
-  return _metrics_over_k(readout, args, specs[0], episodes, k_state, per_k_args)
+  episodes, k_state, orders = evaluate_lib.held_out_draw(key, specs, batch)
+  metrics = _metrics_over_k(readout, args, specs[0], episodes, k_state, per_k_args)
+  return {**metrics, evaluate_lib.QUERY_ORDER: orders}
 
 
 @functools.partial(jax.jit, static_argnames=("readout", "spec", "per_k_args"))

@@ -1,16 +1,18 @@
 """The capacity studies' figures, drawn from their records (`capacity_study.run`) as small PNGs.
 
-`recall_vs_k.png` (networks), `auto_recall_vs_k.png`, `capacity_vs_n.png` and `difficulty.png`: each
-drawn when the records hold its study.
+`recall_vs_k.png` (networks), `auto_recall_vs_k.png`, `capacity_vs_n.png`, `recall_by_age.png` (size)
+and `difficulty.png`: each drawn when the records hold its study.
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 from learned_rules import figures, files
+from learned_rules.capacity_plan import BASELINES
 from learned_rules.capacity_study import groups
-from learned_rules.evaluation import capacity
+from learned_rules.evaluation import BY_POSITION, capacity
 
 AXIS_LABELS = {
   "width": "key and value bits",
@@ -28,10 +30,11 @@ def plot_all(records: list[dict], folder: str, train_neurons: int | None, train_
     ("networks", plot_recall_vs_k, "recall_vs_k.png"),
     ("auto", plot_recall_vs_k, "auto_recall_vs_k.png"),
     ("size", lambda rows, p: plot_capacity_vs_n(rows, p, train_neurons), "capacity_vs_n.png"),
+    ("size", plot_recall_by_age, "recall_by_age.png"),
     ("difficulty", lambda rows, p: plot_difficulty(rows, p, train_k), "difficulty.png"),
   ):
     rows = [r for r in records if r["study"] == name]
-    if rows:
+    if rows and (path != "recall_by_age.png" or any(BY_POSITION in r for r in rows)):
       draw(rows, files.join(folder, path))
       made.append(path)
   return made
@@ -165,5 +168,66 @@ def plot_difficulty(records: list[dict], path: str, train_k: int = 8) -> None:
     ax.set_ylim(0.45, 1.02)
   axes[0][0].set_ylabel(f"bit accuracy at K = {k}")
   axes[0][0].legend(fontsize=7)
+  fig.tight_layout()
+  figures.save_small_png(fig, path)
+
+
+AGE_BINS = 8  # stored positions are averaged in this many groups of equal width, oldest to newest
+
+
+def age_k(rows_by_rule: dict[str, list[dict]]) -> int:
+  """The K a size's recall-by-age panel shows: the first K of the grid at which the first learned rule
+  (not a baseline) recalls less than 0.95, where it starts to lose pairs; the grid's largest K if it
+  never does, or if the records hold no learned rule."""
+  learned = [rows for rule, rows in rows_by_rule.items() if rule not in BASELINES]
+  ks = sorted({r["K"] for rows in rows_by_rule.values() for r in rows})
+  if not learned:
+    return ks[-1]
+  return next((r["K"] for r in sorted(learned[0], key=lambda r: r["K"]) if r["bit_accuracy"] < 0.95), ks[-1])
+
+
+def binned_by_age(by_position: list, bins: int = AGE_BINS) -> tuple[np.ndarray, np.ndarray]:
+  """`by_position` (`[K]`, the oldest first; None where no query asked) averaged in at most `bins` groups
+  of consecutive positions: each group's middle as a fraction of K (0: the oldest end, 1: the newest),
+  and its mean recall (NaN for a group no query asked for)."""
+  values = np.array([np.nan if v is None else v for v in by_position], float)
+  edges = np.linspace(0, len(values), min(bins, len(values)) + 1).round().astype(int)
+  middles = (edges[:-1] + edges[1:]) / 2 / len(values)
+  groups_ = [values[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
+  means = [np.nan if np.all(np.isnan(g)) else np.nanmean(g) for g in groups_]
+  return middles, np.array(means)
+
+
+def plot_recall_by_age(records: list[dict], path: str) -> None:
+  """Recall of each stored position, oldest to newest, one panel per N at one K (`age_k`): every memory
+  of the size study on the same episodes. A memory that forgets loses its oldest pairs first (falls at
+  the left); one that is full loses all positions alike."""
+  by_size: dict[int, dict[str, list[dict]]] = {}
+  for (_, rule, _, n), rows in groups(records, "size").items():
+    by_size.setdefault(n, {})[rule] = rows
+  sizes = sorted(by_size)
+  fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3.4), dpi=100, squeeze=False)
+  for ax, n in zip(axes[0], sizes, strict=True):
+    k = age_k(by_size[n])
+    rule_index = 0
+    for rule, rows in by_size[n].items():
+      row = next((r for r in rows if r["K"] == k and BY_POSITION in r), None)
+      if rule in BASELINE_STYLE:
+        color, style = BASELINE_STYLE[rule]
+        marker = "s"
+      else:
+        color, style, marker = f"C{rule_index}", "-", "o"
+        rule_index += 1
+      if row is None:
+        continue
+      x, y = binned_by_age(row[BY_POSITION])
+      label = rule.replace("_", " ") + (" floor" if rule == "key_blind" else "")
+      ax.plot(x, y, marker + style, color=color, ms=3, label=f"{label} ({row['bit_accuracy']:.3f})")
+    ax.axhline(0.95, color="tab:red", lw=1, alpha=0.35)
+    ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+    ax.set(xlim=(0, 1), ylim=(0.45, 1.01), title=f"N = {n}, K = {k}")
+    ax.set_xlabel("stored position (oldest 0 ... newest 1)", fontsize=8)
+    ax.legend(fontsize=6, loc="lower right")
+  axes[0][0].set_ylabel("held-out bit accuracy (mean over K)")
   fig.tight_layout()
   figures.save_small_png(fig, path)

@@ -19,6 +19,12 @@ STATE_BOUNDS_BATCH = 16  # networks `state_bounds` runs (each through 10 episode
 # The metric of one value per step of every episode (`unroll.step_bit_accuracy`, `[..., B, T]`), which
 # `mean_over_batches` keeps whole and `with_interval` turns into a 95 % bootstrap interval.
 PER_STEP = "step_bit_accuracy"
+# A record's recall of the queries for the snippet stored at each position, the oldest first
+# (`recall_by_position`).
+BY_POSITION = "bit_accuracy_by_position"
+# The stored position of the snippet each query asks for (`tasks.query_order`), `[..., B, Q]` (-1 past
+# a task's own Q): kept whole as PER_STEP is, for `records_over_k` to turn into BY_POSITION.
+QUERY_ORDER = "query_order"
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -39,20 +45,31 @@ def eval_batch(
   return jax.tree.map(jnp.mean, per_window)
 
 
-@functools.partial(jax.jit, static_argnames=("specs", "batch"))
 def held_out_episodes(key: jax.Array, specs: tuple, batch: int) -> tuple[tasks.Episode, jax.Array]:
   """The `batch` episodes that `eval_batch` draws from `key` for each task of `specs` (episode tasks
   that differ only in K), padded at the end with blank, unscored steps to the longest and stacked
-  `[len(specs), B, T, ...]`, and the key the network draws its initial states from.
+  `[len(specs), B, T, ...]`, and the key the network draws its initial states from."""
+  episodes, k_state, _ = held_out_draw(key, specs, batch)
+  return episodes, k_state
+
+
+@functools.partial(jax.jit, static_argnames=("specs", "batch"))
+def held_out_draw(key: jax.Array, specs: tuple, batch: int) -> tuple[tasks.Episode, jax.Array, jax.Array]:
+  """`held_out_episodes`, and the stored position each of their queries asks for, `[len(specs), B, Q]`
+  (`QUERY_ORDER`, Q the largest of `specs`).
 
   A jitted function of its own: a sweep over K evaluates the network and every baseline on these
   episodes, and drawing them compiles about as long as the network's whole evaluation.
   """
   steps = max(spec.episode_steps for spec in specs)
+  queries = max(spec.num_queries for spec in specs)
   k_ep, k_state = jax.random.split(key)  # as unroll.episode_objective
   keys = jax.random.split(k_ep, batch)
   drawn = [jax.vmap(tasks.sample_episode, in_axes=(0, None))(keys, spec) for spec in specs]
-  return jax.tree.map(lambda *a: jnp.stack(a), *[tasks.pad_episodes(e, steps) for e in drawn]), k_state
+  episodes = jax.tree.map(lambda *a: jnp.stack(a), *[tasks.pad_episodes(e, steps) for e in drawn])
+  orders = [jax.vmap(tasks.query_order, in_axes=(0, None))(keys, spec) for spec in specs]
+  pad = lambda o: jnp.pad(o, ((0, 0), (0, queries - o.shape[1])), constant_values=-1)  # noqa: E731
+  return episodes, k_state, jnp.stack([pad(o) for o in orders])
 
 
 def eval_batch_over_k(
@@ -65,9 +82,9 @@ def eval_batch_over_k(
   for p in problems:
     if p.task.protocol == "streaming" or dataclasses.replace(p, task=first.task) != first:
       raise ValueError("eval_batch_over_k: problems must be episode problems that differ only in K")
-  episodes, k_state = held_out_episodes(key, tuple(p.task for p in problems), batch)
+  episodes, k_state, orders = held_out_draw(key, tuple(p.task for p in problems), batch)
   lengths = jnp.asarray([p.task.episode_steps for p in problems], jnp.int32)
-  return _eval_padded(theta, topo, episodes, lengths, k_state, first)
+  return {**_eval_padded(theta, topo, episodes, lengths, k_state, first), QUERY_ORDER: orders}
 
 
 def readouts_for(theta, topo, problem: unroll.Problem, states: network.NetState, xs: jax.Array, length):
@@ -119,10 +136,11 @@ def mean_over_batches(eval_fn, key: jax.Array, num_episodes: int, batch: int = 6
   means = {
     k: np.average(np.stack([np.asarray(r[k]) for r in results]), axis=0, weights=sizes)
     for k in results[0]
-    if k != PER_STEP
+    if k not in (PER_STEP, QUERY_ORDER)
   }
-  if PER_STEP in results[0]:  # kept whole: `[..., B, T]`, the batches' episodes one after another
-    means[PER_STEP] = np.concatenate([np.asarray(r[PER_STEP]) for r in results], axis=-2)
+  for k in (PER_STEP, QUERY_ORDER):  # kept whole: `[..., B, T]`, the batches' episodes one after another
+    if k in results[0]:
+      means[k] = np.concatenate([np.asarray(r[k]) for r in results], axis=-2)
   return {k: float(v) if v.ndim == 0 else v for k, v in means.items()}
 
 
@@ -163,6 +181,19 @@ def query_bit_accuracy(per_step, spec: tasks.TaskSpec) -> np.ndarray:
   return scored.reshape(-1, int(tasks.query_score(spec).sum())).mean(axis=1)
 
 
+def recall_by_position(per_step, order, spec: tasks.TaskSpec) -> list[float | None]:
+  """`[K]` bit accuracy of the queries for the snippet stored at each position (0: the first stored,
+  the oldest at recall), from `per_step` `[B, T]` and `order` `[B, Q]` (`QUERY_ORDER`); None
+  for a position no query asked for."""
+  accuracy = query_bit_accuracy(per_step, spec)
+  order = np.asarray(order).reshape(-1)
+  if accuracy.shape != order.shape:
+    raise ValueError(f"recall_by_position: {accuracy.shape[0]} scored queries for {order.shape[0]} in order")
+  total = np.bincount(order, weights=accuracy, minlength=spec.num_snippets)
+  count = np.bincount(order, minlength=spec.num_snippets)
+  return [float(t / c) if c else None for t, c in zip(total, count, strict=True)]
+
+
 def with_interval(record: dict, per_step, spec: tasks.TaskSpec) -> dict:
   """`record` with its episode count, scored bits and the 95 % bootstrap interval of its bit accuracy
   (`bit_accuracy_low`, `_high`) from `per_step` (`[B, T]`). The unit resampled is one query of one
@@ -180,14 +211,16 @@ def with_interval(record: dict, per_step, spec: tasks.TaskSpec) -> dict:
 
 def records_over_k(means: dict, specs) -> list[dict]:
   """One record per task of `specs` (tasks that differ in K) from `mean_over_batches` metrics over K:
-  its K, mean metrics, and bootstrap interval (`with_interval`)."""
-  per_step = means.pop(PER_STEP)
-  return [
-    with_interval(
-      {"K": int(spec.num_snippets), **{name: float(v[i]) for name, v in means.items()}}, per_step[i], spec
-    )
-    for i, spec in enumerate(specs)
-  ]
+  its K, mean metrics, and bootstrap interval (`with_interval`); with `QUERY_ORDER` in `means`, also
+  `BY_POSITION` (`recall_by_position`)."""
+  per_step, orders = means.pop(PER_STEP), means.pop(QUERY_ORDER, None)
+  records = []
+  for i, spec in enumerate(specs):
+    record = {"K": int(spec.num_snippets), **{name: float(v[i]) for name, v in means.items()}}
+    if orders is not None:
+      record[BY_POSITION] = recall_by_position(per_step[i], orders[i][:, : spec.num_queries], spec)
+    records.append(with_interval(record, per_step[i], spec))
+  return records
 
 
 def _long_inputs(key: jax.Array, problem: unroll.Problem, batch: int, horizon: int) -> jax.Array:

@@ -42,6 +42,7 @@ def export_rule(
   records = evaluation.recall_vs_k(
     rule.theta, rule.topology, rule.problem(), list(train.k_values), train.eval_episodes, key
   )
+  records = [{k: v for k, v in r.items() if k != evaluation.BY_POSITION} for r in records]  # kept short
   caps = recall_study.capacities(records)
   paths = pretrained.save_rule(
     rule,

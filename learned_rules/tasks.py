@@ -161,9 +161,16 @@ def place_inputs(spec: TaskSpec, inputs: jax.Array, teach: jax.Array) -> jax.Arr
   return jnp.concatenate([inputs, teach, rest], axis=-1)
 
 
+def query_order(key: jax.Array, spec: TaskSpec) -> jax.Array:
+  """`[Q]` the stored position of the snippet each query of `sample_episode(key, spec)` asks for (0: the
+  first snippet stored, the oldest at recall)."""
+  k_order = jax.random.split(key, 3)[1]
+  return jax.random.permutation(k_order, spec.num_snippets)[: spec.num_queries]
+
+
 def sample_episode(key: jax.Array, spec: TaskSpec) -> Episode:
   """One `hetero` or `auto` episode (see the module docstring for the protocol)."""
-  k_snip, k_order, k_cue = jax.random.split(key, 3)
+  k_snip, _, k_cue = jax.random.split(key, 3)
   keys, values = sample_snippets(k_snip, spec, spec.num_snippets)
   sched, taught = _store_schedule(spec)
   shown = (sched >= 0)[:, None]
@@ -171,7 +178,7 @@ def sample_episode(key: jax.Array, spec: TaskSpec) -> Episode:
   store_in = jnp.where(shown, keys[idx], 0.0)
   store_teach = jnp.where(taught[:, None], values[idx], 0.0)
 
-  order = jax.random.permutation(k_order, spec.num_snippets)[: spec.num_queries]
+  order = query_order(key, spec)
   cues = corrupt(k_cue, keys[order], spec.cue_corruption)
   query_in = jnp.repeat(cues, spec.query_steps, axis=0)
   query_target = jnp.repeat(values[order], spec.query_steps, axis=0)

@@ -8,6 +8,8 @@ import json
 import os
 import types
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -22,13 +24,20 @@ from learned_rules import (
   pretrained,
   rule_export,
   save_rule,
+  tasks,
   trained_baselines,
 )
 from learned_rules import config as config_lib
 from learned_rules import evaluation as evaluate_lib
 from learned_rules.configs import capacity as capacity_configs
 
-FIGURES = ("recall_vs_k.png", "auto_recall_vs_k.png", "capacity_vs_n.png", "difficulty.png")
+FIGURES = (
+  "recall_vs_k.png",
+  "auto_recall_vs_k.png",
+  "capacity_vs_n.png",
+  "recall_by_age.png",
+  "difficulty.png",
+)
 
 
 def _tiny_study():
@@ -155,6 +164,11 @@ def test_the_size_study_evaluates_saved_rules_on_the_same_episodes(tiny_run, tmp
       > r["scored_bits"] - 4 * r["value_bits"]
     )
     assert r["bit_accuracy_low"] - 1e-6 <= r["bit_accuracy"] <= r["bit_accuracy_high"] + 1e-6, r
+    # Every snippet is queried once an episode: the positions' mean is the mean over queries.
+    by_position = r[evaluate_lib.BY_POSITION]
+    assert len(by_position) == r["K"] and np.mean(by_position) == pytest.approx(r["bit_accuracy"], abs=1e-6)
+  assert "recall_by_age.png" in capacity_figures.plot_all(records, str(tmp_path), None, 2)
+  assert os.path.getsize(tmp_path / "recall_by_age.png") > 1000
   # The rule's file can carry these records (export_rule --sizes_from), for this theta only.
   saved = load_rule(str(tmp_path / "copy"))
   rows = rule_export.size_records(
@@ -214,6 +228,57 @@ def test_bootstrap_intervals_are_over_queries_and_cover_the_mean():
   assert evaluate_lib.with_interval({}, per_step, spec) == evaluate_lib.with_interval({}, per_step, spec)
   same = evaluate_lib.with_interval({}, [[nan, 1.0, 1.0, 1.0, 1.0]] * 3, spec)
   assert same["bit_accuracy_low"] == same["bit_accuracy_high"] == 1.0
+
+
+def test_recall_by_position_averages_the_queries_of_each_stored_position():
+  spec = types.SimpleNamespace(
+    num_snippets=3, num_queries=2, n_out=4, query_steps=2, first_scored_query_step=1
+  )
+  nan = float("nan")
+  # 3 episodes x (1 unscored write step + 2 queries of 2 steps, the first unscored).
+  per_step = [[nan, nan, 1.0, nan, 0.5], [nan, nan, 0.75, nan, 0.25], [nan, nan, 0.0, nan, 1.0]]
+  order = [[2, 0], [0, 2], [2, 0]]  # position 1 never asked for
+  got = evaluate_lib.recall_by_position(per_step, order, spec)
+  assert got[0] == pytest.approx((0.5 + 0.75 + 1.0) / 3) and got[1] is None
+  assert got[2] == pytest.approx((1.0 + 0.25 + 0.0) / 3)
+  with pytest.raises(ValueError, match="6 scored queries for 4"):
+    evaluate_lib.recall_by_position(per_step, order[:2], spec)
+
+
+def test_the_held_out_query_order_is_the_order_of_the_drawn_episodes():
+  """The stored position `held_out_draw` gives for each query is the one whose taught value that query
+  is scored against (read off the episodes), for every K drawn together; -1 past a task's own Q."""
+  spec = tasks.TaskSpec(num_neurons=24, n_in=8, n_out=8, num_snippets=5, num_queries=5, delay_steps=1)
+  short = dataclasses.replace(spec, num_snippets=3, num_queries=3)
+  episodes, _, orders = evaluate_lib.held_out_draw(jax.random.PRNGKey(3), (spec, short), 4)
+  assert orders.shape == (2, 4, 5)
+  np.testing.assert_array_equal(orders[1, :, 3:], -1)
+  taught = spec.n_in + np.arange(spec.n_out)
+  for k, task in enumerate((spec, short)):
+    for j in range(4):
+      x, target, score = (np.asarray(a[k, j]) for a in (episodes.x, episodes.target, episodes.score))
+      stored = x[task.present_steps - 1 :: task.present_steps][: task.num_snippets][:, taught]
+      queries = np.flatnonzero(score)[:: task.query_steps]
+      np.testing.assert_array_equal(target[queries], stored[np.asarray(orders[k, j, : task.num_queries])])
+  assert len({tuple(np.asarray(o)) for o in orders[0]}) > 1
+
+
+def _first_value_readout(args, episode, init_key, spec):
+  """Answers every query with the value taught first: right for the oldest position only."""
+  first = episode.x[spec.present_steps - 1, spec.n_in : spec.n_in + spec.n_out]
+  return jnp.broadcast_to(first, (episode.x.shape[0], spec.n_out))
+
+
+def test_recall_by_position_follows_each_query_through_the_batches():
+  """A memory that holds only the first pair stored: recall 1 at position 0 and near chance elsewhere,
+  over several batches and two K evaluated together (`baselines.evaluate_over_k`)."""
+  spec = tasks.TaskSpec(num_neurons=40, n_in=16, n_out=16, num_snippets=6, num_queries=6, delay_steps=1)
+  specs = (spec, dataclasses.replace(spec, num_snippets=4, num_queries=4))
+  records = baselines.evaluate_over_k(_first_value_readout, None, specs, jax.random.PRNGKey(0), 7, batch=3)
+  for r, task in zip(records, specs, strict=True):
+    by_position = r[evaluate_lib.BY_POSITION]
+    assert len(by_position) == task.num_snippets and by_position[0] == 1.0
+    assert max(by_position[1:]) < 0.75 and np.mean(by_position) == pytest.approx(r["bit_accuracy"])
 
 
 def test_the_table_lists_where_each_memory_beats_the_floor():

@@ -72,7 +72,8 @@ def test_recall_vs_k_equals_one_k_at_a_time():
     problem_k = config_lib.problem(cfg, topo, num_snippets=record["K"])
     alone = evaluation.evaluate(theta, topo, problem_k, key, 6)
     interval = {"bit_accuracy_low", "bit_accuracy_high", "episodes", "scored_bits"}
-    assert set(record) == {"K", *alone, *interval}
+    assert set(record) == {"K", *alone, *interval, evaluation.BY_POSITION}
+    assert len(record[evaluation.BY_POSITION]) == record["K"]
     assert record["episodes"] == 6 and record["scored_bits"] == 6 * record["K"] * 2 * topo.n_out
     assert record["bit_accuracy_low"] - 1e-6 <= record["bit_accuracy"] <= record["bit_accuracy_high"] + 1e-6
     for name, value in alone.items():

@@ -132,6 +132,20 @@ def test_queries_are_scored_at_the_end_against_stored_values(spec):
     assert len(set(asked)) == spec.num_queries  # every query asks for another snippet
 
 
+@pytest.mark.parametrize("spec", [HETERO, AUTO], ids=["hetero", "auto"])
+def test_query_order_is_the_stored_position_each_query_asks_for(spec):
+  """`tasks.query_order` names, for each query of the episode drawn from the same key, the position at
+  which its snippet was stored: read off the episode, the value the query is scored against is the one
+  taught at that position."""
+  for seed in range(4):
+    episode = _episode(spec, seed)
+    _, stored_values = _stored(spec, episode)
+    order = np.asarray(tasks.query_order(jax.random.PRNGKey(seed), spec))
+    assert order.shape == (spec.num_queries,)
+    steps = _query_steps(spec)[:: spec.query_steps]  # the first step of each query
+    np.testing.assert_array_equal(episode.target[steps], stored_values[order])
+
+
 def test_auto_values_equal_keys():
   spec = AUTO
   episode = _episode(spec)
