@@ -86,6 +86,20 @@ BASELINE_STYLE = {
 }
 
 
+def _size_styles(rules) -> dict[str, tuple[str, str, str, str]]:
+  """`{rule: (colour, line style, marker, label)}` in the size figures: a baseline its own style, each
+  learned rule the next colour, in the order of `rules`."""
+  out, index = {}, 0
+  for rule in rules:
+    label = rule.replace("_", " ") + (" floor" if rule == "key_blind" else "")
+    if rule in BASELINE_STYLE:
+      out[rule] = (*BASELINE_STYLE[rule], "s", label)
+    else:
+      out[rule] = (f"C{index}", "-", "o", label)
+      index += 1
+  return out
+
+
 def _at_target(rows: list[dict]) -> dict | None:
   """The record of `rows` at K = 3N/16 (`TARGET_MULTIPLE` x key bits), if the study evaluated it."""
   return next((r for r in rows if r["K"] == round(TARGET_MULTIPLE * r["key_bits"])), None)
@@ -101,16 +115,10 @@ def plot_capacity_vs_n(records: list[dict], path: str, train_neurons: int | None
     by_rule.setdefault(rule, []).append((n, rows))
   sizes = sorted({n for points in by_rule.values() for n, _ in points})
   zero = 0.5  # where a capacity of 0 is drawn on the log axis
-  rule_index = 0
+  styles = _size_styles(by_rule)
   for rule, points in by_rule.items():
     ns = [n for n, _ in points]
-    label = rule.replace("_", " ") + (" floor" if rule == "key_blind" else "")
-    if rule in BASELINE_STYLE:
-      color, style = BASELINE_STYLE[rule]
-      marker = "s"
-    else:
-      color, style, marker = f"C{rule_index}", "-", "o"
-      rule_index += 1
+    color, style, marker, label = styles[rule]
     caps = [max(capacity(rows, 0.95), zero) for _, rows in points]
     ax_k.plot(ns, caps, marker + style, color=color, label=f"{label}, K@0.95")
     if rule not in BASELINE_STYLE:
@@ -209,25 +217,19 @@ def plot_recall_by_age(records: list[dict], path: str) -> None:
   fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3.4), dpi=100, squeeze=False)
   for ax, n in zip(axes[0], sizes, strict=True):
     k = age_k(by_size[n])
-    rule_index = 0
+    styles = _size_styles(by_size[n])
     for rule, rows in by_size[n].items():
       row = next((r for r in rows if r["K"] == k and BY_POSITION in r), None)
-      if rule in BASELINE_STYLE:
-        color, style = BASELINE_STYLE[rule]
-        marker = "s"
-      else:
-        color, style, marker = f"C{rule_index}", "-", "o"
-        rule_index += 1
       if row is None:
         continue
+      color, style, marker, label = styles[rule]
       x, y = binned_by_age(row[BY_POSITION])
-      label = rule.replace("_", " ") + (" floor" if rule == "key_blind" else "")
       ax.plot(x, y, marker + style, color=color, ms=3, label=f"{label} ({row['bit_accuracy']:.3f})")
     ax.axhline(0.95, color="tab:red", lw=1, alpha=0.35)
     ax.axhline(0.5, color="gray", lw=0.8, ls=":")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), title=f"N = {n}, K = {k}")
     ax.set_xlabel("stored position (oldest 0 ... newest 1)", fontsize=8)
     ax.legend(fontsize=6, loc="lower right")
-  axes[0][0].set_ylabel("held-out bit accuracy of the pairs stored there")
+  axes[0][0].set_ylabel("recall of the pairs stored there")
   fig.tight_layout()
   figures.save_small_png(fig, path)
