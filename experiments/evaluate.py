@@ -7,7 +7,8 @@ r"""Recall against K of a trained run, and its capacity points.
 Restores the latest checkpoint of the run in `--workdir` and the config saved with it, evaluates
 held-out episodes at every K (all K snippets queried) beside the key-blind floor on the same episodes
 (`learned_rules.recall_study`), and writes `DIR/recall_vs_k.json` (records plus the capacity at bit
-accuracy 0.99 and 0.95), and into `--figure_dir` (default: DIR) `recall_vs_k.png` and
+accuracy 0.99 and 0.95; each record with `bit_accuracy_by_position`, the recall of the pairs stored
+first, second, ...), and into `--figure_dir` (default: DIR) `recall_vs_k.png` and
 `training_curve.png` (meta-training loss and recall of the run and of its synapses-off twin, read from
 their metrics.jsonl; the same figure `experiments.remember` draws).
 
