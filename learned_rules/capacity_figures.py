@@ -26,15 +26,15 @@ def plot_all(records: list[dict], folder: str, train_neurons: int | None, train_
   """Writes into `folder` every figure the records allow; returns their file names. `train_neurons`
   and `train_k` are the N and K the rules were trained at (None: no linear-growth line)."""
   made = []
-  for name, draw, path in (
-    ("networks", plot_recall_vs_k, "recall_vs_k.png"),
-    ("auto", plot_recall_vs_k, "auto_recall_vs_k.png"),
-    ("size", lambda rows, p: plot_capacity_vs_n(rows, p, train_neurons), "capacity_vs_n.png"),
-    ("size", plot_recall_by_age, "recall_by_age.png"),
-    ("difficulty", lambda rows, p: plot_difficulty(rows, p, train_k), "difficulty.png"),
+  for name, draw, path, needs in (
+    ("networks", plot_recall_vs_k, "recall_vs_k.png", "K"),
+    ("auto", plot_recall_vs_k, "auto_recall_vs_k.png", "K"),
+    ("size", lambda rows, p: plot_capacity_vs_n(rows, p, train_neurons), "capacity_vs_n.png", "K"),
+    ("size", plot_recall_by_age, "recall_by_age.png", BY_POSITION),  # not in records cached before it
+    ("difficulty", lambda rows, p: plot_difficulty(rows, p, train_k), "difficulty.png", "K"),
   ):
     rows = [r for r in records if r["study"] == name]
-    if rows and (path != "recall_by_age.png" or any(BY_POSITION in r for r in rows)):
+    if any(needs in r for r in rows):
       draw(rows, files.join(folder, path))
       made.append(path)
   return made
